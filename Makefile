@@ -1,0 +1,53 @@
+# The two commands users type: `make demo` and `make test`. Both bootstrap what they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt-bench
+
+.PHONY: demo test lint typecheck imports unit integration bench deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+deps: $(STAMP)
+
+# Debian packages the benchmark needs (nginx as the baseline, wrk as the load generator).
+$(APT_STAMP): | $(STAMP)
+	@if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "bench needs nginx and wrk: run as root or install them" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; \
+	fi
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q
+
+test: lint typecheck imports
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python examples/proxy_demo.py
+
+bench: $(STAMP) $(APT_STAMP)
+	$(BIN)/python bench/proxy_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

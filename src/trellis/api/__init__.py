@@ -1,0 +1,1 @@
+"""Validated user configuration (Istio kinds as pydantic models); grows with the control plane."""

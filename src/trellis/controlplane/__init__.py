@@ -1,0 +1,1 @@
+"""The control plane program (config store, xDS server, CA); arrives with issue 3."""

@@ -1,0 +1,1 @@
+"""Sans-IO decisions: routing, load balancing, retries, limits, metrics. No sockets, no event loop."""

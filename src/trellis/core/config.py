@@ -1,0 +1,344 @@
+"""The proxy's compiled configuration: frozen, validated, ready for the hot path.
+
+`trellis.xds` builds these from Envoy v3 messages (bootstrap or xDS); the runtime
+only reads them. Durations are seconds as floats; `None` means "disabled".
+A config change builds a new `ProxyConfig` and swaps one reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+# --- common ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class StringMatchKind(enum.Enum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    CONTAINS = "contains"
+    REGEX = "safe_regex"
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatcher:
+    """Envoy's `type.matcher.v3.StringMatcher`, with the regex compiled once."""
+
+    kind: StringMatchKind
+    value: str
+    ignore_case: bool = False
+    regex: re.Pattern[str] | None = None
+
+    def matches(self, text: str) -> bool:
+        kind = self.kind
+        if kind is StringMatchKind.REGEX:
+            assert self.regex is not None
+            return self.regex.fullmatch(text) is not None
+        if self.ignore_case:
+            text = text.lower()
+        value = self.value
+        if kind is StringMatchKind.EXACT:
+            return text == value
+        if kind is StringMatchKind.PREFIX:
+            return text.startswith(value)
+        if kind is StringMatchKind.SUFFIX:
+            return text.endswith(value)
+        return value in text
+
+
+# --- routing -------------------------------------------------------------------
+
+
+class PathMatchKind(enum.Enum):
+    PREFIX = "prefix"
+    PATH = "path"
+    REGEX = "safe_regex"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """Envoy's `route.v3.HeaderMatcher`.
+
+    `string_match is None and present is None` means "header present".
+    Multiple values of one header are joined with "," before matching, as Envoy does.
+    """
+
+    name: str  # lower-case
+    string_match: StringMatcher | None = None
+    present: bool | None = None
+    invert: bool = False
+    treat_missing_as_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path_kind: PathMatchKind
+    path: str  # prefix or exact path; the pattern text for REGEX
+    regex: re.Pattern[str] | None = None
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+
+
+class AppendAction(enum.Enum):
+    APPEND_IF_EXISTS_OR_ADD = "APPEND_IF_EXISTS_OR_ADD"
+    ADD_IF_ABSENT = "ADD_IF_ABSENT"
+    OVERWRITE_IF_EXISTS_OR_ADD = "OVERWRITE_IF_EXISTS_OR_ADD"
+    OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderToAdd:
+    name: str  # lower-case
+    value: str
+    action: AppendAction = AppendAction.APPEND_IF_EXISTS_OR_ADD
+    keep_empty_value: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutation:
+    """Headers to add and remove; applied route first, then virtual host, then route config."""
+
+    add: tuple[HeaderToAdd, ...] = ()
+    remove: frozenset[str] = frozenset()  # lower-case names
+
+    @property
+    def empty(self) -> bool:
+        return not self.add and not self.remove
+
+
+NO_HEADER_MUTATION = HeaderMutation()
+
+
+class RetryOn(enum.Flag):
+    """The `retry_on` conditions the proxy implements (Envoy's x-envoy-retry-on names)."""
+
+    NONE = 0
+    SERVER_ERROR = enum.auto()  # "5xx"
+    GATEWAY_ERROR = enum.auto()  # "gateway-error": 502, 503, 504
+    RESET = enum.auto()  # "reset"
+    CONNECT_FAILURE = enum.auto()  # "connect-failure"
+    REFUSED_STREAM = enum.auto()  # "refused-stream"
+    RETRIABLE_STATUS_CODES = enum.auto()  # "retriable-status-codes"
+
+
+RETRY_ON_NAMES: dict[str, RetryOn] = {
+    "5xx": RetryOn.SERVER_ERROR,
+    "gateway-error": RetryOn.GATEWAY_ERROR,
+    "reset": RetryOn.RESET,
+    "connect-failure": RetryOn.CONNECT_FAILURE,
+    "refused-stream": RetryOn.REFUSED_STREAM,
+    "retriable-status-codes": RetryOn.RETRIABLE_STATUS_CODES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Envoy's `route.v3.RetryPolicy` subset.
+
+    Back-off defaults are Envoy's: base 25 ms, max 10x base, full jitter.
+    """
+
+    retry_on: RetryOn
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+    retriable_status_codes: frozenset[int] = frozenset()
+    avoid_previous_hosts: bool = False  # envoy.retry_host_predicates.previous_hosts
+    host_selection_retry_max_attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    name: str
+    weight: int
+    request_headers: HeaderMutation = NO_HEADER_MUTATION
+    response_headers: HeaderMutation = NO_HEADER_MUTATION
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAction:
+    """Forward to one cluster or pick one of several by weight."""
+
+    clusters: tuple[WeightedCluster, ...]
+    total_weight: int
+    timeout: float | None = 15.0  # Envoy's default route timeout; None = disabled
+    retry_policy: RetryPolicy | None = None
+    prefix_rewrite: str | None = None
+    host_rewrite: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    """Envoy's `route.v3.RedirectAction` subset."""
+
+    response_code: int = 301
+    scheme: str | None = None  # scheme_redirect, or "https" for https_redirect
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    strip_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponseAction:
+    status: int
+    body: bytes = b""
+
+
+RouteAction = ClusterAction | RedirectAction | DirectResponseAction
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    action: RouteAction
+    request_headers: HeaderMutation = NO_HEADER_MUTATION
+    response_headers: HeaderMutation = NO_HEADER_MUTATION
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    request_headers: HeaderMutation = NO_HEADER_MUTATION
+    response_headers: HeaderMutation = NO_HEADER_MUTATION
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    request_headers: HeaderMutation = NO_HEADER_MUTATION
+    response_headers: HeaderMutation = NO_HEADER_MUTATION
+
+
+# --- clusters ------------------------------------------------------------------
+
+
+class LbPolicy(enum.Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RANDOM = "RANDOM"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: SocketAddress
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerThresholds:
+    """Envoy's defaults for the DEFAULT priority."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    connect_timeout: float = 5.0
+    thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    idle_timeout: float | None = 3600.0  # upstream connection idle timeout
+    least_request_choice_count: int = 2
+
+
+# --- listeners -----------------------------------------------------------------
+
+
+class TrafficDirection(enum.Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    INBOUND = "INBOUND"
+    OUTBOUND = "OUTBOUND"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    stat_prefix: str
+    route_config: RouteConfig
+    allow_absolute_url: bool = True
+    generate_request_id: bool = True
+    use_remote_address: bool = False
+    skip_xff_append: bool = False
+    max_request_headers_bytes: int = 60 * 1024
+    idle_timeout: float | None = 3600.0  # downstream connection idle timeout
+    request_headers_timeout: float | None = None
+    stream_idle_timeout: float | None = 300.0
+    request_timeout: float | None = None
+    drain_timeout: float = 5.0
+    max_retry_buffer_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    stat_prefix: str
+    cluster: str
+    idle_timeout: float | None = 3600.0
+
+
+NetworkFilter = HttpConnectionManager | TcpProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: SocketAddress
+    filter: NetworkFilter
+    direction: TrafficDirection = TrafficDirection.UNSPECIFIED
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+
+
+# --- the whole proxy -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who this proxy is: from the bootstrap's `node` (Istio's node metadata keys)."""
+
+    id: str = ""
+    cluster: str = ""
+    workload_name: str = "unknown"
+    namespace: str = "unknown"
+    service_account: str = "unknown"
+    app: str = "unknown"
+    version: str = "unknown"
+    trust_domain: str = "cluster.local"
+
+    @property
+    def principal(self) -> str:
+        if self.service_account == "unknown" or self.namespace == "unknown":
+            return "unknown"
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    address: SocketAddress
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    node: NodeIdentity
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+    admin: AdminConfig | None = None

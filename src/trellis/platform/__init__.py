@@ -1,0 +1,1 @@
+"""Platform integrations (local launcher, Kubernetes); arrive with later issues."""

@@ -1,0 +1,1 @@
+"""The sidecar proxy program: loads a bootstrap, runs listeners and the admin server, drains."""

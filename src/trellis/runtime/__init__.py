@@ -1,0 +1,1 @@
+"""Where bytes move: asyncio protocols on uvloop, httptools codecs, timers and processes."""
