@@ -1,1 +1,1 @@
-"""Sans-IO decisions: routing, load balancing, retries, limits, metrics. No sockets, no event loop."""
+"""Sans-IO decisions: routing, balancing, retries, limits, metrics. No sockets, no event loop."""

@@ -273,6 +273,19 @@ class TrafficDirection(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One access log sink: a file (`path`) or stdout (`path is None`).
+
+    At most one of `json_format` (key -> format string) and `text_format` is set;
+    neither means Envoy's default text format.
+    """
+
+    path: str | None = None
+    json_format: tuple[tuple[str, str], ...] | None = None
+    text_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
     route_config: RouteConfig
@@ -287,6 +300,10 @@ class HttpConnectionManager:
     request_timeout: float | None = None
     drain_timeout: float = 5.0
     max_retry_buffer_bytes: int = 1024 * 1024
+    proxy_100_continue: bool = False
+    accept_http_10: bool = False
+    upgrade_types: frozenset[str] = frozenset()  # lower-case, e.g. {"websocket"}
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +311,7 @@ class TcpProxy:
     stat_prefix: str
     cluster: str
     idle_timeout: float | None = 3600.0
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
 
 NetworkFilter = HttpConnectionManager | TcpProxy
@@ -342,3 +360,5 @@ class ProxyConfig:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
     admin: AdminConfig | None = None
+    # overload_manager's envoy.resource_monitors.global_downstream_max_connections
+    max_downstream_connections: int | None = None

@@ -1,0 +1,143 @@
+"""The admin listener (Envoy's :15000): readiness, stats, config dump, clusters, quit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from trellis.runtime import wire
+
+log = logging.getLogger("trellis.admin")
+
+_MAX_HEAD = 16 * 1024
+_READ_TIMEOUT = 10.0
+
+
+class AdminTarget(Protocol):
+    """What the admin endpoints read from and act on (the proxy server)."""
+
+    def state(self) -> str: ...
+    def prometheus(self) -> str: ...
+    def stats_text(self) -> str: ...
+    def config_dump(self) -> dict[str, object]: ...
+    def clusters_text(self) -> str: ...
+    def server_info(self) -> dict[str, object]: ...
+    def quit(self) -> None: ...
+    def drain(self) -> None: ...
+
+
+Response = tuple[int, bytes, bytes]  # status, content type, body
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+_PROM = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class AdminServer:
+    def __init__(self, target: AdminTarget) -> None:
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self._routes: dict[tuple[str, str], Callable[[dict[str, list[str]]], Response]] = {
+            ("GET", "/ready"): self._ready,
+            ("GET", "/healthz/ready"): self._ready,
+            ("GET", "/stats/prometheus"): lambda q: (200, _PROM, target.prometheus().encode()),
+            ("GET", "/stats"): lambda q: (200, _TEXT, target.stats_text().encode()),
+            ("GET", "/config_dump"): lambda q: (200, _JSON, _json(target.config_dump())),
+            ("GET", "/clusters"): lambda q: (200, _TEXT, target.clusters_text().encode()),
+            ("GET", "/server_info"): lambda q: (200, _JSON, _json(target.server_info())),
+            ("POST", "/quitquitquit"): self._quit,
+            ("POST", "/drain_listeners"): self._drain,
+            ("POST", "/logging"): self._logging,
+            ("GET", "/help"): self._help,
+        }
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+
+    @property
+    def bound_port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                    return
+                if len(head) > _MAX_HEAD:
+                    return
+                keep_alive = await self._answer(head, reader, writer)
+                await writer.drain()
+                if not keep_alive:
+                    return
+        except (ConnectionError, OSError):
+            return
+        except Exception:  # the admin server must outlive any bad request
+            log.exception("admin request failed")
+        finally:
+            writer.close()
+
+    async def _answer(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            writer.write(wire.local_reply(400, b"bad request\n", close=True))
+            return False
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        if length:
+            await asyncio.wait_for(reader.readexactly(min(length, _MAX_HEAD)), _READ_TIMEOUT)
+        url = urlsplit(target)
+        handler = self._routes.get((method, url.path))
+        if handler is None:
+            known = any(path == url.path for _, path in self._routes)
+            status, ctype, body = (405 if known else 404), _TEXT, b"invalid path or method\n"
+        else:
+            status, ctype, body = handler(parse_qs(url.query))
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        writer.write(wire.local_reply(status, body, close=not keep_alive, content_type=ctype))
+        return keep_alive
+
+    def _ready(self, query: dict[str, list[str]]) -> Response:
+        state = self.target.state()
+        return (200 if state == "LIVE" else 503), _TEXT, f"{state}\n".encode()
+
+    def _quit(self, query: dict[str, list[str]]) -> Response:
+        asyncio.get_running_loop().call_soon(self.target.quit)
+        return 200, _TEXT, b"OK\n"
+
+    def _drain(self, query: dict[str, list[str]]) -> Response:
+        self.target.drain()
+        return 200, _TEXT, b"OK\n"
+
+    def _logging(self, query: dict[str, list[str]]) -> Response:
+        level = (query.get("level") or [""])[0].upper()
+        if level not in ("TRACE", "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "OFF"):
+            return 400, _TEXT, b"usage: POST /logging?level=debug|info|warning|error|critical|off\n"
+        mapped = {"TRACE": "DEBUG", "WARN": "WARNING", "OFF": "CRITICAL"}.get(level, level)
+        logging.getLogger("trellis").setLevel(mapped)
+        return 200, _TEXT, f"trellis: {mapped.lower()}\n".encode()
+
+    def _help(self, query: dict[str, list[str]]) -> Response:
+        lines = sorted(f"{method} {path}" for method, path in self._routes)
+        return 200, _TEXT, ("admin commands are:\n" + "\n".join(lines) + "\n").encode()
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=False).encode() + b"\n"

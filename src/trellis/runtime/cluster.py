@@ -1,0 +1,203 @@
+"""Upstream clusters at run time: hosts, their connection pools, balancer and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from typing import Protocol
+
+from trellis.core.balancer import HostStats, LoadBalancer, make_balancer
+from trellis.core.circuit import ResourceLimits
+from trellis.core.config import Cluster, Endpoint
+from trellis.runtime.upstream import UpstreamConnection
+
+log = logging.getLogger("trellis.upstream")
+
+
+class PoolWaiter(Protocol):
+    """A request waiting for a connection from a host's pool."""
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None: ...
+    def on_pool_failure(self, reason: str) -> None: ...
+
+
+class HostRuntime:
+    """One endpoint of a cluster: its address, counters and pool."""
+
+    __slots__ = ("address", "cluster", "cx_connect_fail", "cx_total", "index", "pool", "stats")
+
+    def __init__(self, cluster: ClusterRuntime, index: int, endpoint: Endpoint) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.address = endpoint.address
+        self.stats = HostStats()
+        self.pool = HostPool(self)
+        self.cx_total = 0
+        self.cx_connect_fail = 0
+
+
+class HostPool:
+    """HTTP/1.1 connections to one host: idle ones (reused newest first) and waiters.
+
+    Limits are the cluster's circuit breakers: a connection is opened only while
+    `max_connections` allows; otherwise waiters queue (bounded by
+    `max_pending_requests`, checked by the caller) until one is released.
+    """
+
+    __slots__ = ("_tasks", "connecting", "host", "idle", "waiters")
+
+    def __init__(self, host: HostRuntime) -> None:
+        self.host = host
+        self.idle: list[UpstreamConnection] = []
+        self.waiters: deque[PoolWaiter] = deque()
+        self.connecting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def wait(self, waiter: PoolWaiter) -> None:
+        """Queue `waiter`; opens a connection for it if the limits allow."""
+        self.waiters.append(waiter)
+        if (
+            self.connecting < len(self.waiters)
+            and self.host.cluster.limits.try_acquire_connection()
+        ):
+            self._open()
+
+    def cancel(self, waiter: PoolWaiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A request finished with `conn` and it can be reused."""
+        conn.listener = None
+        if conn.closed:
+            return
+        if self.waiters:
+            self.waiters.popleft().on_pool_ready(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        self.host.stats.active_connections -= 1
+        cluster = self.host.cluster
+        cluster.limits.release_connection()
+        cluster.serve_waiters()
+
+    def close_idle(self, older_than: float) -> None:
+        keep = []
+        for conn in self.idle:
+            if conn.idle_since <= older_than:
+                conn.close()
+            else:
+                keep.append(conn)
+        self.idle[:] = keep
+
+    def _open(self) -> None:
+        self.connecting += 1
+        task = asyncio.get_running_loop().create_task(
+            self._connect(), name=f"connect {self.host.address}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self) -> None:
+        host = self.host
+        cluster = host.cluster
+        loop = asyncio.get_running_loop()
+        host.cx_total += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(host), host.address.host, host.address.port
+                ),
+                cluster.config.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.connecting -= 1
+            host.cx_connect_fail += 1
+            host.stats.connect_failures += 1
+            cluster.limits.release_connection()
+            reason = "connection timeout" if isinstance(exc, TimeoutError) else "connection failure"
+            log.debug("connect to %s failed: %s", host.address, exc)
+            if self.waiters:
+                self.waiters.popleft().on_pool_failure(reason)
+            cluster.serve_waiters()
+            return
+        self.connecting -= 1
+        host.stats.active_connections += 1
+        transport = conn.transport
+        if transport is not None:
+            limit = cluster.buffer_limit
+            transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        if self.waiters:
+            self.waiters.popleft().on_pool_ready(conn)
+        else:
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+
+
+class ClusterRuntime:
+    """A cluster's live state; rebuilt only when its config changes."""
+
+    __slots__ = ("balancer", "buffer_limit", "config", "hosts", "limits", "rng")
+
+    def __init__(self, config: Cluster, rng: random.Random, buffer_limit: int = 1 << 20) -> None:
+        self.config = config
+        self.rng = rng
+        self.buffer_limit = buffer_limit
+        self.limits = ResourceLimits(config.thresholds)
+        self.hosts = [HostRuntime(self, i, ep) for i, ep in enumerate(config.endpoints)]
+        self.balancer: LoadBalancer = make_balancer(config, [h.stats for h in self.hosts], rng)
+
+    def serve_waiters(self) -> None:
+        """After a connection slot frees up, open connections for queued requests."""
+        for host in self.hosts:
+            pool = host.pool
+            while pool.connecting < len(pool.waiters) and self.limits.try_acquire_connection():
+                pool._open()
+
+    def sweep_idle(self, now: float) -> None:
+        timeout = self.config.idle_timeout
+        if timeout is None:
+            return
+        for host in self.hosts:
+            host.pool.close_idle(now - timeout)
+
+    def close(self) -> None:
+        for host in self.hosts:
+            for conn in host.pool.idle:
+                conn.close()
+            host.pool.idle.clear()
+
+
+class ClusterManager:
+    __slots__ = ("clusters",)
+
+    def __init__(self, clusters: dict[str, ClusterRuntime]) -> None:
+        self.clusters = clusters
+
+    @classmethod
+    def build(cls, configs: tuple[Cluster, ...], rng: random.Random) -> ClusterManager:
+        return cls({c.name: ClusterRuntime(c, rng) for c in configs})
+
+    def sweep_idle(self, now: float) -> None:
+        for cluster in self.clusters.values():
+            cluster.sweep_idle(now)
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()

@@ -1,0 +1,383 @@
+"""The downstream side of an HTTP listener: one client connection, HTTP/1.1.
+
+httptools (llhttp) parses strictly; on top of it this module enforces the
+header-size limit, rejects framing that could smuggle a request, queues
+pipelined requests, and applies flow control between client and upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from trellis.runtime import wire
+from trellis.runtime.router import Stream
+from trellis.runtime.wire import Headers
+
+if TYPE_CHECKING:
+    from trellis.runtime.http_context import HttpContext
+    from trellis.runtime.listener import ListenerRuntime
+
+log = logging.getLogger("trellis.downstream")
+
+
+class RequestRejectedError(Exception):
+    """A request the proxy refuses before routing; carries the status to answer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class DownstreamHttp1(asyncio.Protocol):
+    __slots__ = (
+        "_header_bytes",
+        "_headers",
+        "_in_body",
+        "_parser",
+        "_paused",
+        "_reject",
+        "_url",
+        "_wbuf",
+        "ctx",
+        "current",
+        "draining",
+        "header_timer",
+        "http11",
+        "last_activity",
+        "listener",
+        "remote_ip",
+        "scheme",
+        "streams",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, listener: ListenerRuntime, ctx: HttpContext) -> None:
+        self.listener = listener
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._header_bytes = 0
+        self._in_body = False
+        self._reject: RequestRejectedError | None = None
+        self._paused = 0
+        self._wbuf: list[bytes] | None = None
+        self.streams: deque[Stream] = deque()
+        self.current: Stream | None = None
+        self.tunnel: Stream | None = None
+        self.scheme = b"http"
+        self.remote_ip = ""
+        self.http11 = True
+        self.draining = False
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote_ip = peer[0] if isinstance(peer, tuple) else ""
+        limit = self.ctx.buffer_limit
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self.last_activity = time.monotonic()
+        self.listener.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.on_downstream_tunnel_data(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            stream = self.streams[-1] if self.streams else None
+            if stream is not None and rest:
+                stream.tunnel_buf.append(rest)
+            self.tunnel = stream
+        except httptools.HttpParserError as exc:
+            reject = self._reject or RequestRejectedError(400, str(exc))
+            self._protocol_error(reject)
+        except RequestRejectedError as exc:  # raised directly by some httptools versions
+            self._protocol_error(exc)
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            self.tunnel.on_downstream_tunnel_data(b"")
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._cancel_header_timer()
+        self.listener.connection_closed(self)
+        streams = list(self.streams)
+        self.streams.clear()
+        for stream in streams:
+            stream.on_downstream_closed()
+
+    def pause_writing(self) -> None:
+        if self.streams:
+            upstream = self.streams[0].upstream
+            if upstream is not None:
+                upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.streams:
+            upstream = self.streams[0].upstream
+            if upstream is not None:
+                upstream.resume_reading()
+
+    # -- httptools callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_body = False
+        if self.header_timer is None:
+            self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # trailers are dropped, as Envoy does for HTTP/1.1 by default
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.lower(), value))
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.ctx.config.max_request_headers_bytes:
+            self._reject = RequestRejectedError(431, "request header block too large")
+            raise self._reject
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        self._cancel_header_timer()
+        parser = self._parser
+        try:
+            stream = self._new_stream(parser)
+        except RequestRejectedError as exc:
+            self._reject = exc
+            raise
+        self.current = stream
+        self.streams.append(stream)
+        if len(self.streams) == 1:
+            stream.begin()
+        else:
+            self.pause_reading()  # pipelined: one request at a time
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.current
+        if stream is not None:
+            stream.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        stream = self.current
+        self.current = None
+        if stream is not None:
+            stream.on_request_complete()
+
+    # -- request validation ----------------------------------------------------------
+
+    def _new_stream(self, parser: httptools.HttpRequestParser) -> Stream:
+        version = parser.get_http_version()
+        config = self.ctx.config
+        if version == "1.0":
+            if not config.accept_http_10:
+                raise RequestRejectedError(426, "HTTP/1.0 is not accepted")
+            self.http11 = False
+        elif version != "1.1":
+            raise RequestRejectedError(400, f"unsupported HTTP version {version}")
+        method = parser.get_method()
+        headers = self._headers
+        host: bytes | None = None
+        chunked = False
+        has_length = False
+        expect_continue = False
+        for name, value in headers:
+            if name == b"host":
+                if host is not None:
+                    raise RequestRejectedError(400, "duplicate host header")
+                host = value
+            elif name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or chunked:
+                    raise RequestRejectedError(501, "unsupported transfer encoding")
+                chunked = True
+            elif name == b"content-length":
+                has_length = value.strip() != b"0"
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        target = self._url
+        if target[:1] != b"/":
+            target, absolute_host = self._absolute_form(method, target)
+            host = absolute_host
+        if host is None:
+            if self.http11:
+                raise RequestRejectedError(400, "missing host header")
+            host = b""
+        upgrade = parser.should_upgrade()
+        if upgrade:
+            upgrade = self._upgrade_allowed(headers)
+        if expect_continue and not config.proxy_100_continue:
+            headers = [(n, v) for n, v in headers if n != b"expect"]
+            self.write(wire.CONTINUE_100)
+        return Stream(
+            self,
+            self.ctx,
+            method,
+            host.decode("latin-1"),
+            target.decode("latin-1"),
+            headers,
+            parser.should_keep_alive() and not self.draining,
+            upgrade,
+            chunked,
+            chunked or has_length,
+        )
+
+    def _absolute_form(self, method: bytes, target: bytes) -> tuple[bytes, bytes]:
+        """`GET http://host/path` as sent to an explicit proxy: split host and path."""
+        if method == b"CONNECT":
+            raise RequestRejectedError(403, "CONNECT is not supported")
+        if target == b"*" and method == b"OPTIONS":
+            return target, b""
+        if not self.ctx.config.allow_absolute_url:
+            raise RequestRejectedError(400, "absolute URL not allowed")
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise RequestRejectedError(400, "invalid request target")
+        authority, slash, path = rest.partition(b"/")
+        if not authority:
+            raise RequestRejectedError(400, "invalid request target")
+        return slash + path if slash else b"/", authority
+
+    def _upgrade_allowed(self, headers: Headers) -> bool:
+        for name, value in headers:
+            if name == b"upgrade":
+                if value.strip().lower().decode("latin-1") in self.ctx.config.upgrade_types:
+                    return True
+                raise RequestRejectedError(403, "upgrade not allowed")
+        return False
+
+    def _protocol_error(self, reject: RequestRejectedError) -> None:
+        log.debug("rejecting request from %s: %s", self.remote_ip, reject.detail)
+        self.listener.protocol_error(reject.status)
+        if self.transport is None:
+            return
+        # A rejected request is never forwarded; streams already under way are cut.
+        for stream in list(self.streams):
+            stream.on_downstream_closed()
+        self.streams.clear()
+        self.transport.write(wire.local_reply(reject.status, b"", close=True))
+        self.transport.close()
+
+    # -- used by streams ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        wbuf = self._wbuf
+        if wbuf is not None:
+            wbuf.append(data)
+            return
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def cork(self) -> None:
+        """Collect writes until `uncork`: one syscall for a response's head and body."""
+        if self._wbuf is None:
+            self._wbuf = []
+
+    def uncork(self) -> None:
+        wbuf = self._wbuf
+        self._wbuf = None
+        if wbuf:
+            transport = self.transport
+            if transport is not None:
+                transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+
+    def write_eof(self) -> None:
+        self.uncork()
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    def close(self) -> None:
+        self.uncork()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+
+    def pause_reading(self) -> None:
+        self._paused += 1
+        transport = self.transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused > 0:
+            self._paused -= 1
+        transport = self.transport
+        if self._paused == 0 and transport is not None and not transport.is_reading():
+            transport.resume_reading()
+
+    def start_tunnel(self, stream: Stream) -> None:
+        self.tunnel = stream
+        self._paused = 0
+        transport = self.transport
+        if transport is not None and not transport.is_reading():
+            transport.resume_reading()
+
+    def stream_finished(self, stream: Stream) -> None:
+        """`stream` sent its whole response: move on to the next request or close."""
+        self.last_activity = time.monotonic()
+        if self.streams and self.streams[0] is stream:
+            self.streams.popleft()
+        if self.tunnel is stream:
+            self.close()
+            return
+        if not stream.keep_alive or self.draining or not stream.request_done:
+            self.close()
+            return
+        if self.streams:
+            self.resume_reading()
+            self.streams[0].begin()
+
+    def start_draining(self) -> None:
+        """Finish what is in flight with `connection: close`; close idle connections now."""
+        self.draining = True
+        if not self.streams and self.current is None:
+            self.close()
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        timeout = self.ctx.config.request_headers_timeout
+        if timeout is not None:
+            self.header_timer = self.ctx.loop.call_later(timeout, self._on_header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self.header_timer = None
+        if self.transport is None or self.streams:
+            return
+        self.listener.protocol_error(408)
+        self.transport.write(wire.local_reply(408, b"", close=True))
+        self.transport.close()

@@ -1,0 +1,263 @@
+"""Per-listener HTTP state built once per config: route table, compiled routes, sinks.
+
+Everything here is computed when a config is applied so that the per-request
+work is a few dict lookups and list operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from trellis.core.balancer import choose_with_predicate
+from trellis.core.config import (
+    ClusterAction,
+    HeaderMutation,
+    HttpConnectionManager,
+    RedirectAction,
+    Route,
+    RouteConfig,
+    TrafficDirection,
+    VirtualHost,
+)
+from trellis.core.headers import (
+    CompiledMutation,
+    append_forwarded_for,
+    generate_request_id,
+    set_forwarded_proto,
+    strip_hop_by_hop,
+)
+from trellis.core.routing import RouteTable, pick_weighted_cluster, redirect_location, rewrite_path
+from trellis.runtime import wire
+from trellis.runtime.cluster import ClusterManager, ClusterRuntime
+from trellis.runtime.wire import Headers
+
+if TYPE_CHECKING:
+    from trellis.runtime.router import Stream
+
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_SERVER = (b"server", wire.SERVER_NAME)
+_CLOSE = (b"connection", b"close")
+
+
+def _compile(*mutations: HeaderMutation) -> tuple[CompiledMutation, ...]:
+    return tuple(CompiledMutation(m) for m in mutations if not m.empty)
+
+
+class RouteRuntime:
+    """A route with everything it needs at request time precomputed."""
+
+    __slots__ = (
+        "_clusters",
+        "_request_mutations",
+        "_response_mutations",
+        "action",
+        "host_rewrite",
+        "retry_policy",
+        "route",
+        "timeout",
+        "vhost",
+    )
+
+    def __init__(
+        self, route: Route, vhost: VirtualHost, config: RouteConfig, clusters: ClusterManager
+    ) -> None:
+        self.route = route
+        self.vhost = vhost
+        action = route.action
+        self.action = action
+        self.timeout: float | None = None
+        self.retry_policy = None
+        self.host_rewrite: bytes | None = None
+        # Per weighted cluster: (runtime or None, request mutations, response mutations).
+        self._clusters: list[
+            tuple[ClusterRuntime | None, tuple[CompiledMutation, ...], tuple[CompiledMutation, ...]]
+        ] = []
+        if isinstance(action, ClusterAction):
+            self.timeout = action.timeout
+            self.retry_policy = action.retry_policy
+            if action.host_rewrite is not None:
+                self.host_rewrite = action.host_rewrite.encode("latin-1")
+            for wc in action.clusters:
+                self._clusters.append(
+                    (
+                        clusters.clusters.get(wc.name),
+                        _compile(wc.request_headers),
+                        _compile(wc.response_headers),
+                    )
+                )
+        # Envoy applies route, then virtual host, then route configuration mutations.
+        self._request_mutations = _compile(
+            route.request_headers, vhost.request_headers, config.request_headers
+        )
+        self._response_mutations = _compile(
+            route.response_headers, vhost.response_headers, config.response_headers
+        )
+
+    def pick_cluster(self, rng: random.Random) -> ClusterRuntime | None:
+        clusters = self._clusters
+        if len(clusters) == 1:
+            return clusters[0][0]
+        action = self.action
+        assert isinstance(action, ClusterAction)
+        picked = pick_weighted_cluster(action, rng.randrange(action.total_weight))
+        for (runtime, _, _), wc in zip(clusters, action.clusters, strict=True):
+            if wc is picked:
+                return runtime
+        return None
+
+    def _cluster_mutations(
+        self, cluster: ClusterRuntime | None
+    ) -> tuple[tuple[CompiledMutation, ...], tuple[CompiledMutation, ...]]:
+        for runtime, request, response in self._clusters:
+            if runtime is cluster:
+                return request, response
+        return (), ()
+
+    def request_head(self, stream: Stream, cluster: ClusterRuntime) -> bytes:
+        """The request head sent upstream (same bytes for every retry)."""
+        ctx = stream.ctx
+        config = ctx.config
+        headers = strip_hop_by_hop(stream.headers, keep_upgrade=stream.upgrade)
+        host_value = self.host_rewrite
+        has_request_id = False
+        has_host = False
+        for i, (name, _) in enumerate(headers):
+            if name == b"host":
+                has_host = True
+                if host_value is not None:
+                    headers[i] = (b"host", host_value)
+            elif name == b"x-request-id":
+                has_request_id = True
+        if not has_host:
+            headers.insert(0, (b"host", host_value or stream.authority.encode("latin-1")))
+        if not has_request_id and config.generate_request_id:
+            request_id = generate_request_id(ctx.rng)
+            stream.request_id = request_id.decode("ascii")
+            headers.append((b"x-request-id", request_id))
+        set_forwarded_proto(headers, stream.conn.scheme)
+        if config.use_remote_address and not config.skip_xff_append:
+            append_forwarded_for(headers, stream.conn.remote_ip)
+        cluster_request, _ = self._cluster_mutations(cluster)
+        for mutation in cluster_request:
+            mutation.apply(headers)
+        for mutation in self._request_mutations:
+            mutation.apply(headers)
+        if stream.request_chunked:
+            headers.append(_CHUNKED)
+        path = stream.path
+        action = self.action
+        if isinstance(action, ClusterAction) and action.prefix_rewrite is not None:
+            path = rewrite_path(path, self.route, action)
+        return wire.request_head(stream.method, path.encode("latin-1"), headers)
+
+    def response_head(
+        self, stream: Stream, status: int, headers: Headers, keep_alive: bool
+    ) -> bytes:
+        """The response head sent downstream; decides framing and keep-alive."""
+        upgrade = status == 101
+        has_length = False
+        for name, _ in headers:
+            if name == b"content-length":
+                has_length = True
+                break
+        out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
+        _, cluster_response = self._cluster_mutations(stream.cluster)
+        for mutation in cluster_response:
+            mutation.apply(out)
+        for mutation in self._response_mutations:
+            mutation.apply(out)
+        service_ms = int((time.monotonic() - stream.upstream_start) * 1000)
+        out.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
+        replace_server(out)
+        conn = stream.conn
+        if not upgrade and not has_length and not stream.is_head and status not in (204, 304):
+            if conn.http11:
+                out.append(_CHUNKED)
+                stream.response_chunked = True
+            else:
+                stream.keep_alive = False
+        if not stream.keep_alive or conn.draining:
+            stream.keep_alive = False
+            out.append(_CLOSE)
+        return wire.response_head(status, out)
+
+    def mutate_response(self, headers: Headers) -> None:
+        for mutation in self._response_mutations:
+            mutation.apply(headers)
+
+    def redirect_location(self, scheme: bytes, authority: str, path: str) -> bytes:
+        action = self.action
+        assert isinstance(action, RedirectAction)
+        location = redirect_location(scheme.decode(), authority, path, self.route, action)
+        return location.encode("latin-1")
+
+
+def replace_server(headers: Headers) -> None:
+    for i, (name, _) in enumerate(headers):
+        if name == b"server":
+            headers[i] = _SERVER
+            return
+    headers.append(_SERVER)
+
+
+class HttpContext:
+    """The HTTP connection manager of one listener, compiled."""
+
+    __slots__ = (
+        "_routes",
+        "buffer_limit",
+        "clusters",
+        "config",
+        "direction",
+        "listener_name",
+        "loop",
+        "note_retry",
+        "record",
+        "rng",
+        "table",
+    )
+
+    def __init__(
+        self,
+        listener_name: str,
+        config: HttpConnectionManager,
+        direction: TrafficDirection,
+        clusters: ClusterManager,
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random,
+        buffer_limit: int,
+        record: Callable[[Stream], None],
+        note_retry: Callable[[ClusterRuntime], None],
+    ) -> None:
+        self.listener_name = listener_name
+        self.config = config
+        self.direction = direction
+        self.clusters = clusters
+        self.loop = loop
+        self.rng = rng
+        self.buffer_limit = buffer_limit
+        self.record = record
+        self.note_retry = note_retry
+        route_config = config.route_config
+        self.table = RouteTable(route_config)
+        self._routes: dict[int, RouteRuntime] = {}
+        for vhost in route_config.virtual_hosts:
+            for route in vhost.routes:
+                self._routes[id(route)] = RouteRuntime(route, vhost, route_config, clusters)
+
+    def select(self, authority: str, path: str, headers: Headers) -> RouteRuntime | None:
+        found = self.table.select_route(authority, path, headers)
+        if found is None:
+            return None
+        return self._routes[id(found[1])]
+
+    def choose_host(
+        self, cluster: ClusterRuntime, exclude: list[int] | tuple[()], attempts: int
+    ) -> int | None:
+        if not exclude:
+            return cluster.balancer.choose()
+        return choose_with_predicate(cluster.balancer, exclude, attempts)

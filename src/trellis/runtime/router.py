@@ -1,0 +1,578 @@
+"""The router: one downstream request forwarded upstream, with retries and timeouts.
+
+A `Stream` lives from the downstream request's headers to the end of its
+response. Decisions (route, host, retry or not) come from `trellis.core`; this
+module moves the bytes, owns the timers and records the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from trellis.core.config import ClusterAction, DirectResponseAction, RedirectAction
+from trellis.core.metrics import ResponseFlag
+from trellis.core.retry import RetryState, UpstreamFailure, is_retriable
+from trellis.runtime import wire
+from trellis.runtime.upstream import UpstreamConnection
+from trellis.runtime.wire import Headers
+
+if TYPE_CHECKING:
+    from trellis.runtime.cluster import ClusterRuntime, HostRuntime
+    from trellis.runtime.downstream import DownstreamHttp1
+    from trellis.runtime.http_context import HttpContext, RouteRuntime
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+class Stream:
+    """Router state for one request; the downstream connection owns it."""
+
+    __slots__ = (
+        "_backoff",
+        "_global_timer",
+        "_try_timer",
+        "authority",
+        "body",
+        "body_bytes",
+        "bound",
+        "cluster",
+        "conn",
+        "ctx",
+        "done",
+        "flags",
+        "head",
+        "headers",
+        "host",
+        "is_head",
+        "keep_alive",
+        "last_host",
+        "method",
+        "path",
+        "pending_on",
+        "replayable",
+        "request_chunked",
+        "request_done",
+        "request_id",
+        "response_bytes",
+        "response_chunked",
+        "response_code",
+        "response_started",
+        "retry",
+        "retry_held",
+        "route",
+        "start",
+        "tried",
+        "tunnel",
+        "tunnel_buf",
+        "upgrade",
+        "upstream",
+        "upstream_keep_alive",
+        "upstream_start",
+    )
+
+    def __init__(
+        self,
+        conn: DownstreamHttp1,
+        ctx: HttpContext,
+        method: bytes,
+        authority: str,
+        path: str,
+        headers: Headers,
+        keep_alive: bool,
+        upgrade: bool,
+        request_chunked: bool,
+        has_body: bool,
+    ) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.method = method
+        self.authority = authority
+        self.path = path
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.request_chunked = request_chunked
+        self.is_head = method == b"HEAD"
+        self.start = time.monotonic()
+        self.upstream_start = 0.0
+        self.upstream_keep_alive = True
+        self.route: RouteRuntime | None = None
+        self.cluster: ClusterRuntime | None = None
+        self.host: HostRuntime | None = None
+        self.last_host: HostRuntime | None = None
+        self.request_id: str | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.pending_on: HostRuntime | None = None
+        self.head = b""
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.replayable = True
+        self.request_done = not has_body
+        self.bound = False
+        self.response_started = False
+        self.response_chunked = False
+        self.response_code = 0
+        self.response_bytes = 0
+        self.flags = ResponseFlag.NONE
+        self.retry: RetryState | None = None
+        self.retry_held = False
+        self.tried: list[int] = []
+        self._global_timer: asyncio.TimerHandle | None = None
+        self._try_timer: asyncio.TimerHandle | None = None
+        self._backoff: asyncio.TimerHandle | None = None
+        self.tunnel = False
+        self.tunnel_buf: list[bytes] = []
+        self.done = False
+
+    # -- request side (called by the downstream connection) -----------------------
+
+    def begin(self) -> None:
+        """Route the request and act on the route's action."""
+        ctx = self.ctx
+        route = ctx.select(self.authority, self.path, self.headers)
+        if route is None:
+            self.local_reply(404, b"", ResponseFlag.NO_ROUTE_FOUND)
+            return
+        self.route = route
+        action = route.route.action
+        if isinstance(action, ClusterAction):
+            self._forward(route, action)
+        elif isinstance(action, DirectResponseAction):
+            self.local_reply(action.status, action.body, ResponseFlag.NONE, mutate=True)
+        elif isinstance(action, RedirectAction):
+            location = route.redirect_location(self.conn.scheme, self.authority, self.path)
+            self.local_reply(
+                action.response_code, b"", ResponseFlag.NONE, extra=[(b"location", location)]
+            )
+
+    def _forward(self, route: RouteRuntime, action: ClusterAction) -> None:
+        cluster = route.pick_cluster(self.ctx.rng)
+        if cluster is None:
+            self.local_reply(503, b"", ResponseFlag.NO_CLUSTER_FOUND)
+            return
+        self.cluster = cluster
+        if route.retry_policy is not None:
+            self.retry = RetryState(route.retry_policy, self.ctx.rng)
+        else:
+            self.replayable = False
+        self.head = route.request_head(self, cluster)
+        if self.request_done:
+            self._start_global_timer()
+        self._attempt()
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self.request_chunked:
+            data = wire.chunk(data)
+        self.body_bytes += len(data)
+        upstream = self.upstream
+        if self.replayable:
+            self.body.append(data)
+            if self.body_bytes > self.ctx.config.max_retry_buffer_bytes:
+                self.replayable = False
+                if upstream is not None:
+                    self.body.clear()
+        elif upstream is None:
+            self.body.append(data)
+            if self.body_bytes > self.ctx.buffer_limit:
+                self.conn.pause_reading()
+        if upstream is not None:
+            upstream.write(data)
+
+    def on_request_complete(self) -> None:
+        if self.done:
+            return
+        self.request_done = True
+        if self.request_chunked:
+            self.on_request_body_raw(wire.LAST_CHUNK)
+        self._start_global_timer()
+        if self.upstream is not None:
+            self._start_try_timer()
+
+    def _start_global_timer(self) -> None:
+        """Envoy's route timeout runs from the end of the downstream request."""
+        route = self.route
+        if route is not None and route.timeout is not None and self._global_timer is None:
+            self._global_timer = self.ctx.loop.call_later(route.timeout, self._on_global_timeout)
+
+    def on_request_body_raw(self, data: bytes) -> None:
+        if self.replayable or self.upstream is None:
+            self.body.append(data)
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def on_downstream_closed(self) -> None:
+        """The client went away before the response finished."""
+        if self.done:
+            return
+        self.flags |= ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+        self._drop_upstream()
+        self._finish()
+
+    # -- attempts ---------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        cluster = self.cluster
+        assert cluster is not None
+        if not cluster.hosts:
+            self.local_reply(503, b"no healthy upstream", ResponseFlag.NO_HEALTHY_UPSTREAM)
+            return
+        if not cluster.limits.try_acquire_request():
+            self._overflow()
+            return
+        policy = self.retry.policy if self.retry is not None else None
+        exclude = self.tried if policy is not None and policy.avoid_previous_hosts else ()
+        attempts = policy.host_selection_retry_max_attempts if policy is not None else 1
+        index = self.ctx.choose_host(cluster, exclude, attempts)
+        if index is None:
+            cluster.limits.release_request()
+            self.local_reply(503, b"no healthy upstream", ResponseFlag.NO_HEALTHY_UPSTREAM)
+            return
+        host = cluster.hosts[index]
+        self.host = host
+        self.last_host = host
+        self.tried.append(index)
+        host.stats.active_requests += 1
+        host.stats.total_requests += 1
+        conn = host.pool.take_idle()
+        if conn is not None:
+            self.on_pool_ready(conn)
+            return
+        if not cluster.limits.try_acquire_pending():
+            self._end_attempt()
+            self._overflow()
+            return
+        self.pending_on = host
+        host.pool.wait(self)
+
+    def _overflow(self) -> None:
+        self.local_reply(503, _RESET_BODY + b"overflow", ResponseFlag.UPSTREAM_OVERFLOW)
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        if self.pending_on is not None:
+            self.pending_on = None
+            assert self.cluster is not None
+            self.cluster.limits.release_pending()
+        if self.done:
+            assert self.host is not None
+            self.host.pool.release(conn)
+            return
+        conn.listener = self
+        self.upstream = conn
+        self.bound = True
+        self.upstream_start = time.monotonic()
+        if self.body:
+            conn.write(self.head + b"".join(self.body))
+            if not self.replayable:
+                self.body.clear()
+                self.conn.resume_reading()
+        else:
+            conn.write(self.head)
+        if self.request_done:
+            self._start_try_timer()
+
+    def on_pool_failure(self, reason: str) -> None:
+        if self.pending_on is not None:
+            self.pending_on = None
+            assert self.cluster is not None
+            self.cluster.limits.release_pending()
+        if self.done:
+            return
+        self.flags |= ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+        self._attempt_failed(None, UpstreamFailure.CONNECT_FAILURE, reason)
+
+    def _start_try_timer(self) -> None:
+        retry = self.retry
+        if (
+            retry is not None
+            and retry.policy.per_try_timeout is not None
+            and self._try_timer is None
+        ):
+            self._try_timer = self.ctx.loop.call_later(
+                retry.policy.per_try_timeout, self._on_try_timeout
+            )
+
+    def _end_attempt(self) -> None:
+        """Release what the current attempt holds (not the connection)."""
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+        host = self.host
+        if host is not None:
+            self.host = None
+            host.stats.active_requests -= 1
+            assert self.cluster is not None
+            self.cluster.limits.release_request()
+            if self.pending_on is not None:
+                self.pending_on.pool.cancel(self)
+                self.pending_on = None
+                self.cluster.limits.release_pending()
+        if self.retry_held:
+            self.retry_held = False
+            assert self.cluster is not None
+            self.cluster.limits.release_retry()
+
+    def _drop_upstream(self) -> None:
+        """Abandon the current upstream connection (it cannot be reused)."""
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.listener = None
+            conn.close()
+        self._end_attempt()
+
+    def _attempt_failed(
+        self, status: int | None, failure: UpstreamFailure | None, reason: str
+    ) -> bool:
+        """Retry if policy allows; otherwise answer. Returns True when a retry is scheduled."""
+        if self.host is not None:
+            self.host.stats.failures += 1
+        self._drop_upstream()
+        if self._retry_allowed(status, failure):
+            return True
+        if failure is not None:
+            if failure is UpstreamFailure.PER_TRY_TIMEOUT:
+                self.local_reply(
+                    504, b"upstream request timeout", ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+                )
+            else:
+                self.local_reply(503, _RESET_BODY + reason.encode(), ResponseFlag.NONE)
+        return False
+
+    def _retry_allowed(self, status: int | None, failure: UpstreamFailure | None) -> bool:
+        retry = self.retry
+        if retry is None or self.response_started or self.done:
+            return False
+        if not is_retriable(retry.policy, status=status, failure=failure):
+            return False
+        if not self.replayable or not retry.attempt_allowed():
+            self.flags |= ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
+            return False
+        cluster = self.cluster
+        assert cluster is not None
+        if not cluster.limits.try_acquire_retry():
+            return False
+        retry.record_attempt()
+        self.retry_held = True
+        self.ctx.note_retry(cluster)
+        self.flags &= ~ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+        self._backoff = self.ctx.loop.call_later(retry.backoff(), self._retry_now)
+        return True
+
+    def _retry_now(self) -> None:
+        self._backoff = None
+        if not self.done:
+            self._attempt()
+
+    # -- timers -------------------------------------------------------------------
+
+    def _on_try_timeout(self) -> None:
+        self._try_timer = None
+        if self.done:
+            return
+        if self.response_started:
+            self._abort_response(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
+            return
+        self.flags |= ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+        if self._attempt_failed(None, UpstreamFailure.PER_TRY_TIMEOUT, "per-try timeout"):
+            self.flags &= ~ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+
+    def _on_global_timeout(self) -> None:
+        self._global_timer = None
+        if self.done:
+            return
+        if self.response_started:
+            self._abort_response(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
+            return
+        self._drop_upstream()
+        self.local_reply(504, b"upstream request timeout", ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
+
+    # -- response side (called by the upstream connection) -------------------------
+
+    def on_response_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
+        if self.done:
+            return
+        if status < 200 and status != 101:
+            if status == 100 and self.ctx.config.proxy_100_continue:
+                self.conn.write(wire.CONTINUE_100)
+            return
+        retry = self.retry
+        if retry is not None and self._retry_allowed_for_status(status):
+            return
+        self.response_started = True
+        self.response_code = status
+        self.upstream_keep_alive = keep_alive
+        assert self.route is not None
+        route = self.route
+        framing = route.response_head(self, status, headers, keep_alive)
+        self.conn.write(framing)
+        if self.is_head or status in _NO_BODY_STATUS:
+            # httptools cannot be told a response answers HEAD: finish here and
+            # do not reuse the connection, its parser may expect a body.
+            if self.upstream is not None:
+                self.upstream.listener = None
+                self.upstream.close()
+                self.upstream = None
+            self._complete()
+
+    def _retry_allowed_for_status(self, status: int) -> bool:
+        retry = self.retry
+        assert retry is not None
+        if status < 500 and status not in retry.policy.retriable_status_codes:
+            return False
+        if self.host is not None:
+            self.host.stats.failures += 1
+        if not is_retriable(retry.policy, status=status, failure=None):
+            return False
+        conn = self.upstream
+        # Keep the connection until we know a retry will happen.
+        if not (self.replayable and retry.attempt_allowed()):
+            self.flags |= ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
+            return False
+        self.upstream = None
+        if conn is not None:
+            conn.listener = None
+            conn.close()
+        self._end_attempt()
+        return self._retry_allowed(status, None)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.done or not self.response_started:
+            return
+        self.response_bytes += len(data)
+        self.conn.write(wire.chunk(data) if self.response_chunked else data)
+
+    def on_response_complete(self) -> None:
+        if self.done or not self.response_started or self.tunnel:
+            return
+        if self.response_code == 101:
+            return  # the upgrade exception follows
+        if self.response_chunked:
+            self.conn.write(wire.LAST_CHUNK)
+        conn = self.upstream
+        self.upstream = None
+        host = self.host
+        if host is not None:
+            host.stats.successes += 1
+        self._end_attempt()
+        if conn is not None and host is not None:
+            if self.request_done and self.upstream_keep_alive:
+                host.pool.release(conn)
+            else:
+                conn.listener = None
+                conn.close()
+        self._complete()
+
+    def on_upstream_reset(self, reason: str) -> None:
+        if self.done:
+            return
+        self.upstream = None
+        if self.tunnel:
+            self._end_attempt()
+            self.conn.close()
+            self._finish()
+            return
+        if self.response_started:
+            self._abort_response(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+            return
+        self.flags |= ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        if self._attempt_failed(None, UpstreamFailure.RESET, reason):
+            self.flags &= ~ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+
+    def on_upstream_upgrade(self, rest: bytes) -> None:
+        if self.done or self.response_code != 101:
+            self._drop_upstream()
+            return
+        self.tunnel = True
+        self._cancel_timers()
+        if rest:
+            self.conn.write(rest)
+        self.conn.start_tunnel(self)
+        if self.tunnel_buf and self.upstream is not None:
+            self.upstream.write(b"".join(self.tunnel_buf))
+        self.tunnel_buf.clear()
+
+    def on_upstream_data(self, data: bytes) -> None:
+        """Tunnel bytes from upstream; empty means the upstream half-closed."""
+        if data:
+            self.response_bytes += len(data)
+            self.conn.write(data)
+        else:
+            self.conn.write_eof()
+
+    def on_downstream_tunnel_data(self, data: bytes) -> None:
+        upstream = self.upstream
+        if not self.tunnel or upstream is None:
+            self.tunnel_buf.append(data)
+        elif data:
+            self.body_bytes += len(data)
+            upstream.write(data)
+        else:
+            upstream.write_eof()
+
+    def downstream(self) -> DownstreamHttp1:
+        return self.conn
+
+    def pause_downstream(self) -> None:
+        self.conn.pause_reading()
+
+    def resume_downstream(self) -> None:
+        self.conn.resume_reading()
+
+    # -- endings ------------------------------------------------------------------
+
+    def local_reply(
+        self,
+        code: int,
+        body: bytes,
+        flag: ResponseFlag,
+        *,
+        extra: Headers | None = None,
+        mutate: bool = False,
+    ) -> None:
+        if self.done:
+            return
+        self._cancel_timers()
+        self.flags |= flag
+        self.response_code = code
+        self.response_bytes = 0 if self.is_head else len(body)
+        headers = list(extra) if extra else []
+        if mutate and self.route is not None:
+            self.route.mutate_response(headers)
+        close = not self.keep_alive or self.conn.draining or not self.request_done
+        self.response_started = True
+        self.keep_alive = not close
+        self.conn.write(
+            wire.local_reply(code, body, close=close, extra=headers, head_only=self.is_head)
+        )
+        self._finish()
+
+    def _abort_response(self, flag: ResponseFlag) -> None:
+        """The response already started: all we can do is cut the connection."""
+        self.flags |= flag
+        self._drop_upstream()
+        self.keep_alive = False
+        self.conn.close()
+        self._finish()
+
+    def _complete(self) -> None:
+        self._finish()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._global_timer, self._try_timer, self._backoff):
+            if timer is not None:
+                timer.cancel()
+        self._global_timer = self._try_timer = self._backoff = None
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timers()
+        self._end_attempt()
+        self.ctx.record(self)
+        self.conn.stream_finished(self)

@@ -1,0 +1,256 @@
+"""The proxy at run time: listeners, clusters, admin server, housekeeping and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+from trellis import __version__
+from trellis.core.config import HttpConnectionManager, ProxyConfig, TcpProxy
+from trellis.core.labels import peer_labels, service_from_cluster
+from trellis.core.metrics import CounterCell, IstioMetrics, StatsRegistry
+from trellis.runtime.admin import AdminServer
+from trellis.runtime.cluster import ClusterManager, ClusterRuntime
+from trellis.runtime.http_context import HttpContext
+from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
+from trellis.runtime.tcp import TcpContext
+from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("trellis.proxy")
+
+_HOUSEKEEPING_INTERVAL = 1.0
+
+
+class ProxyServer:
+    """Owns everything that runs inside one `trellis proxy` process."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        dump: Callable[[], dict[str, object]],
+        *,
+        drain_time: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._dump = dump
+        self.drain_time = drain_time
+        self.rng = rng or random.Random()
+        self.metrics = IstioMetrics()
+        self.stats = StatsRegistry()
+        self.clusters = ClusterManager.build(config.clusters, self.rng)
+        self.budget = ConnectionBudget(config.max_downstream_connections)
+        self.listeners: list[ListenerRuntime] = []
+        self.admin: AdminServer | None = None
+        self.started = time.time()
+        self._state = "PRE_INITIALIZING"
+        self._stop = asyncio.Event()
+        self._retry_cells: dict[str, CounterCell] = {}
+        self._logs: list[AccessLogSink] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.stats.gauge("envoy_server_live").value = 0
+
+    # -- building ------------------------------------------------------------------
+
+    def _note_retry(self, cluster: ClusterRuntime) -> None:
+        name = cluster.config.name
+        cell = self._retry_cells.get(name)
+        if cell is None:
+            cell = self._retry_cells[name] = self.stats.counter(
+                "envoy_cluster_upstream_rq_retry", (("envoy_cluster_name", name),)
+            )
+        cell.value += 1
+
+    def _build_listeners(self, loop: asyncio.AbstractEventLoop) -> None:
+        node = self.config.node
+        for listener in self.config.listeners:
+            network_filter = listener.filter
+            context: HttpContext | TcpContext
+            if isinstance(network_filter, HttpConnectionManager):
+                sinks = tuple(AccessLogSink(c) for c in network_filter.access_logs)
+                self._logs.extend(sinks)
+                recorder = HttpRecorder(
+                    node,
+                    listener.direction,
+                    network_filter.stat_prefix,
+                    self.metrics,
+                    self.stats,
+                    sinks,
+                )
+                context = HttpContext(
+                    listener.name,
+                    network_filter,
+                    listener.direction,
+                    self.clusters,
+                    loop,
+                    self.rng,
+                    listener.per_connection_buffer_limit_bytes,
+                    recorder.record,
+                    self._note_retry,
+                )
+            else:
+                assert isinstance(network_filter, TcpProxy)
+                host = service_from_cluster(network_filter.cluster) or network_filter.cluster
+                peer = peer_labels(node, listener.direction, host, protocol="tcp")
+                context = TcpContext(
+                    network_filter,
+                    self.clusters.clusters.get(network_filter.cluster),
+                    self.metrics,
+                    peer,
+                )
+            self.listeners.append(ListenerRuntime(listener, context, self.budget, self.stats))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._build_listeners(loop)
+        if self.config.admin is not None:
+            self.admin = AdminServer(self)
+            address = self.config.admin.address
+            await self.admin.start(address.host, address.port)
+        for listener in self.listeners:
+            await listener.start()
+            log.info("listener %s on %s", listener.config.name, listener.config.address)
+        self._housekeeping = loop.create_task(self._housekeep(), name="housekeeping")
+        self._state = "LIVE"
+        self.stats.gauge("envoy_server_live").value = 1
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    def quit(self) -> None:
+        self._stop.set()
+
+    def drain(self) -> None:
+        if self._state != "DRAINING":
+            self._state = "DRAINING"
+            self.stats.gauge("envoy_server_live").value = 0
+            for listener in self.listeners:
+                listener.drain()
+
+    async def shutdown(self, drain: bool) -> None:
+        """Stop accepting; when `drain`, let in-flight requests finish (bounded)."""
+        emptied = self.budget.emptied = asyncio.Event()
+        self.drain()
+        if drain and self.budget.active > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(emptied.wait(), self.drain_time)
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                conn.close()
+        self.clusters.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        if self.admin is not None:
+            self.admin.close()
+        for sink in self._logs:
+            sink.flush()
+            sink.close()
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
+            now = time.monotonic()
+            try:
+                self.clusters.sweep_idle(now)
+                for listener in self.listeners:
+                    network_filter = listener.config.filter
+                    listener.sweep_idle(now, network_filter.idle_timeout)
+                for sink in self._logs:
+                    sink.flush()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    # -- admin -------------------------------------------------------------------------
+
+    def state(self) -> str:
+        return self._state
+
+    def prometheus(self) -> str:
+        self.stats.gauge("envoy_server_uptime").value = int(time.time() - self.started)
+        self._cluster_gauges()
+        return self.metrics.render_prometheus() + self.stats.render_prometheus()
+
+    def stats_text(self) -> str:
+        self._cluster_gauges()
+        return self.stats.render_envoy_text()
+
+    def _cluster_gauges(self) -> None:
+        for name, cluster in self.clusters.clusters.items():
+            labels = (("envoy_cluster_name", name),)
+            stats = self.stats
+            stats.gauge("envoy_cluster_upstream_cx_active", labels).value = sum(
+                h.stats.active_connections for h in cluster.hosts
+            )
+            stats.gauge("envoy_cluster_upstream_rq_active", labels).value = sum(
+                h.stats.active_requests for h in cluster.hosts
+            )
+            stats.gauge("envoy_cluster_upstream_rq_total", labels).value = sum(
+                h.stats.total_requests for h in cluster.hosts
+            )
+            stats.gauge("envoy_cluster_upstream_cx_connect_fail", labels).value = sum(
+                h.cx_connect_fail for h in cluster.hosts
+            )
+            limits = cluster.limits
+            stats.gauge(
+                "envoy_cluster_upstream_rq_pending_overflow", labels
+            ).value = limits.upstream_rq_pending_overflow
+            stats.gauge(
+                "envoy_cluster_upstream_cx_overflow", labels
+            ).value = limits.upstream_cx_overflow
+            stats.gauge(
+                "envoy_cluster_upstream_rq_retry_overflow", labels
+            ).value = limits.upstream_rq_retry_overflow
+
+    def config_dump(self) -> dict[str, object]:
+        return self._dump()
+
+    def clusters_text(self) -> str:
+        """Envoy's `/clusters` text: `cluster::host::stat::value` lines."""
+        out: list[str] = []
+        for name, cluster in self.clusters.clusters.items():
+            t = cluster.config.thresholds
+            for key, value in (
+                ("max_connections", t.max_connections),
+                ("max_pending_requests", t.max_pending_requests),
+                ("max_requests", t.max_requests),
+                ("max_retries", t.max_retries),
+            ):
+                out.append(f"{name}::default_priority::{key}::{value}")
+            out.append(f"{name}::added_via_api::false")
+            for host, endpoint in zip(cluster.hosts, cluster.config.endpoints, strict=True):
+                s = host.stats
+                prefix = f"{name}::{host.address}"
+                out.extend(
+                    (
+                        f"{prefix}::cx_active::{s.active_connections}",
+                        f"{prefix}::cx_connect_fail::{host.cx_connect_fail}",
+                        f"{prefix}::cx_total::{host.cx_total}",
+                        f"{prefix}::rq_active::{s.active_requests}",
+                        f"{prefix}::rq_error::{s.failures}",
+                        f"{prefix}::rq_success::{s.successes}",
+                        f"{prefix}::rq_total::{s.total_requests}",
+                        f"{prefix}::hostname::",
+                        f"{prefix}::health_flags::healthy",
+                        f"{prefix}::weight::{endpoint.weight}",
+                    )
+                )
+        return "\n".join(out) + "\n"
+
+    def server_info(self) -> dict[str, object]:
+        return {
+            "version": f"trellis/{__version__}",
+            "state": self._state,
+            "uptime_current_epoch": f"{int(time.time() - self.started)}s",
+            "pid": os.getpid(),
+            "node": {"id": self.config.node.id, "cluster": self.config.node.cluster},
+        }

@@ -1,0 +1,259 @@
+"""The TCP proxy filter: a byte pipe between a client and one upstream host.
+
+Half-close is honoured in both directions: an EOF from one side becomes a
+`write_eof` on the other, and the pair closes once both directions ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+from trellis.core.config import TcpProxy
+from trellis.core.metrics import IstioMetrics, PeerLabels, ResponseFlag, format_flags
+
+if TYPE_CHECKING:
+    from trellis.runtime.cluster import ClusterRuntime, HostRuntime
+    from trellis.runtime.listener import ListenerRuntime
+
+log = logging.getLogger("trellis.tcp")
+
+
+class TcpContext:
+    """A TCP proxy filter, compiled for one listener."""
+
+    __slots__ = ("cluster", "config", "metrics", "peer")
+
+    def __init__(
+        self,
+        config: TcpProxy,
+        cluster: ClusterRuntime | None,
+        metrics: IstioMetrics,
+        peer: PeerLabels,
+    ) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.metrics = metrics
+        self.peer = peer
+
+
+class _UpstreamSide(asyncio.Protocol):
+    __slots__ = ("pipe", "transport")
+
+    def __init__(self, pipe: TcpDownstream) -> None:
+        self.pipe = pipe
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        self.pipe.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pipe.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.pipe.pause_downstream()
+
+    def resume_writing(self) -> None:
+        self.pipe.resume_downstream()
+
+
+class TcpDownstream(asyncio.Protocol):
+    __slots__ = (
+        "_connect",
+        "_eof_down",
+        "_eof_up",
+        "_pending",
+        "closed",
+        "ctx",
+        "flags",
+        "host",
+        "last_activity",
+        "listener",
+        "received",
+        "sent",
+        "transport",
+        "upstream",
+    )
+
+    def __init__(self, listener: ListenerRuntime, ctx: TcpContext) -> None:
+        self.listener = listener
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _UpstreamSide | None = None
+        self.host: HostRuntime | None = None
+        self._pending: list[bytes] = []
+        self._eof_down = False
+        self._eof_up = False
+        self._connect: asyncio.Task[None] | None = None
+        self.received = 0
+        self.sent = 0
+        self.flags = ResponseFlag.NONE
+        self.closed = False
+        self.last_activity = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.listener.connection_opened(self)
+        self.ctx.metrics.tcp_opened(self.ctx.peer)
+        cluster = self.ctx.cluster
+        if cluster is None or not cluster.hosts:
+            self._fail(
+                ResponseFlag.NO_HEALTHY_UPSTREAM if cluster else ResponseFlag.NO_CLUSTER_FOUND
+            )
+            return
+        if not cluster.limits.try_acquire_connection():
+            self._fail(ResponseFlag.UPSTREAM_OVERFLOW)
+            return
+        index = cluster.balancer.choose()
+        if index is None:
+            cluster.limits.release_connection()
+            self._fail(ResponseFlag.NO_HEALTHY_UPSTREAM)
+            return
+        self.host = cluster.hosts[index]
+        self.host.stats.active_requests += 1
+        self.transport.pause_reading()
+        self._connect = asyncio.get_running_loop().create_task(
+            self._open(cluster, self.host), name=f"tcp connect {self.host.address}"
+        )
+
+    async def _open(self, cluster: ClusterRuntime, host: HostRuntime) -> None:
+        loop = asyncio.get_running_loop()
+        host.cx_total += 1
+        try:
+            _, upstream = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _UpstreamSide(self), host.address.host, host.address.port
+                ),
+                cluster.config.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.debug("tcp connect to %s failed: %s", host.address, exc)
+            host.cx_connect_fail += 1
+            host.stats.connect_failures += 1
+            self._fail(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+            return
+        if self.closed:
+            if upstream.transport is not None:
+                upstream.transport.close()
+            return
+        host.stats.active_connections += 1
+        self.upstream = upstream
+        if self._pending and upstream.transport is not None:
+            upstream.transport.write(b"".join(self._pending))
+            self._pending.clear()
+        if self._eof_down and upstream.transport is not None and upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- downstream events -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.last_activity = time.monotonic()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+        else:
+            self._pending.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof_down = True
+        upstream = self.upstream
+        if (
+            upstream is not None
+            and upstream.transport is not None
+            and upstream.transport.can_write_eof()
+        ):
+            upstream.transport.write_eof()
+        self._maybe_close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._close()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # -- upstream events ---------------------------------------------------------------
+
+    def from_upstream(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.last_activity = time.monotonic()
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_eof(self) -> None:
+        self._eof_up = True
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._maybe_close()
+
+    def upstream_lost(self) -> None:
+        if not self.closed and not self._eof_up:
+            self.flags |= ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        self._close()
+
+    def pause_downstream(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_downstream(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- endings -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both sides (idle timeout, drain)."""
+        self._close()
+
+    def _maybe_close(self) -> None:
+        if self._eof_down and self._eof_up:
+            self._close()
+
+    def _fail(self, flag: ResponseFlag) -> None:
+        self.flags |= flag
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._connect is not None and not self._connect.done():
+            self._connect.cancel()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.close()
+        if self.transport is not None:
+            self.transport.close()
+        host = self.host
+        cluster = self.ctx.cluster
+        if host is not None and cluster is not None:
+            host.stats.active_requests -= 1
+            if self.upstream is not None:
+                host.stats.active_connections -= 1
+            cluster.limits.release_connection()
+        flags = format_flags(self.flags)
+        metrics = self.ctx.metrics
+        metrics.tcp_bytes(self.ctx.peer, self.sent, self.received, flags)
+        metrics.tcp_closed(self.ctx.peer, flags)
+        self.listener.connection_closed(self)

@@ -1,0 +1,145 @@
+"""Recording what happened: Istio metrics, Envoy-style counters and access logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING
+
+from trellis.core.accesslog import AccessLogEntry, AccessLogFormatter
+from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
+from trellis.core.labels import peer_labels, service_from_cluster, strip_port
+from trellis.core.metrics import IstioMetrics, PeerLabels, StatsRegistry, format_flags
+
+if TYPE_CHECKING:
+    from trellis.runtime.router import Stream
+
+_MAX_PEER_CACHE = 4096  # authorities are client-chosen: bound what they can make us keep
+
+
+class AccessLogSink:
+    """One configured access log: a compiled format and where lines go."""
+
+    __slots__ = ("formatter", "stream")
+
+    def __init__(self, config: AccessLogConfig) -> None:
+        self.formatter = AccessLogFormatter.from_config(config.text_format, config.json_format)
+        self.stream: IO[str] = (
+            sys.stdout
+            if config.path in (None, "/dev/stdout")
+            else open(config.path, "a", buffering=1 << 16)  # noqa: SIM115
+        )
+
+    def write(self, entry: AccessLogEntry) -> None:
+        line = self.formatter.format(entry)
+        self.stream.write(line if line.endswith("\n") else line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not sys.stdout:
+            self.stream.close()
+
+
+class HttpRecorder:
+    """Per-listener recorder for finished HTTP streams."""
+
+    __slots__ = (
+        "_cx_rq",
+        "_peers",
+        "_rq_by_class",
+        "direction",
+        "logs",
+        "metrics",
+        "node",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        node: NodeIdentity,
+        direction: TrafficDirection,
+        stat_prefix: str,
+        metrics: IstioMetrics,
+        stats: StatsRegistry,
+        logs: tuple[AccessLogSink, ...],
+    ) -> None:
+        self.node = node
+        self.direction = direction
+        self.metrics = metrics
+        self.stats = stats
+        self.logs = logs
+        self._peers: dict[tuple[str, str], PeerLabels] = {}
+        labels = (("envoy_http_conn_manager_prefix", stat_prefix),)
+        self._cx_rq = stats.counter("envoy_http_downstream_rq_total", labels)
+        self._rq_by_class = [
+            stats.counter(
+                "envoy_http_downstream_rq_xx", (*labels, ("envoy_response_code_class", str(c)))
+            )
+            for c in range(6)
+        ]
+
+    def peer(self, cluster_name: str, authority: str) -> PeerLabels:
+        key = (cluster_name, authority)
+        peer = self._peers.get(key)
+        if peer is None:
+            host = service_from_cluster(cluster_name) or strip_port(authority).lower()
+            if len(self._peers) >= _MAX_PEER_CACHE:
+                host = "unknown"
+                key = ("", "")
+                peer = self._peers.get(key)
+                if peer is not None:
+                    return peer
+            peer = peer_labels(self.node, self.direction, host)
+            self._peers[key] = peer
+        return peer
+
+    def record(self, stream: Stream) -> None:
+        now = time.monotonic()
+        duration_ms = (now - stream.start) * 1000.0
+        code = stream.response_code
+        flags = format_flags(stream.flags) if stream.flags else "-"
+        cluster = stream.cluster
+        cluster_name = cluster.config.name if cluster is not None else ""
+        self.metrics.record_http(
+            self.peer(cluster_name, stream.authority),
+            code,
+            flags,
+            duration_ms,
+            stream.body_bytes,
+            stream.response_bytes,
+        )
+        self._cx_rq.value += 1
+        self._rq_by_class[code // 100 if 0 < code < 600 else 0].value += 1
+        if self.logs:
+            entry = self._entry(stream, code, flags, duration_ms, now)
+            for sink in self.logs:
+                sink.write(entry)
+
+    def _entry(
+        self, stream: Stream, code: int, flags: str, duration_ms: float, now: float
+    ) -> AccessLogEntry:
+        headers = dict((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
+        route = stream.route
+        host = stream.last_host
+        return AccessLogEntry(
+            start_time=time.time() - (now - stream.start),
+            method=stream.method.decode("latin-1"),
+            path=stream.path,
+            protocol="HTTP/1.1" if stream.conn.http11 else "HTTP/1.0",
+            authority=stream.authority,
+            response_code=code,
+            response_flags=flags,
+            bytes_received=stream.body_bytes,
+            bytes_sent=stream.response_bytes,
+            duration_ms=duration_ms,
+            upstream_host=str(host.address) if host is not None else None,
+            upstream_cluster=stream.cluster.config.name if stream.cluster is not None else None,
+            route_name=route.route.name or None if route is not None else None,
+            request_id=headers.get("x-request-id") or stream.request_id,
+            downstream_remote_address=stream.conn.remote_ip,
+            user_agent=headers.get("user-agent"),
+            x_forwarded_for=headers.get("x-forwarded-for"),
+            request_headers=headers,
+        )

@@ -1,0 +1,85 @@
+"""HTTP/1.1 bytes on the wire: status lines, heads, chunk framing, local replies."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+SERVER_NAME = b"trellis"
+_CRLF = b"\r\n"
+_SEP = b": "
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        reason = HTTPStatus(code).phrase
+    except ValueError:
+        reason = "Unknown"
+    return f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1")
+
+
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(code: int) -> bytes:
+    line = STATUS_LINES.get(code)
+    return line if line is not None else _status_line(code)
+
+
+def serialize_headers(parts: list[bytes], headers: Headers) -> None:
+    """Append `name: value\\r\\n` lines to `parts`, then the blank line."""
+    append = parts.append
+    for name, value in headers:
+        append(name)
+        append(_SEP)
+        append(value)
+        append(_CRLF)
+    append(_CRLF)
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    serialize_headers(parts, headers)
+    return b"".join(parts)
+
+
+def response_head(code: int, headers: Headers) -> bytes:
+    parts = [status_line(code)]
+    serialize_headers(parts, headers)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def local_reply(
+    code: int,
+    body: bytes,
+    *,
+    close: bool,
+    content_type: bytes = b"text/plain",
+    extra: Headers | None = None,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response the proxy generates itself (Envoy calls these local replies)."""
+    headers: Headers = []
+    if body:
+        headers.append((b"content-type", content_type))
+    headers.append((b"content-length", str(len(body)).encode()))
+    if extra:
+        headers.extend(extra)
+    headers.append((b"date", http_date()))
+    headers.append((b"server", SERVER_NAME))
+    if close:
+        headers.append((b"connection", b"close"))
+    head = response_head(code, headers)
+    return head if head_only else head + body
+
+
+def http_date() -> bytes:
+    return formatdate(usegmt=True).encode("ascii")
