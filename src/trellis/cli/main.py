@@ -40,12 +40,12 @@ def cli() -> None:
     "--drain-time-s",
     "drain_time",
     type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="How long SIGTERM waits for in-flight requests.",
+    default=None,
+    help="How long SIGTERM waits for in-flight requests "
+    "[default: the longest HCM drain_timeout, 5s if none].",
 )
 @click.option("--log-level", "-l", type=click.Choice(_LEVELS), default="info", show_default=True)
-def proxy(bootstrap: Path, drain_time: float, log_level: str) -> None:
+def proxy(bootstrap: Path, drain_time: float | None, log_level: str) -> None:
     """Run the sidecar proxy from a bootstrap file."""
     _configure_logging(log_level)
     from trellis.proxy.main import run  # noqa: PLC0415 - keep other commands' imports out of the proxy

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvloop
 
+from trellis.core.config import HttpConnectionManager
 from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer
 from trellis.xds.compile import compile_file
@@ -19,13 +20,26 @@ from trellis.xds.config_dump import config_dump
 log = logging.getLogger("trellis.proxy")
 
 
-def run(bootstrap: Path, *, drain_time: float = 5.0) -> int:
-    """Run the proxy in this process; returns the exit status."""
+def run(bootstrap: Path, *, drain_time: float | None = None) -> int:
+    """Run the proxy in this process; returns the exit status.
+
+    `drain_time` bounds the drain on SIGTERM; by default it is the longest
+    `drain_timeout` of the bootstrap's HTTP connection managers (Envoy's 5 s).
+    """
     try:
         message, config = compile_file(bootstrap)
     except ConfigError as exc:
         print(f"trellis proxy: invalid bootstrap: {exc}", file=sys.stderr)
         return 1
+    if drain_time is None:
+        drain_time = max(
+            (
+                lst.filter.drain_timeout
+                for lst in config.listeners
+                if isinstance(lst.filter, HttpConnectionManager)
+            ),
+            default=5.0,
+        )
     loaded_at = time.time()
     server = ProxyServer(config, lambda: config_dump(message, loaded_at), drain_time=drain_time)
     return uvloop.run(_serve(server))

@@ -224,8 +224,10 @@ class DownstreamHttp1(asyncio.Protocol):
                 expect_continue = True
         target = self._url
         if target[:1] != b"/":
-            target, absolute_host = self._absolute_form(method, target)
-            host = absolute_host
+            # Absolute form (explicit proxy): the URL's authority replaces any Host header.
+            target, host = self._absolute_form(method, target)
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.insert(0, (b"host", host))
         if host is None:
             if self.http11:
                 raise RequestRejectedError(400, "missing host header")

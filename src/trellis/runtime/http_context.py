@@ -138,7 +138,7 @@ class RouteRuntime:
             request_id = generate_request_id(ctx.rng)
             stream.request_id = request_id.decode("ascii")
             headers.append((b"x-request-id", request_id))
-        set_forwarded_proto(headers, stream.conn.scheme)
+        set_forwarded_proto(headers, stream.conn.scheme, overwrite=config.use_remote_address)
         if config.use_remote_address and not config.skip_xff_append:
             append_forwarded_for(headers, stream.conn.remote_ip)
         cluster_request, _ = self._cluster_mutations(cluster)
@@ -154,9 +154,7 @@ class RouteRuntime:
             path = rewrite_path(path, self.route, action)
         return wire.request_head(stream.method, path.encode("latin-1"), headers)
 
-    def response_head(
-        self, stream: Stream, status: int, headers: Headers, keep_alive: bool
-    ) -> bytes:
+    def response_head(self, stream: Stream, status: int, headers: Headers) -> bytes:
         """The response head sent downstream; decides framing and keep-alive."""
         upgrade = status == 101
         has_length = False

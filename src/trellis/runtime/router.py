@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from trellis.core.config import ClusterAction, DirectResponseAction, RedirectAction
 from trellis.core.metrics import ResponseFlag
-from trellis.core.retry import RetryState, UpstreamFailure, is_retriable
+from trellis.core.retry import RetryDecision, RetryState, UpstreamFailure, is_retriable
 from trellis.runtime import wire
 from trellis.runtime.upstream import UpstreamConnection
 from trellis.runtime.wire import Headers
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from trellis.runtime.downstream import DownstreamHttp1
     from trellis.runtime.http_context import HttpContext, RouteRuntime
 
-_NO_BODY_STATUS = frozenset({204, 304})
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 
@@ -61,7 +60,6 @@ class Stream:
         "response_code",
         "response_started",
         "retry",
-        "retry_held",
         "route",
         "start",
         "tried",
@@ -118,7 +116,6 @@ class Stream:
         self.response_bytes = 0
         self.flags = ResponseFlag.NONE
         self.retry: RetryState | None = None
-        self.retry_held = False
         self.tried: list[int] = []
         self._global_timer: asyncio.TimerHandle | None = None
         self._try_timer: asyncio.TimerHandle | None = None
@@ -155,7 +152,7 @@ class Stream:
             return
         self.cluster = cluster
         if route.retry_policy is not None:
-            self.retry = RetryState(route.retry_policy, self.ctx.rng)
+            self.retry = RetryState(route.retry_policy, self.ctx.rng, cluster.limits)
         else:
             self.replayable = False
         self.head = route.request_head(self, cluster)
@@ -282,8 +279,9 @@ class Stream:
             self.cluster.limits.release_pending()
         if self.done:
             return
-        self.flags |= ResponseFlag.UPSTREAM_CONNECTION_FAILURE
-        self._attempt_failed(None, UpstreamFailure.CONNECT_FAILURE, reason)
+        self._attempt_failed(
+            UpstreamFailure.CONNECT_FAILURE, ResponseFlag.UPSTREAM_CONNECTION_FAILURE, reason
+        )
 
     def _start_try_timer(self) -> None:
         retry = self.retry
@@ -311,10 +309,6 @@ class Stream:
                 self.pending_on.pool.cancel(self)
                 self.pending_on = None
                 self.cluster.limits.release_pending()
-        if self.retry_held:
-            self.retry_held = False
-            assert self.cluster is not None
-            self.cluster.limits.release_retry()
 
     def _drop_upstream(self) -> None:
         """Abandon the current upstream connection (it cannot be reused)."""
@@ -325,41 +319,30 @@ class Stream:
             conn.close()
         self._end_attempt()
 
-    def _attempt_failed(
-        self, status: int | None, failure: UpstreamFailure | None, reason: str
-    ) -> bool:
-        """Retry if policy allows; otherwise answer. Returns True when a retry is scheduled."""
-        if self.host is not None:
-            self.host.stats.failures += 1
-        self._drop_upstream()
-        if self._retry_allowed(status, failure):
-            return True
-        if failure is not None:
-            if failure is UpstreamFailure.PER_TRY_TIMEOUT:
-                self.local_reply(
-                    504, b"upstream request timeout", ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
-                )
-            else:
-                self.local_reply(503, _RESET_BODY + reason.encode(), ResponseFlag.NONE)
-        return False
+    def _retry(self, status: int | None, failure: UpstreamFailure | None) -> bool:
+        """Schedule a retry of this outcome if the policy allows; True when scheduled.
 
-    def _retry_allowed(self, status: int | None, failure: UpstreamFailure | None) -> bool:
+        Sets URX when the outcome was retriable but the retries are used up, and
+        UO when the cluster's retry budget refused it (as Envoy does).
+        """
         retry = self.retry
         if retry is None or self.response_started or self.done:
             return False
-        if not is_retriable(retry.policy, status=status, failure=failure):
+        if not self.replayable:
+            if is_retriable(retry.policy, status=status, failure=failure):
+                self.flags |= ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
             return False
-        if not self.replayable or not retry.attempt_allowed():
+        decision = retry.decide(status=status, failure=failure)
+        if decision is RetryDecision.LIMIT_EXCEEDED:
             self.flags |= ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
+        elif decision is RetryDecision.OVERFLOW:
+            self.flags |= ResponseFlag.UPSTREAM_OVERFLOW
+        if decision is not RetryDecision.RETRY:
             return False
+        self._drop_upstream()
         cluster = self.cluster
         assert cluster is not None
-        if not cluster.limits.try_acquire_retry():
-            return False
-        retry.record_attempt()
-        self.retry_held = True
         self.ctx.note_retry(cluster)
-        self.flags &= ~ResponseFlag.UPSTREAM_CONNECTION_FAILURE
         self._backoff = self.ctx.loop.call_later(retry.backoff(), self._retry_now)
         return True
 
@@ -367,6 +350,18 @@ class Stream:
         self._backoff = None
         if not self.done:
             self._attempt()
+
+    def _attempt_failed(self, failure: UpstreamFailure, flag: ResponseFlag, reason: str) -> None:
+        """No usable response from this attempt: retry, or answer with a local reply."""
+        if self.host is not None:
+            self.host.stats.failures += 1
+        self._drop_upstream()
+        if self._retry(None, failure):
+            return
+        if failure is UpstreamFailure.PER_TRY_TIMEOUT:
+            self.local_reply(504, b"upstream request timeout", flag)
+        else:
+            self.local_reply(503, _RESET_BODY + reason.encode(), flag)
 
     # -- timers -------------------------------------------------------------------
 
@@ -377,9 +372,9 @@ class Stream:
         if self.response_started:
             self._abort_response(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
             return
-        self.flags |= ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
-        if self._attempt_failed(None, UpstreamFailure.PER_TRY_TIMEOUT, "per-try timeout"):
-            self.flags &= ~ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+        self._attempt_failed(
+            UpstreamFailure.PER_TRY_TIMEOUT, ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "timeout"
+        )
 
     def _on_global_timeout(self) -> None:
         self._global_timer = None
@@ -400,45 +395,21 @@ class Stream:
             if status == 100 and self.ctx.config.proxy_100_continue:
                 self.conn.write(wire.CONTINUE_100)
             return
-        retry = self.retry
-        if retry is not None and self._retry_allowed_for_status(status):
+        host = self.host
+        if status >= 500 and host is not None:
+            host.stats.failures += 1
+        if self.retry is not None and self._retry(status, None):
             return
         self.response_started = True
         self.response_code = status
         self.upstream_keep_alive = keep_alive
         assert self.route is not None
-        route = self.route
-        framing = route.response_head(self, status, headers, keep_alive)
-        self.conn.write(framing)
-        if self.is_head or status in _NO_BODY_STATUS:
+        self.conn.write(self.route.response_head(self, status, headers))
+        if self.is_head:
             # httptools cannot be told a response answers HEAD: finish here and
             # do not reuse the connection, its parser may expect a body.
-            if self.upstream is not None:
-                self.upstream.listener = None
-                self.upstream.close()
-                self.upstream = None
-            self._complete()
-
-    def _retry_allowed_for_status(self, status: int) -> bool:
-        retry = self.retry
-        assert retry is not None
-        if status < 500 and status not in retry.policy.retriable_status_codes:
-            return False
-        if self.host is not None:
-            self.host.stats.failures += 1
-        if not is_retriable(retry.policy, status=status, failure=None):
-            return False
-        conn = self.upstream
-        # Keep the connection until we know a retry will happen.
-        if not (self.replayable and retry.attempt_allowed()):
-            self.flags |= ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
-            return False
-        self.upstream = None
-        if conn is not None:
-            conn.listener = None
-            conn.close()
-        self._end_attempt()
-        return self._retry_allowed(status, None)
+            self._drop_upstream()
+            self._finish()
 
     def on_response_body(self, data: bytes) -> None:
         if self.done or not self.response_started:
@@ -456,7 +427,7 @@ class Stream:
         conn = self.upstream
         self.upstream = None
         host = self.host
-        if host is not None:
+        if host is not None and self.response_code < 500:
             host.stats.successes += 1
         self._end_attempt()
         if conn is not None and host is not None:
@@ -465,7 +436,7 @@ class Stream:
             else:
                 conn.listener = None
                 conn.close()
-        self._complete()
+        self._finish()
 
     def on_upstream_reset(self, reason: str) -> None:
         if self.done:
@@ -479,9 +450,9 @@ class Stream:
         if self.response_started:
             self._abort_response(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
             return
-        self.flags |= ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-        if self._attempt_failed(None, UpstreamFailure.RESET, reason):
-            self.flags &= ~ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+        self._attempt_failed(
+            UpstreamFailure.RESET, ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, reason
+        )
 
     def on_upstream_upgrade(self, rest: bytes) -> None:
         if self.done or self.response_code != 101:
@@ -559,9 +530,6 @@ class Stream:
         self.conn.close()
         self._finish()
 
-    def _complete(self) -> None:
-        self._finish()
-
     def _cancel_timers(self) -> None:
         for timer in (self._global_timer, self._try_timer, self._backoff):
             if timer is not None:
@@ -574,5 +542,7 @@ class Stream:
         self.done = True
         self._cancel_timers()
         self._end_attempt()
+        if self.retry is not None:
+            self.retry.finish()
         self.ctx.record(self)
         self.conn.stream_finished(self)

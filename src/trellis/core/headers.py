@@ -1,0 +1,204 @@
+"""Header handling on the request path: hop-by-hop stripping, configured mutations,
+request ids and the x-forwarded-* headers.
+
+Headers are `list[tuple[bytes, bytes]]`: lower-case names, raw values, in
+arrival order. Functions here mutate such lists in place unless they say
+otherwise.
+"""
+
+from __future__ import annotations
+
+import random
+
+from trellis.core.config import AppendAction, HeaderMutation
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
+)
+"""Headers that describe one connection and are never forwarded as they are.
+
+This is Envoy's list; `te` survives only as `te: trailers`, and headers named by
+`Connection` are dropped too (RFC 9110 section 7.6.1).
+"""
+
+# A `Connection` header may not remove these: doing so would change the framing or
+# the target of the forwarded message.
+_PROTECTED = frozenset((b"host", b"content-length"))
+_UPGRADE_KEEP = frozenset((b"connection", b"upgrade"))
+
+
+def _has_trailers_token(value: bytes) -> bool:
+    return any(item.split(b";", 1)[0].strip().lower() == b"trailers" for item in value.split(b","))
+
+
+def strip_hop_by_hop(
+    headers: list[tuple[bytes, bytes]], keep_upgrade: bool
+) -> list[tuple[bytes, bytes]]:
+    """Headers without the hop-by-hop ones; the input list itself when there are none.
+
+    With `keep_upgrade` (an upgrade being forwarded) `connection` and `upgrade` are
+    kept as they are, like Envoy does. `te` is reduced to `trailers` when it
+    lists that token and removed otherwise.
+    """
+    listed: set[bytes] | None = None
+    trailers = False
+    found = False
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            found = True
+            if name == b"connection":
+                for raw in value.split(b","):
+                    token = raw.strip().lower()
+                    if token:
+                        if listed is None:
+                            listed = set()
+                        listed.add(token)
+            elif name == b"te" and not trailers:
+                trailers = _has_trailers_token(value)
+    if not found:
+        return headers
+    drop: set[bytes] | frozenset[bytes] = HOP_BY_HOP
+    if listed:
+        drop = (HOP_BY_HOP | listed) - _PROTECTED
+    if keep_upgrade:
+        drop = drop - _UPGRADE_KEEP
+    out: list[tuple[bytes, bytes]] = []
+    for item in headers:
+        name = item[0]
+        if name not in drop:
+            out.append(item)
+        elif trailers and name == b"te":
+            out.append((b"te", b"trailers"))
+            trailers = False
+    return out
+
+
+def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
+    """Replace the first `name` in place, drop later ones; append if absent."""
+    first = -1
+    duplicates = False
+    for index, item in enumerate(headers):
+        if item[0] == name:
+            if first < 0:
+                first = index
+            else:
+                duplicates = True
+    if first < 0:
+        headers.append((name, value))
+        return
+    headers[first] = (name, value)
+    if duplicates:
+        headers[first + 1 :] = [item for item in headers[first + 1 :] if item[0] != name]
+
+
+def _literal(value: str) -> bytes:
+    return value.replace("%%", "%").encode("utf-8")
+
+
+class CompiledMutation:
+    """A `HeaderMutation` with names and values converted to bytes once.
+
+    `apply` follows Envoy's order: removals first; then every addition is decided
+    against the headers as they are after removal; overwrites are applied before
+    appends. An overwrite replaces the first header of that name where it stands
+    (Envoy moves it to the end; order between names does not matter in HTTP).
+    Values are literals, except that `%%` stands for `%` as in Envoy's format strings.
+    """
+
+    __slots__ = ("_appends", "_entries", "_remove", "_simple")
+
+    def __init__(self, mutation: HeaderMutation) -> None:
+        self._remove = frozenset(name.lower().encode("latin-1") for name in mutation.remove)
+        entries = tuple(
+            (add.name.lower().encode("latin-1"), _literal(add.value), add.action)
+            for add in mutation.add
+            if add.value or add.keep_empty_value
+        )
+        self._entries = entries
+        self._simple = all(e[2] is AppendAction.APPEND_IF_EXISTS_OR_ADD for e in entries)
+        self._appends = tuple((name, value) for name, value, _ in entries)
+
+    @property
+    def empty(self) -> bool:
+        return not self._remove and not self._entries
+
+    def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
+        remove = self._remove
+        if remove and any(item[0] in remove for item in headers):
+            headers[:] = [item for item in headers if item[0] not in remove]
+        if self._simple:
+            headers.extend(self._appends)
+            return
+        present = {item[0] for item in headers}
+        overwrites: list[tuple[bytes, bytes]] = []
+        appends: list[tuple[bytes, bytes]] = []
+        for name, value, action in self._entries:
+            if action is AppendAction.APPEND_IF_EXISTS_OR_ADD:
+                appends.append((name, value))
+            elif action is AppendAction.ADD_IF_ABSENT:
+                if name not in present:
+                    appends.append((name, value))
+            elif action is AppendAction.OVERWRITE_IF_EXISTS_OR_ADD or name in present:
+                overwrites.append((name, value))
+        for name, value in overwrites:
+            _set(headers, name, value)
+        headers.extend(appends)
+
+
+def has_formatter(value: str) -> bool:
+    """Whether an Envoy header value uses a `%...%` formatter (`%%` is a literal `%`)."""
+    return "%" in value.replace("%%", "")
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def generate_request_id(rng: random.Random) -> bytes:
+    """A random (version 4) UUID in its lower-case 8-4-4-4-12 text form."""
+    text = f"{(rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode("ascii")
+
+
+def append_forwarded_for(headers: list[tuple[bytes, bytes]], client_ip: str) -> None:
+    """Append `client_ip` to `x-forwarded-for` (joined with "," as Envoy does).
+
+    The runtime calls this only when the listener has `use_remote_address` (and
+    not `skip_xff_append`), passing the peer address. Several `x-forwarded-for`
+    lines are merged into the first one, keeping their order.
+    """
+    ip = client_ip.encode("latin-1")
+    first = -1
+    merged = b""
+    extra = False
+    for index, (name, value) in enumerate(headers):
+        if name == b"x-forwarded-for":
+            if first < 0:
+                first = index
+                merged = value
+            else:
+                merged = merged + b"," + value if merged else value
+                extra = True
+    if first < 0:
+        headers.append((b"x-forwarded-for", ip))
+        return
+    headers[first] = (b"x-forwarded-for", merged + b"," + ip if merged else ip)
+    if extra:
+        headers[first + 1 :] = [h for h in headers[first + 1 :] if h[0] != b"x-forwarded-for"]
+
+
+def set_forwarded_proto(
+    headers: list[tuple[bytes, bytes]], scheme: bytes, *, overwrite: bool = False
+) -> None:
+    """Set `x-forwarded-proto` to the downstream scheme.
+
+    Envoy overwrites it when `use_remote_address` is set (the peer is not trusted
+    to have set it; pass `overwrite=True`) and otherwise adds it only if absent.
+    """
+    if overwrite:
+        _set(headers, b"x-forwarded-proto", scheme)
+        return
+    for item in headers:
+        if item[0] == b"x-forwarded-proto":
+            return
+    headers.append((b"x-forwarded-proto", scheme))

@@ -1,0 +1,130 @@
+"""Read an Envoy v3 `Bootstrap` from a YAML or JSON file."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import descriptor_pool, json_format
+
+from trellis.errors import ConfigError
+from trellis.xds.protos import bootstrap_pb2
+
+Bootstrap = bootstrap_pb2.Bootstrap
+
+_FAILED_FIELD = re.compile(r"^Failed to parse (\w+) field: ")
+_AT_PATH = re.compile(r'^(?P<msg>.*?)\s+at\s+"?Bootstrap\.?(?P<path>[^"\s]*?)"?\.*$')
+_NO_FIELD = re.compile(r'^Message type "(?P<type>[\w.]+)" has no field named "(?P<field>[^"]+)"$')
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a mapping with the same key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def load_bootstrap(path: str | Path) -> bootstrap_pb2.Bootstrap:
+    """Read and parse a bootstrap file; JSON if it starts with `{`, YAML otherwise."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"file is not UTF-8: {exc.reason}", source=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", source=source) from None
+    data = _decode(text, source)
+    return parse_bootstrap(data, source)
+
+
+def parse_bootstrap(data: Mapping[str, Any], source: str) -> bootstrap_pb2.Bootstrap:
+    """Build a `Bootstrap` from decoded YAML/JSON; proto or camelCase field names."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("the top level must be a mapping", source=source)
+    msg = bootstrap_pb2.Bootstrap()
+    try:
+        json_format.ParseDict(dict(data), msg)
+    except json_format.ParseError as exc:
+        path, message = _describe_parse_error(str(exc))
+        raise ConfigError(message, path=path, source=source) from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"malformed value: {exc}", source=source) from exc
+    return msg
+
+
+def _decode(text: str, source: str) -> Mapping[str, Any]:
+    data: object
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno} column {exc.colno}"
+            raise ConfigError(f"invalid JSON at {where}: {exc.msg}", source=source) from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError(_describe_yaml_error(exc), source=source) from None
+    if data is None:
+        raise ConfigError("file is empty", source=source)
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", source=source)
+    return data
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"invalid YAML at line {mark.line + 1} column {mark.column + 1}: {problem}"
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML: {exc}"
+
+
+def _describe_parse_error(text: str) -> tuple[str, str]:
+    """Turn json_format's nested message into (field path, short message)."""
+    line = text.splitlines()[0] if text else "invalid bootstrap"
+    fields: list[str] = []
+    while match := _FAILED_FIELD.match(line):
+        fields.append(match.group(1))
+        line = line[match.end() :]
+    path = ".".join(fields)
+    at = _AT_PATH.match(line)
+    if at is not None:
+        line = at.group("msg")
+        path = at.group("path").strip(".")
+    line = line.rstrip(".")
+    unknown = _NO_FIELD.match(line)
+    if unknown is None:
+        return path, line
+    field = unknown.group("field")
+    path = f"{path}.{field}" if path else field
+    message = f"unknown field {field!r} in {unknown.group('type')}"
+    hint = _closest_field(unknown.group("type"), field)
+    return path, f"{message} (did you mean {hint!r}?)" if hint else message
+
+
+def _closest_field(type_name: str, field: str) -> str | None:
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    except KeyError:
+        return None
+    names = [f.name for f in descriptor.fields]
+    close = difflib.get_close_matches(field, names, n=1)
+    return close[0] if close else None

@@ -1,0 +1,146 @@
+"""Static clusters: endpoints, load balancing, circuit breakers, upstream idle timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+
+from trellis.core.config import CircuitBreakerThresholds, Cluster, Endpoint, LbPolicy
+from trellis.xds.convert import duration, positive_duration, socket_address, wrapped
+from trellis.xds.protos import http_protocol_options_pb2
+from trellis.xds.supported import UPSTREAM_HTTP_OPTIONS_TYPE, unpack_any
+from trellis.xds.where import Where
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 3600.0
+_DEFAULT_THRESHOLDS = CircuitBreakerThresholds()
+
+
+def clusters(configs: Sequence[cluster_pb2.Cluster], where: Where) -> tuple[Cluster, ...]:
+    """Convert the static clusters; names must be unique."""
+    seen: dict[str, str] = {}
+    result = []
+    for i, config in enumerate(configs):
+        here = where.item(i)
+        compiled = cluster(config, here)
+        if compiled.name in seen:
+            raise here.at("name").error(
+                f"cluster {compiled.name!r} is already defined at {seen[compiled.name]}"
+            )
+        seen[compiled.name] = here.path
+        result.append(compiled)
+    return tuple(result)
+
+
+def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
+    """Convert one STATIC cluster."""
+    if not config.name:
+        raise where.at("name").error("name is required")
+    policy = LbPolicy(cluster_pb2.Cluster.LbPolicy.Name(config.lb_policy))
+    choice_count = 2
+    if config.HasField("least_request_lb_config"):
+        here = where.at("least_request_lb_config")
+        if policy is not LbPolicy.LEAST_REQUEST:
+            raise here.error("least_request_lb_config needs lb_policy LEAST_REQUEST")
+        choice_count = wrapped(config.least_request_lb_config, "choice_count", 2)
+        if choice_count < 2:
+            raise here.at("choice_count").error("choice_count must be at least 2")
+    return Cluster(
+        name=config.name,
+        endpoints=_endpoints(config, where),
+        lb_policy=policy,
+        connect_timeout=positive_duration(
+            config, "connect_timeout", where, DEFAULT_CONNECT_TIMEOUT
+        ),
+        thresholds=_thresholds(config, where),
+        idle_timeout=_idle_timeout(config, where),
+        least_request_choice_count=choice_count,
+    )
+
+
+def _endpoints(config: cluster_pb2.Cluster, where: Where) -> tuple[Endpoint, ...]:
+    if not config.HasField("load_assignment"):
+        return ()
+    assignment = config.load_assignment
+    here = where.at("load_assignment")
+    if not assignment.cluster_name:
+        raise here.at("cluster_name").error("cluster_name is required")
+    endpoints = []
+    for i, locality in enumerate(assignment.endpoints):
+        locality_where = here.at("endpoints").item(i)
+        for j, lb_endpoint in enumerate(locality.lb_endpoints):
+            at = locality_where.at("lb_endpoints").item(j)
+            if not lb_endpoint.HasField("endpoint") or not lb_endpoint.endpoint.HasField("address"):
+                raise at.at("endpoint").at("address").error("address is required")
+            address = socket_address(lb_endpoint.endpoint.address, at.at("endpoint").at("address"))
+            weight = wrapped(lb_endpoint, "load_balancing_weight", 1)
+            if weight < 1:
+                raise at.at("load_balancing_weight").error("weight must be at least 1")
+            endpoints.append(Endpoint(address, weight))
+    return tuple(endpoints)
+
+
+def _thresholds(config: cluster_pb2.Cluster, where: Where) -> CircuitBreakerThresholds:
+    thresholds = config.circuit_breakers.thresholds
+    if not thresholds:
+        return _DEFAULT_THRESHOLDS
+    if len(thresholds) > 1:
+        raise (
+            where.at("circuit_breakers")
+            .at("thresholds")
+            .item(1)
+            .error("only one set of thresholds (priority DEFAULT) is supported")
+        )
+    limits = thresholds[0]
+    default = _DEFAULT_THRESHOLDS
+    return CircuitBreakerThresholds(
+        max_connections=wrapped(limits, "max_connections", default.max_connections),
+        max_pending_requests=wrapped(limits, "max_pending_requests", default.max_pending_requests),
+        max_requests=wrapped(limits, "max_requests", default.max_requests),
+        max_retries=wrapped(limits, "max_retries", default.max_retries),
+    )
+
+
+def _idle_timeout(config: cluster_pb2.Cluster, where: Where) -> float | None:
+    options_where = where.at("typed_extension_protocol_options")
+    typed = config.typed_extension_protocol_options
+    if config.HasField("common_http_protocol_options"):
+        if typed:
+            raise where.at("common_http_protocol_options").error(
+                "use either this deprecated field or typed_extension_protocol_options, not both"
+            )
+        return _common_idle(config.common_http_protocol_options, where)
+    for key in sorted(typed):
+        here = options_where.key(key)
+        if key != UPSTREAM_HTTP_OPTIONS_TYPE:
+            raise here.error(f"only {UPSTREAM_HTTP_OPTIONS_TYPE} is supported")
+        options = unpack_any(typed[key], frozenset({UPSTREAM_HTTP_OPTIONS_TYPE}), here)
+        assert isinstance(options, http_protocol_options_pb2.HttpProtocolOptions)
+        _check_explicit_config(options, here)
+        if options.HasField("common_http_protocol_options"):
+            return _common_idle(options.common_http_protocol_options, here)
+    return DEFAULT_IDLE_TIMEOUT
+
+
+def _common_idle(options: protocol_pb2.HttpProtocolOptions, where: Where) -> float | None:
+    return duration(options, "idle_timeout", where.at("common_http_protocol_options"), 3600.0)
+
+
+def _check_explicit_config(
+    options: http_protocol_options_pb2.HttpProtocolOptions, where: Where
+) -> None:
+    if not options.HasField("explicit_http_config"):
+        return
+    here = where.at("explicit_http_config")
+    explicit = options.explicit_http_config
+    if not explicit.HasField("http_protocol_options"):
+        raise here.error("explicit_http_config must select http_protocol_options (HTTP/1.1)")
+    if explicit.http_protocol_options.ListFields():
+        field = explicit.http_protocol_options.ListFields()[0][0].name
+        raise (
+            here.at("http_protocol_options")
+            .at(field)
+            .error("upstream HTTP/1.1 options are not supported")
+        )

@@ -1,0 +1,228 @@
+"""Listeners and their one network filter: HTTP connection manager or TCP proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2 as core_base_pb2
+from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+
+from trellis.core.config import (
+    AccessLogConfig,
+    HttpConnectionManager,
+    Listener,
+    NetworkFilter,
+    TcpProxy,
+    TrafficDirection,
+)
+from trellis.xds.compile_route import route_config
+from trellis.xds.convert import duration, socket_address, wrapped, wrapped_bool
+from trellis.xds.protos import (
+    file_pb2,
+    http_connection_manager_pb2,
+    listener_pb2,
+    stream_pb2,
+    tcp_proxy_pb2,
+)
+from trellis.xds.supported import (
+    FILE_LOG_TYPE,
+    HCM_TYPE,
+    ROUTER_TYPE,
+    STDOUT_LOG_TYPE,
+    TCP_PROXY_TYPE,
+    unpack_any,
+)
+from trellis.xds.where import Where
+
+ROUTER_NAME = "envoy.filters.http.router"
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+MAX_REQUEST_HEADERS_KB = 8192
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+_NETWORK_FILTERS = frozenset({HCM_TYPE, TCP_PROXY_TYPE})
+_ACCESS_LOGGERS = frozenset({FILE_LOG_TYPE, STDOUT_LOG_TYPE})
+
+
+def listener(config: listener_pb2.Listener, clusters: frozenset[str], where: Where) -> Listener:
+    """Convert a listener with exactly one filter chain holding exactly one filter."""
+    if not config.HasField("address"):
+        raise where.at("address").error("address is required")
+    address = socket_address(config.address, where.at("address"))
+    chains = config.filter_chains
+    if len(chains) != 1:
+        raise where.at("filter_chains").error(
+            f"exactly one filter chain is required, got {len(chains)}"
+        )
+    return Listener(
+        name=config.name or f"{address.host}_{address.port}",
+        address=address,
+        filter=_network_filter(chains[0], clusters, where.at("filter_chains").item(0)),
+        direction=TrafficDirection(core_base_pb2.TrafficDirection.Name(config.traffic_direction)),
+        per_connection_buffer_limit_bytes=wrapped(
+            config, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
+        ),
+    )
+
+
+def _network_filter(
+    chain: listener_components_pb2.FilterChain, clusters: frozenset[str], where: Where
+) -> NetworkFilter:
+    filters = chain.filters
+    if len(filters) != 1:
+        raise where.at("filters").error(
+            f"exactly one network filter is required, got {len(filters)}"
+        )
+    here = where.at("filters").item(0).at("typed_config")
+    if not filters[0].HasField("typed_config"):
+        raise here.error("typed_config is required")
+    inner = unpack_any(filters[0].typed_config, _NETWORK_FILTERS, here)
+    if isinstance(inner, tcp_proxy_pb2.TcpProxy):
+        return tcp_proxy(inner, clusters, here)
+    return http_connection_manager(inner, clusters, here)
+
+
+def http_connection_manager(
+    hcm: http_connection_manager_pb2.HttpConnectionManager,
+    clusters: frozenset[str],
+    where: Where,
+) -> HttpConnectionManager:
+    """Convert an HTTP connection manager with an inline route_config and the router."""
+    if not hcm.stat_prefix:
+        raise where.at("stat_prefix").error("stat_prefix is required")
+    if hcm.WhichOneof("route_specifier") != "route_config":
+        raise where.at("route_config").error("an inline route_config is required")
+    _check_http_filters(hcm.http_filters, where.at("http_filters"))
+    max_headers_kb = wrapped(hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB)
+    if not 0 < max_headers_kb <= MAX_REQUEST_HEADERS_KB:
+        raise where.at("max_request_headers_kb").error(
+            f"must be 1-{MAX_REQUEST_HEADERS_KB}, got {max_headers_kb}"
+        )
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    if hcm.HasField("common_http_protocol_options"):
+        idle_timeout = duration(
+            hcm.common_http_protocol_options,
+            "idle_timeout",
+            where.at("common_http_protocol_options"),
+            DEFAULT_IDLE_TIMEOUT,
+        )
+    drain_timeout = duration(hcm, "drain_timeout", where, 5.0)
+    return HttpConnectionManager(
+        stat_prefix=hcm.stat_prefix,
+        route_config=route_config(hcm.route_config, clusters, where.at("route_config")),
+        allow_absolute_url=wrapped_bool(hcm.http_protocol_options, "allow_absolute_url", True),
+        generate_request_id=wrapped_bool(hcm, "generate_request_id", True),
+        use_remote_address=wrapped_bool(hcm, "use_remote_address", False),
+        skip_xff_append=hcm.skip_xff_append,
+        max_request_headers_bytes=max_headers_kb * 1024,
+        idle_timeout=idle_timeout,
+        request_headers_timeout=duration(hcm, "request_headers_timeout", where, None),
+        stream_idle_timeout=duration(hcm, "stream_idle_timeout", where, 300.0),
+        request_timeout=duration(hcm, "request_timeout", where, None),
+        drain_timeout=drain_timeout or 0.0,
+        access_logs=access_logs(hcm.access_log, where.at("access_log")),
+        proxy_100_continue=hcm.proxy_100_continue,
+        accept_http_10=hcm.http_protocol_options.accept_http_10,
+        upgrade_types=_upgrade_types(hcm, where.at("upgrade_configs")),
+    )
+
+
+def _upgrade_types(
+    hcm: http_connection_manager_pb2.HttpConnectionManager, where: Where
+) -> frozenset[str]:
+    """Upgrade types the connection manager allows (Envoy matches them case-insensitively)."""
+    allowed: set[str] = set()
+    for i, config in enumerate(hcm.upgrade_configs):
+        upgrade_type = config.upgrade_type.strip().lower()
+        if not upgrade_type:
+            raise where.item(i).at("upgrade_type").error("upgrade_type is required")
+        if upgrade_type == "connect":
+            raise where.item(i).at("upgrade_type").error("CONNECT is not supported")
+        if wrapped_bool(config, "enabled", True):
+            allowed.add(upgrade_type)
+    return frozenset(allowed)
+
+
+def _check_http_filters(
+    filters: Sequence[http_connection_manager_pb2.HttpFilter], where: Where
+) -> None:
+    if not filters:
+        raise where.error(f"at least one HTTP filter is required; the last must be {ROUTER_NAME}")
+    for i, http_filter in enumerate(filters):
+        if http_filter.HasField("typed_config"):
+            is_router = http_filter.typed_config.TypeName() == ROUTER_TYPE
+        else:
+            is_router = http_filter.name == ROUTER_NAME
+        if not is_router:
+            raise where.item(i).error(
+                f"HTTP filter {http_filter.name!r} is not supported (only {ROUTER_NAME})"
+            )
+        if i != len(filters) - 1:
+            raise where.item(i).error(f"{ROUTER_NAME} must be the last HTTP filter")
+
+
+def tcp_proxy(proxy: tcp_proxy_pb2.TcpProxy, clusters: frozenset[str], where: Where) -> TcpProxy:
+    """Convert a TCP proxy to one known cluster."""
+    if not proxy.stat_prefix:
+        raise where.at("stat_prefix").error("stat_prefix is required")
+    if not proxy.cluster:
+        raise where.at("cluster").error("cluster is required")
+    if proxy.cluster not in clusters:
+        raise where.at("cluster").error(f"unknown cluster {proxy.cluster!r}")
+    return TcpProxy(
+        stat_prefix=proxy.stat_prefix,
+        cluster=proxy.cluster,
+        idle_timeout=duration(proxy, "idle_timeout", where, DEFAULT_IDLE_TIMEOUT),
+        access_logs=access_logs(proxy.access_log, where.at("access_log")),
+    )
+
+
+def access_logs(
+    logs: Sequence[accesslog_pb2.AccessLog], where: Where
+) -> tuple[AccessLogConfig, ...]:
+    """Convert file and stdout access loggers."""
+    result = []
+    for i, log in enumerate(logs):
+        here = where.item(i).at("typed_config")
+        if not log.HasField("typed_config"):
+            raise here.error("typed_config is required")
+        inner: file_pb2.FileAccessLog | stream_pb2.StdoutAccessLog = unpack_any(
+            log.typed_config, _ACCESS_LOGGERS, here
+        )
+        path = None
+        if isinstance(inner, file_pb2.FileAccessLog):
+            if not inner.path:
+                raise here.at("path").error("path is required")
+            path = inner.path
+        json_format, text_format = None, None
+        if inner.HasField("log_format"):
+            json_format, text_format = _log_format(inner.log_format, here.at("log_format"))
+        result.append(AccessLogConfig(path, json_format, text_format))
+    return tuple(result)
+
+
+def _log_format(
+    log_format: format_pb2.SubstitutionFormatString, where: Where
+) -> tuple[tuple[tuple[str, str], ...] | None, str | None]:
+    kind = log_format.WhichOneof("format")
+    if kind == "json_format":
+        pairs = []
+        fields = log_format.json_format.fields
+        for key in sorted(fields):
+            if fields[key].WhichOneof("kind") != "string_value":
+                raise where.at("json_format").key(key).error("values must be strings")
+            pairs.append((key, fields[key].string_value))
+        return tuple(pairs), None
+    if kind == "text_format_source":
+        source = log_format.text_format_source
+        here = where.at("text_format_source")
+        if source.WhichOneof("specifier") == "inline_string":
+            return None, source.inline_string
+        if source.WhichOneof("specifier") == "inline_bytes":
+            try:
+                return None, bytes(source.inline_bytes).decode()
+            except UnicodeDecodeError:
+                raise here.at("inline_bytes").error("must be UTF-8") from None
+        raise here.error("inline_string is required")
+    return None, None
