@@ -83,6 +83,7 @@ class HostPool:
         conn.listener = None
         if conn.closed:
             return
+        conn.resume_reading()  # a finished response may have left it paused
         if self.waiters:
             self.waiters.popleft().on_pool_ready(conn)
             return

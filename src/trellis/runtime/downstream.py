@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.router import Stream
 from trellis.runtime.wire import Headers
@@ -94,6 +95,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.listener.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.on_downstream_tunnel_data(data)
@@ -106,11 +108,12 @@ class DownstreamHttp1(asyncio.Protocol):
             if stream is not None and rest:
                 stream.tunnel_buf.append(rest)
             self.tunnel = stream
+        except httptools.HttpParserCallbackError as exc:
+            if self._reject is None:  # not a refusal of ours: a bug, cut this connection only
+                log.error("connection from %s failed", self.remote_ip, exc_info=exc.__context__)
+            self._protocol_error(self._reject or RequestRejectedError(500, "internal error"))
         except httptools.HttpParserError as exc:
-            reject = self._reject or RequestRejectedError(400, str(exc))
-            self._protocol_error(reject)
-        except RequestRejectedError as exc:  # raised directly by some httptools versions
-            self._protocol_error(exc)
+            self._protocol_error(RequestRejectedError(400, str(exc)))
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -281,11 +284,14 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.transport is None:
             return
         # A rejected request is never forwarded; streams already under way are cut.
-        for stream in list(self.streams):
-            stream.on_downstream_closed()
+        streams = list(self.streams)
         self.streams.clear()
-        self.transport.write(wire.local_reply(reject.status, b"", close=True))
-        self.transport.close()
+        self.current = None
+        if not streams or not streams[0].response_started:
+            self.write(wire.local_reply(reject.status, b"", close=True))
+        for stream in streams:
+            stream.on_downstream_closed()
+        self.close()
 
     # -- used by streams ---------------------------------------------------------------
 
@@ -375,6 +381,24 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.header_timer is not None:
             self.header_timer.cancel()
             self.header_timer = None
+
+    def check_timeouts(self, now: float) -> None:
+        """Coarse per-stream timeouts, checked by the listener's housekeeping sweep."""
+        if not self.streams:
+            return
+        stream = self.streams[0]
+        config = self.ctx.config
+        if (
+            config.request_timeout is not None
+            and not stream.request_done
+            and now - stream.start > config.request_timeout
+        ):
+            stream.stream_timeout(b"request timeout", ResponseFlag.NONE)
+        elif (
+            config.stream_idle_timeout is not None
+            and now - self.last_activity > config.stream_idle_timeout
+        ):
+            stream.stream_timeout(b"stream timeout", ResponseFlag.STREAM_IDLE_TIMEOUT)
 
     def _on_header_timeout(self) -> None:
         self.header_timer = None

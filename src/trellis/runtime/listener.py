@@ -110,11 +110,13 @@ class ListenerRuntime:
         labels = (("envoy_listener_address", str(self.config.address)), ("status", str(status)))
         self.stats.counter("envoy_listener_downstream_rq_rejected_total", labels).value += 1
 
-    def sweep_idle(self, now: float, timeout: float | None) -> None:
-        if timeout is None:
-            return
+    def sweep(self, now: float) -> None:
+        """Close idle connections and enforce the coarse stream timeouts."""
+        timeout = self.config.filter.idle_timeout
         for conn in list(self.connections):
-            if now - conn.last_activity > timeout and _is_idle(conn):
+            if isinstance(conn, DownstreamHttp1):
+                conn.check_timeouts(now)
+            if timeout is not None and now - conn.last_activity > timeout and _is_idle(conn):
                 conn.close()
 
     def stop_accepting(self) -> None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from trellis.runtime.downstream import DownstreamHttp1
     from trellis.runtime.http_context import HttpContext, RouteRuntime
 
+_UPSTREAM_EOF = 1
+_DOWNSTREAM_EOF = 2
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 
@@ -65,6 +67,7 @@ class Stream:
         "tried",
         "tunnel",
         "tunnel_buf",
+        "tunnel_eofs",
         "upgrade",
         "upstream",
         "upstream_keep_alive",
@@ -122,6 +125,7 @@ class Stream:
         self._backoff: asyncio.TimerHandle | None = None
         self.tunnel = False
         self.tunnel_buf: list[bytes] = []
+        self.tunnel_eofs = 0
         self.done = False
 
     # -- request side (called by the downstream connection) -----------------------
@@ -463,9 +467,9 @@ class Stream:
         if rest:
             self.conn.write(rest)
         self.conn.start_tunnel(self)
-        if self.tunnel_buf and self.upstream is not None:
-            self.upstream.write(b"".join(self.tunnel_buf))
-        self.tunnel_buf.clear()
+        buffered, self.tunnel_buf = self.tunnel_buf, []
+        for data in buffered:
+            self.on_downstream_tunnel_data(data)
 
     def on_upstream_data(self, data: bytes) -> None:
         """Tunnel bytes from upstream; empty means the upstream half-closed."""
@@ -474,8 +478,10 @@ class Stream:
             self.conn.write(data)
         else:
             self.conn.write_eof()
+            self._tunnel_eof(_UPSTREAM_EOF)
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
+        """Tunnel bytes from the client; empty means the client half-closed."""
         upstream = self.upstream
         if not self.tunnel or upstream is None:
             self.tunnel_buf.append(data)
@@ -484,6 +490,15 @@ class Stream:
             upstream.write(data)
         else:
             upstream.write_eof()
+            self._tunnel_eof(_DOWNSTREAM_EOF)
+
+    def _tunnel_eof(self, side: int) -> None:
+        """Both directions ended: the tunnel is over."""
+        self.tunnel_eofs |= side
+        if self.tunnel_eofs == _UPSTREAM_EOF | _DOWNSTREAM_EOF and not self.done:
+            self._drop_upstream()
+            self.conn.close()
+            self._finish()
 
     def downstream(self) -> DownstreamHttp1:
         return self.conn
@@ -521,6 +536,17 @@ class Stream:
             wire.local_reply(code, body, close=close, extra=headers, head_only=self.is_head)
         )
         self._finish()
+
+    def stream_timeout(self, body: bytes, flag: ResponseFlag) -> None:
+        """Request or stream-idle timeout: 408 if nothing was sent yet, else a reset."""
+        if self.done:
+            return
+        if self.response_started:
+            self._abort_response(flag)
+            return
+        self._drop_upstream()
+        self.keep_alive = False
+        self.local_reply(408, body, flag)
 
     def _abort_response(self, flag: ResponseFlag) -> None:
         """The response already started: all we can do is cut the connection."""

@@ -100,11 +100,14 @@ class ProxyServer:
                 assert isinstance(network_filter, TcpProxy)
                 host = service_from_cluster(network_filter.cluster) or network_filter.cluster
                 peer = peer_labels(node, listener.direction, host, protocol="tcp")
+                sinks = tuple(AccessLogSink(c) for c in network_filter.access_logs)
+                self._logs.extend(sinks)
                 context = TcpContext(
                     network_filter,
                     self.clusters.clusters.get(network_filter.cluster),
                     self.metrics,
                     peer,
+                    sinks,
                 )
             self.listeners.append(ListenerRuntime(listener, context, self.budget, self.stats))
 
@@ -163,8 +166,7 @@ class ProxyServer:
             try:
                 self.clusters.sweep_idle(now)
                 for listener in self.listeners:
-                    network_filter = listener.config.filter
-                    listener.sweep_idle(now, network_filter.idle_timeout)
+                    listener.sweep(now)
                 for sink in self._logs:
                     sink.flush()
             except Exception:

@@ -11,12 +11,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+from trellis.core.accesslog import AccessLogEntry
 from trellis.core.config import TcpProxy
 from trellis.core.metrics import IstioMetrics, PeerLabels, ResponseFlag, format_flags
 
 if TYPE_CHECKING:
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
     from trellis.runtime.listener import ListenerRuntime
+    from trellis.runtime.telemetry import AccessLogSink
 
 log = logging.getLogger("trellis.tcp")
 
@@ -24,7 +26,7 @@ log = logging.getLogger("trellis.tcp")
 class TcpContext:
     """A TCP proxy filter, compiled for one listener."""
 
-    __slots__ = ("cluster", "config", "metrics", "peer")
+    __slots__ = ("cluster", "config", "logs", "metrics", "peer")
 
     def __init__(
         self,
@@ -32,11 +34,29 @@ class TcpContext:
         cluster: ClusterRuntime | None,
         metrics: IstioMetrics,
         peer: PeerLabels,
+        logs: tuple[AccessLogSink, ...] = (),
     ) -> None:
         self.config = config
         self.cluster = cluster
         self.metrics = metrics
         self.peer = peer
+        self.logs = logs
+
+    def log(self, pipe: TcpDownstream, flags: str) -> None:
+        now = time.monotonic()
+        host = pipe.host
+        entry = AccessLogEntry(
+            start_time=time.time() - (now - pipe.start),
+            response_flags=flags,
+            bytes_received=pipe.received,
+            bytes_sent=pipe.sent,
+            duration_ms=(now - pipe.start) * 1000.0,
+            upstream_host=str(host.address) if host is not None else None,
+            upstream_cluster=self.config.cluster,
+            downstream_remote_address=pipe.remote,
+        )
+        for sink in self.logs:
+            sink.write(entry)
 
 
 class _UpstreamSide(asyncio.Protocol):
@@ -81,7 +101,9 @@ class TcpDownstream(asyncio.Protocol):
         "last_activity",
         "listener",
         "received",
+        "remote",
         "sent",
+        "start",
         "transport",
         "upstream",
     )
@@ -100,11 +122,15 @@ class TcpDownstream(asyncio.Protocol):
         self.sent = 0
         self.flags = ResponseFlag.NONE
         self.closed = False
-        self.last_activity = time.monotonic()
+        self.start = self.last_activity = time.monotonic()
+        self.remote: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote = f"{peer[0]}:{peer[1]}"
         self.listener.connection_opened(self)
         self.ctx.metrics.tcp_opened(self.ctx.peer)
         cluster = self.ctx.cluster
@@ -256,4 +282,6 @@ class TcpDownstream(asyncio.Protocol):
         metrics = self.ctx.metrics
         metrics.tcp_bytes(self.ctx.peer, self.sent, self.received, flags)
         metrics.tcp_closed(self.ctx.peer, flags)
+        if self.ctx.logs:
+            self.ctx.log(self, flags)
         self.listener.connection_closed(self)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -12,8 +14,12 @@ from trellis.runtime.wire import Headers
 if TYPE_CHECKING:
     from trellis.runtime.cluster import HostRuntime
 
+log = logging.getLogger("trellis.upstream")
+
 
 class Corkable(Protocol):
+    last_activity: float
+
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
 
@@ -76,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
             listener.on_upstream_data(data)
             return
         sink = listener.downstream()
+        sink.last_activity = time.monotonic()
         sink.cork()
         try:
             self._parser.feed_data(data)
@@ -84,6 +91,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel = True
             listener.on_upstream_upgrade(data[offset:])
         except httptools.HttpParserError as exc:
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                log.error(
+                    "upstream %s: response handling failed",
+                    self.host.address,
+                    exc_info=exc.__context__,
+                )
             self.close()
             if self.listener is not None:
                 self.listener = None
