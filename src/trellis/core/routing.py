@@ -169,10 +169,26 @@ def _wildcard_tables(
 class RouteTable:
     """A `RouteConfig` compiled for lookups on the request path."""
 
-    __slots__ = ("_default", "_exact", "_mutations", "_pickers", "_prefix", "_suffix", "config")
+    __slots__ = (
+        "_default",
+        "_exact",
+        "_mutations",
+        "_pickers",
+        "_prefix",
+        "_suffix",
+        "config",
+        "matches_pseudo_headers",
+    )
 
     def __init__(self, config: RouteConfig) -> None:
         self.config = config
+        # Callers pass `method`/`scheme` to `select_route` only when some route needs them.
+        self.matches_pseudo_headers = any(
+            matcher.name in (":method", ":scheme")
+            for vhost in config.virtual_hosts
+            for route in vhost.routes
+            for matcher in route.match.headers
+        )
         exact: dict[str, _CompiledVirtualHost] = {}
         stripped: dict[str, _CompiledVirtualHost] = {}
         suffix: dict[str, _CompiledVirtualHost] = {}

@@ -57,8 +57,8 @@ async def _serve(server: ProxyServer) -> int:
 
     def on_signal(signum: signal.Signals) -> None:
         nonlocal draining
-        if draining:  # a second signal skips the drain
-            server.drain_time = 0.0
+        if draining:  # a second signal cuts the drain short
+            server.stop_draining()
         log.info("received %s: draining", signum.name)
         draining = True
         server.quit()

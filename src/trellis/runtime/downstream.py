@@ -17,6 +17,7 @@ import httptools
 
 from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
+from trellis.runtime.deadline import Deadline
 from trellis.runtime.router import Stream
 from trellis.runtime.wire import Headers
 
@@ -79,7 +80,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.remote_ip = ""
         self.http11 = True
         self.draining = False
-        self.header_timer: asyncio.TimerHandle | None = None
+        self.header_timer: Deadline | None = None
         self.last_activity = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -241,7 +242,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if expect_continue and not config.proxy_100_continue:
             headers = [(n, v) for n, v in headers if n != b"expect"]
             self.write(wire.CONTINUE_100)
-        return Stream(
+        stream = Stream(
             self,
             self.ctx,
             method,
@@ -253,6 +254,8 @@ class DownstreamHttp1(asyncio.Protocol):
             chunked,
             chunked or has_length,
         )
+        stream.request_head_bytes = self._header_bytes
+        return stream
 
     def _absolute_form(self, method: bytes, target: bytes) -> tuple[bytes, bytes]:
         """`GET http://host/path` as sent to an explicit proxy: split host and path."""
@@ -375,7 +378,7 @@ class DownstreamHttp1(asyncio.Protocol):
     def _arm_header_timer(self) -> None:
         timeout = self.ctx.config.request_headers_timeout
         if timeout is not None:
-            self.header_timer = self.ctx.loop.call_later(timeout, self._on_header_timeout)
+            self.header_timer = self.ctx.deadlines.schedule(timeout, self._on_header_timeout)
 
     def _cancel_header_timer(self) -> None:
         if self.header_timer is not None:

@@ -33,6 +33,7 @@ from trellis.core.headers import (
 from trellis.core.routing import RouteTable, pick_weighted_cluster, redirect_location, rewrite_path
 from trellis.runtime import wire
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
+from trellis.runtime.deadline import Deadlines
 from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
@@ -157,11 +158,12 @@ class RouteRuntime:
     def response_head(self, stream: Stream, status: int, headers: Headers) -> bytes:
         """The response head sent downstream; decides framing and keep-alive."""
         upgrade = status == 101
-        has_length = False
-        for name, _ in headers:
+        has_length = upstream_chunked = False
+        for name, value in headers:
             if name == b"content-length":
                 has_length = True
-                break
+            elif name == b"transfer-encoding":
+                upstream_chunked = b"chunked" in value.lower()
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
         _, cluster_response = self._cluster_mutations(stream.cluster)
         for mutation in cluster_response:
@@ -173,6 +175,8 @@ class RouteRuntime:
         replace_server(out)
         conn = stream.conn
         if not upgrade and not has_length and not stream.is_head and status not in (204, 304):
+            # Re-framed as chunked; without chunking upstream the body ends when it closes.
+            stream.response_until_close = not upstream_chunked
             if conn.http11:
                 out.append(_CHUNKED)
                 stream.response_chunked = True
@@ -210,6 +214,7 @@ class HttpContext:
         "buffer_limit",
         "clusters",
         "config",
+        "deadlines",
         "direction",
         "listener_name",
         "loop",
@@ -236,6 +241,7 @@ class HttpContext:
         self.direction = direction
         self.clusters = clusters
         self.loop = loop
+        self.deadlines = Deadlines(loop)
         self.rng = rng
         self.buffer_limit = buffer_limit
         self.record = record
@@ -247,8 +253,18 @@ class HttpContext:
             for route in vhost.routes:
                 self._routes[id(route)] = RouteRuntime(route, vhost, route_config, clusters)
 
-    def select(self, authority: str, path: str, headers: Headers) -> RouteRuntime | None:
-        found = self.table.select_route(authority, path, headers)
+    def select(self, stream: Stream) -> RouteRuntime | None:
+        table = self.table
+        if table.matches_pseudo_headers:
+            found = table.select_route(
+                stream.authority,
+                stream.path,
+                stream.headers,
+                method=stream.method.decode("latin-1"),
+                scheme=stream.conn.scheme.decode("latin-1"),
+            )
+        else:
+            found = table.select_route(stream.authority, stream.path, stream.headers)
         if found is None:
             return None
         return self._routes[id(found[1])]

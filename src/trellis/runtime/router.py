@@ -15,6 +15,7 @@ from trellis.core.config import ClusterAction, DirectResponseAction, RedirectAct
 from trellis.core.metrics import ResponseFlag
 from trellis.core.retry import RetryDecision, RetryState, UpstreamFailure, is_retriable
 from trellis.runtime import wire
+from trellis.runtime.deadline import Deadline
 from trellis.runtime.upstream import UpstreamConnection
 from trellis.runtime.wire import Headers
 
@@ -56,11 +57,14 @@ class Stream:
         "replayable",
         "request_chunked",
         "request_done",
+        "request_head_bytes",
         "request_id",
         "response_bytes",
         "response_chunked",
         "response_code",
+        "response_head_bytes",
         "response_started",
+        "response_until_close",
         "retry",
         "route",
         "start",
@@ -108,20 +112,24 @@ class Stream:
         self.upstream: UpstreamConnection | None = None
         self.pending_on: HostRuntime | None = None
         self.head = b""
+        # Head sizes count in Istio's request/response byte metrics.
+        self.request_head_bytes = 0
+        self.response_head_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.replayable = True
         self.request_done = not has_body
         self.bound = False
         self.response_started = False
+        self.response_until_close = False
         self.response_chunked = False
         self.response_code = 0
         self.response_bytes = 0
         self.flags = ResponseFlag.NONE
         self.retry: RetryState | None = None
         self.tried: list[int] = []
-        self._global_timer: asyncio.TimerHandle | None = None
-        self._try_timer: asyncio.TimerHandle | None = None
+        self._global_timer: Deadline | None = None
+        self._try_timer: Deadline | None = None
         self._backoff: asyncio.TimerHandle | None = None
         self.tunnel = False
         self.tunnel_buf: list[bytes] = []
@@ -133,7 +141,7 @@ class Stream:
     def begin(self) -> None:
         """Route the request and act on the route's action."""
         ctx = self.ctx
-        route = ctx.select(self.authority, self.path, self.headers)
+        route = ctx.select(self)
         if route is None:
             self.local_reply(404, b"", ResponseFlag.NO_ROUTE_FOUND)
             return
@@ -198,7 +206,7 @@ class Stream:
         """Envoy's route timeout runs from the end of the downstream request."""
         route = self.route
         if route is not None and route.timeout is not None and self._global_timer is None:
-            self._global_timer = self.ctx.loop.call_later(route.timeout, self._on_global_timeout)
+            self._global_timer = self.ctx.deadlines.schedule(route.timeout, self._on_global_timeout)
 
     def on_request_body_raw(self, data: bytes) -> None:
         if self.replayable or self.upstream is None:
@@ -259,8 +267,7 @@ class Stream:
             assert self.cluster is not None
             self.cluster.limits.release_pending()
         if self.done:
-            assert self.host is not None
-            self.host.pool.release(conn)
+            conn.host.pool.release(conn)
             return
         conn.listener = self
         self.upstream = conn
@@ -294,7 +301,7 @@ class Stream:
             and retry.policy.per_try_timeout is not None
             and self._try_timer is None
         ):
-            self._try_timer = self.ctx.loop.call_later(
+            self._try_timer = self.ctx.deadlines.schedule(
                 retry.policy.per_try_timeout, self._on_try_timeout
             )
 
@@ -408,7 +415,9 @@ class Stream:
         self.response_code = status
         self.upstream_keep_alive = keep_alive
         assert self.route is not None
-        self.conn.write(self.route.response_head(self, status, headers))
+        head = self.route.response_head(self, status, headers)
+        self.response_head_bytes = len(head)
+        self.conn.write(head)
         if self.is_head:
             # httptools cannot be told a response answers HEAD: finish here and
             # do not reuse the connection, its parser may expect a body.
@@ -452,7 +461,11 @@ class Stream:
             self._finish()
             return
         if self.response_started:
-            self._abort_response(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+            if self.response_until_close:  # the close is the end of this body
+                self.upstream_keep_alive = False
+                self.on_response_complete()
+            else:
+                self._abort_response(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
             return
         self._attempt_failed(
             UpstreamFailure.RESET, ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, reason

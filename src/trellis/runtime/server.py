@@ -140,6 +140,11 @@ class ProxyServer:
             for listener in self.listeners:
                 listener.drain()
 
+    def stop_draining(self) -> None:
+        """Stop waiting for in-flight requests (a second SIGTERM)."""
+        if self.budget.emptied is not None:
+            self.budget.emptied.set()
+
     async def shutdown(self, drain: bool) -> None:
         """Stop accepting; when `drain`, let in-flight requests finish (bounded)."""
         emptied = self.budget.emptied = asyncio.Event()

@@ -132,7 +132,6 @@ class TcpDownstream(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.remote = f"{peer[0]}:{peer[1]}"
         self.listener.connection_opened(self)
-        self.ctx.metrics.tcp_opened(self.ctx.peer)
         cluster = self.ctx.cluster
         if cluster is None or not cluster.hosts:
             self._fail(
@@ -175,6 +174,7 @@ class TcpDownstream(asyncio.Protocol):
                 upstream.transport.close()
             return
         host.stats.active_connections += 1
+        self.ctx.metrics.tcp_opened(self.ctx.peer)
         self.upstream = upstream
         if self._pending and upstream.transport is not None:
             upstream.transport.write(b"".join(self._pending))
@@ -280,6 +280,8 @@ class TcpDownstream(asyncio.Protocol):
             cluster.limits.release_connection()
         flags = format_flags(self.flags)
         metrics = self.ctx.metrics
+        if self.upstream is None:  # never connected: count it opened with its failure flags
+            metrics.tcp_opened(self.ctx.peer, flags)
         metrics.tcp_bytes(self.ctx.peer, self.sent, self.received, flags)
         metrics.tcp_closed(self.ctx.peer, flags)
         if self.ctx.logs:

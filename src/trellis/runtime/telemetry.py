@@ -75,7 +75,9 @@ class HttpRecorder:
         self._cx_rq = stats.counter("envoy_http_downstream_rq_total", labels)
         self._rq_by_class = [
             stats.counter(
-                "envoy_http_downstream_rq_xx", (*labels, ("envoy_response_code_class", str(c)))
+                "envoy_http_downstream_rq_xx",
+                (*labels, ("envoy_response_code_class", str(c))),
+                stat_name=f"http.{stat_prefix}.downstream_rq_{c}xx",
             )
             for c in range(6)
         ]
@@ -107,8 +109,8 @@ class HttpRecorder:
             code,
             flags,
             duration_ms,
-            stream.body_bytes,
-            stream.response_bytes,
+            stream.body_bytes + stream.request_head_bytes,
+            stream.response_bytes + stream.response_head_bytes,
         )
         self._cx_rq.value += 1
         self._rq_by_class[code // 100 if 0 < code < 600 else 0].value += 1

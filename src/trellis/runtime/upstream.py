@@ -78,11 +78,11 @@ class UpstreamConnection(asyncio.Protocol):
         if listener is None:
             self.close()
             return
+        sink = listener.downstream()
+        sink.last_activity = time.monotonic()
         if self.tunnel:
             listener.on_upstream_data(data)
             return
-        sink = listener.downstream()
-        sink.last_activity = time.monotonic()
         sink.cork()
         try:
             self._parser.feed_data(data)

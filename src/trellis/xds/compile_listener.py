@@ -9,6 +9,7 @@ from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 
+from trellis.core.accesslog import AccessLogFormatter
 from trellis.core.config import (
     AccessLogConfig,
     HttpConnectionManager,
@@ -17,6 +18,7 @@ from trellis.core.config import (
     TcpProxy,
     TrafficDirection,
 )
+from trellis.errors import ConfigError
 from trellis.xds.compile_route import route_config
 from trellis.xds.convert import duration, socket_address, wrapped, wrapped_bool
 from trellis.xds.protos import (
@@ -198,6 +200,10 @@ def access_logs(
         json_format, text_format = None, None
         if inner.HasField("log_format"):
             json_format, text_format = _log_format(inner.log_format, here.at("log_format"))
+        try:
+            AccessLogFormatter.from_config(text_format, json_format)
+        except ConfigError as exc:
+            raise here.at("log_format").error(str(exc)) from None
         result.append(AccessLogConfig(path, json_format, text_format))
     return tuple(result)
 

@@ -19,6 +19,7 @@ from trellis.core.config import (
     StringMatcher,
     StringMatchKind,
 )
+from trellis.core.headers import has_formatter
 from trellis.xds.protos import base_pb2
 from trellis.xds.re2 import Re2SyntaxError, compile_re2
 from trellis.xds.where import Where
@@ -160,5 +161,14 @@ def _header_to_add(option: base_pb2.HeaderValueOption, where: Where) -> HeaderTo
             AppendAction.APPEND_IF_EXISTS_OR_ADD
             if option.append.value
             else AppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+        )
+    if has_formatter(option.header.value):
+        raise (
+            where.at("header")
+            .at("value")
+            .error(
+                f"{option.header.value!r}: %-formatters in header values are not supported "
+                "(write %% for a literal %)"
+            )
         )
     return HeaderToAdd(name, option.header.value, action, option.keep_empty_value)
