@@ -26,6 +26,7 @@ def test_fires_in_order_and_on_time() -> None:
         loop = asyncio.get_running_loop()
         deadlines = Deadlines(loop)
         start = time.monotonic()
+
         def note(name: str) -> None:
             fired.append((name, time.monotonic() - start))
 
