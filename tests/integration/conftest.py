@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from .harness import LIVE_PROXIES, ProxyFactory, UpstreamFactory, proxy_manager, upstream_manager
-from .upstream import HttpUpstream, TcpUpstream
+from .tcp_upstream import TcpUpstream
+from .upstream import HttpUpstream
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -53,6 +53,14 @@ class ProxyProcess:
         self.expect_exit = False
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def listener_port(self, name: str) -> int:
+        """The port of the bootstrap listener called `name`."""
+        for listener in self.config["static_resources"]["listeners"]:
+            if listener["name"] == name:
+                port: int = listener["address"]["socket_address"]["port_value"]
+                return port
+        raise KeyError(name)
+
     # --- lifecycle -----------------------------------------------------------------
 
     def start(self, *, wait_ready: bool = True) -> ProxyProcess:

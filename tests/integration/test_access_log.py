@@ -20,7 +20,8 @@ from .bootstrap import (
 )
 from .client import read_until_closed, request
 from .harness import ProxyFactory
-from .upstream import HttpUpstream, TcpUpstream
+from .tcp_upstream import TcpUpstream
+from .upstream import HttpUpstream
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 JSON_FORMAT = {

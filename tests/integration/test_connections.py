@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -82,3 +83,30 @@ def test_previous_hosts_predicate_retries_on_another_host(
     assert codes == [200] * 40, codes
     assert len(good.requests) == 40
     assert len(bad.requests) >= 5, "RANDOM never picked the failing host: the test proves nothing"
+
+
+def test_connect_timeout(start_proxy: ProxyFactory) -> None:
+    """An endpoint whose accept queue is full never completes the handshake."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for sock in fillers:
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(server.getsockname())
+            port = free_port()
+            config = simple_http(
+                free_port(),
+                port,
+                [server.getsockname()[1]],
+                cluster_extra={"connect_timeout": "0.3s"},
+            )
+            start_proxy(config)
+            resp = request(port, "GET", "/", timeout=10)
+        finally:
+            for sock in fillers:
+                sock.close()
+    assert resp.status == 503, resp
+    assert 0.25 <= resp.elapsed < 1.5, f"took {resp.elapsed:.2f}s with connect_timeout 0.3s"

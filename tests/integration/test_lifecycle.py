@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import re
 import signal
@@ -36,6 +37,7 @@ def test_ready(start_proxy: ProxyFactory, upstream: HttpUpstream) -> None:
     proxy = start_proxy(simple_http(free_port(), free_port(), [upstream.port]))
     status, body = proxy.admin("GET", "/ready")
     assert (status, body.strip()) == (200, "LIVE")
+    assert request(proxy.listener_port("http"), "GET", "/").status == 200
 
 
 def test_config_dump_shows_clusters_and_listeners(
@@ -78,6 +80,28 @@ def test_quitquitquit_exits(start_proxy: ProxyFactory, upstream: HttpUpstream) -
     status, _ = proxy.admin("POST", "/quitquitquit")
     assert status == 200
     assert proxy.wait_exit(8) == 0, proxy.describe()
+
+
+def test_quitquitquit_needs_post(start_proxy: ProxyFactory, upstream: HttpUpstream) -> None:
+    """A stray GET (a browser, a crawler) must not stop the proxy."""
+    proxy = start_proxy(simple_http(free_port(), free_port(), [upstream.port]))
+    status, _ = proxy.admin("GET", "/quitquitquit")
+    assert status != 200
+    time.sleep(0.3)
+    assert proxy.alive(), "GET /quitquitquit stopped the proxy"
+
+
+def test_prometheus_content_type(start_proxy: ProxyFactory, upstream: HttpUpstream) -> None:
+    proxy = start_proxy(simple_http(free_port(), free_port(), [upstream.port]))
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    try:
+        conn.request("GET", "/stats/prometheus")
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200
+    assert (resp.getheader("content-type") or "").startswith("text/plain"), resp.getheaders()
 
 
 def test_sigterm_drains_in_flight_requests(

@@ -105,3 +105,25 @@ def test_request_metrics_match_traffic(start_proxy: ProxyFactory, upstream: Http
     req_bytes = metric_sum(samples, "istio_request_bytes_sum", **src, response_code="200")
     assert 10_000 <= req_bytes <= 10_000 + 9 * 2048, req_bytes
     assert metric_sum(samples, "istio_request_bytes_count", **src) == 16
+
+
+def test_hostile_host_headers_cannot_break_the_exposition(
+    start_proxy: ProxyFactory, upstream: HttpUpstream
+) -> None:
+    """Label values are escaped: a Host header cannot inject samples or break parsing."""
+    port = free_port()
+    proxy = start_proxy(
+        bootstrap(
+            free_port(),
+            [http_listener("out", port, [virtual_host("svc", [route("backend")], ["svc"])])],
+            [cluster("backend", [upstream.port])],
+        )
+    )
+    hosts = ['a"b', "a\\b", 'x} istio_requests_total{reporter="fake"} 99', "caf\xe9", "a{b}=c,d"]
+    for host in hosts:
+        assert request(port, "GET", "/", host=host).status == 404
+    status, text = proxy.admin("GET", "/stats/prometheus")
+    assert status == 200
+    samples = proxy.samples()  # raises if the text does not parse
+    assert not [s for s in samples if s.labels.get("reporter") == "fake"], text
+    assert metric_sum(samples, REQUESTS, response_flags="NR") == len(hosts)

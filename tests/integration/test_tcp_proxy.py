@@ -10,7 +10,7 @@ from .bootstrap import bootstrap, cluster, free_port, tcp_listener
 from .client import read_until_closed
 from .harness import ProxyFactory
 from .proxyproc import ProxyProcess, metric_sum
-from .upstream import TcpUpstream
+from .tcp_upstream import TcpUpstream
 
 
 def _tcp_proxy(start_proxy: ProxyFactory, upstream_port: int) -> tuple[ProxyProcess, int]:

@@ -2,7 +2,7 @@
 
 Runs an asyncio server on 127.0.0.1 (port 0) in a background thread. The path
 selects the behaviour (`/status/N`, `/delay/S`, `/echo`, `/sink`, `/bytes/N`,
-`/close`, `/bye`, `/hop`, `/flaky/KEY/N/<behaviour>`); anything else answers 200.
+`/close`, `/bye`, `/raw/KIND/N`, `/hop`, `/flaky/KEY/N/<behaviour>`); anything else answers 200.
 Every response names the upstream in `x-upstream` and the connection in
 `x-upstream-connection`.
 """
@@ -303,6 +303,9 @@ class HttpUpstream:
                 size = int(n)
             case ["close", *_]:
                 return False
+            case ["raw", kind, n, *_]:
+                await _write_broken(writer, kind, int(n))
+                return False
             case ["bye", *_]:  # answer as if keeping the connection, then close it
                 payload, silent_close = b"bye", True
             case ["hop", *_]:
@@ -318,7 +321,12 @@ class HttpUpstream:
         lines += [f"x-upstream-connection: {conn_id}", "x-remove-me: yes", "server: test-upstream"]
         lines += [f"{k}: {v}" for k, v in extra]
         total = size if size >= 0 else len(payload)
-        lines.append("transfer-encoding: chunked" if chunked else f"content-length: {total}")
+        if status in (204, 304):
+            pass  # no body and no framing headers
+        elif chunked:
+            lines.append("transfer-encoding: chunked")
+        else:
+            lines.append(f"content-length: {total}")
         if close:
             lines.append("connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -344,84 +352,35 @@ class HttpUpstream:
             writer.write(b"0\r\n\r\n")
 
 
-class TcpUpstream:
-    """A TCP server for half-close tests.
+async def _write_broken(writer: asyncio.StreamWriter, kind: str, n: int) -> None:
+    """Odd or broken responses, then close.
 
-    mode "reply": read until EOF, then send `received <n> bytes` and close.
-    mode "banner": send `hello`, shut the write side, read until EOF and record it.
+    truncate: content-length n, n/2 sent; truncate-chunked: n/2 in one chunk, no last
+    chunk; eof-body: no length, n bytes; dup-cl: two differing content-lengths;
+    bad-status: a non-numeric status; spurious-100 / early-hints: a 100 or 103 first,
+    then 200 with n bytes.
     """
-
-    def __init__(self, mode: str = "reply") -> None:
-        self.mode = mode
-        self.port = 0
-        self._lock = threading.Lock()
-        self._received: list[int] = []
-        self._accepted = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> TcpUpstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
-        return self
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    @property
-    def received(self) -> list[int]:
-        """Byte counts read until EOF, one per finished connection."""
-        with self._lock:
-            return list(self._received)
-
-    @property
-    def connections_accepted(self) -> int:
-        with self._lock:
-            return self._accepted
-
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        with self._lock:
-            self._accepted += 1
-        try:
-            if self.mode == "banner":
-                writer.write(b"hello")
-                await writer.drain()
-                writer.write_eof()
-            total = 0
-            while data := await reader.read(WRITE_CHUNK):
-                total += len(data)
-            with self._lock:
-                self._received.append(total)
-            if self.mode == "reply":
-                writer.write(f"received {total} bytes".encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
+    ok = "HTTP/1.1 200 X\r\n"
+    body = b"r" * n
+    if kind == "truncate":
+        writer.write(f"{ok}content-length: {n}\r\n\r\n".encode() + body[: n // 2])
+    elif kind == "truncate-chunked":
+        half = n // 2
+        writer.write(f"{ok}transfer-encoding: chunked\r\n\r\n{half:x}\r\n".encode() + body[:half])
+        writer.write(b"\r\n")
+    elif kind == "eof-body":
+        writer.write(f"{ok}connection: close\r\n\r\n".encode() + body)
+    elif kind == "dup-cl":
+        writer.write(f"{ok}content-length: {n}\r\ncontent-length: {n + 5}\r\n\r\n".encode() + body)
+    elif kind == "bad-status":
+        writer.write(f"HTTP/1.1 2x0 X\r\ncontent-length: {n}\r\n\r\n".encode() + body)
+    elif kind in ("spurious-100", "early-hints"):
+        interim = (
+            "HTTP/1.1 100 Continue\r\n\r\n"
+            if kind == "spurious-100"
+            else ("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n")
+        )
+        writer.write(
+            f"{interim}{ok}content-length: {n}\r\nconnection: close\r\n\r\n".encode() + body
+        )
+    await writer.drain()

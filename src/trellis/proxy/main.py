@@ -50,7 +50,7 @@ async def _serve(server: ProxyServer) -> int:
     try:
         await server.start()
     except OSError as exc:
-        print(f"trellis proxy: cannot listen: {exc}", file=sys.stderr)
+        print(f"trellis proxy: cannot start: {exc}", file=sys.stderr)
         await server.shutdown(drain=False)
         return 1
     draining = False
