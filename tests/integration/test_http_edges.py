@@ -113,6 +113,80 @@ def test_interim_upstream_responses_then_final(env: Env, kind: str) -> None:
     assert (resp.status, resp.body) == (200, b"r" * 7), resp
 
 
+def test_response_with_both_framings_uses_chunked_or_fails(env: Env) -> None:
+    resp = request(env.port, "GET", "/raw/cl-te/9")
+    assert resp.status in (200, 502, 503), resp
+    if resp.status == 200:
+        assert resp.body == b"r" * 9, resp
+
+
+def test_upstream_connection_close_is_not_reused(env: Env) -> None:
+    for i in range(10):
+        first = request(env.port, "GET", "/?close=1")
+        second = request(env.port, "GET", "/")
+        assert (first.status, second.status) == (200, 200), f"round {i}: {first} / {second}"
+
+
+def test_h2c_upgrade_request_is_served_as_http11(env: Env) -> None:
+    """What `curl --http2 http://...` sends; Envoy ignores the h2c upgrade."""
+    headers = {
+        "Connection": "Upgrade, HTTP2-Settings",
+        "Upgrade": "h2c",
+        "HTTP2-Settings": "AAMAAABkAAQAAP__",
+    }
+    resp = request(env.port, "GET", "/", headers=headers)
+    assert resp.status == 200, resp
+    (seen,) = env.up.requests
+    assert seen.header("upgrade") is None and seen.header("http2-settings") is None, seen.headers
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE", "OPTIONS", "PROPFIND"])
+def test_other_methods_are_forwarded(env: Env, method: str) -> None:
+    """Standard and WebDAV methods pass (Envoy, like llhttp, refuses unknown ones by default)."""
+    resp = request(env.port, method, "/echo", body=b"data")
+    assert (resp.status, resp.body) == (200, b"data"), resp
+    (seen,) = env.up.requests
+    assert seen.method == method
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"5;name=value\r\nhello\r\n0\r\n\r\n",
+        b"0005\r\nhello\r\n0\r\n\r\n",
+        b"A\r\nhellohello\r\n0\r\n\r\n",
+    ],
+    ids=["extension", "leading-zeros", "upper-hex"],
+)
+def test_unusual_but_valid_chunking(env: Env, chunks: bytes) -> None:
+    raw = b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n"
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as sock:
+        sock.sendall(raw + b"Connection: close\r\n\r\n" + chunks)
+        result = read_until_closed(sock, 5)
+    assert result.status == 200, result
+    assert result.data.endswith(b"hello"), result
+
+
+def test_head_on_chunked_upstream_response(env: Env) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=5)
+    try:
+        head = send(conn, "HEAD", "/bytes/100?chunked=1")
+        assert (head.status, head.body) == (200, b""), head
+        after = send(conn, "GET", "/bytes/3")
+        assert (after.status, after.body) == (200, b"xxx"), after
+    finally:
+        conn.close()
+
+
+def test_pipelined_after_local_404(env: Env) -> None:
+    reqs = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"  # routed
+    reqs += b"GET /status/202 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as sock:
+        sock.sendall(reqs)
+        result = read_until_closed(sock, 5)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", result.data) == [b"200", b"202"], result
+
+
 def test_204_has_no_body_and_connection_stays_usable(env: Env) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=5)
     try:
@@ -184,7 +258,12 @@ def test_sigterm_with_only_idle_connections_exits_at_once(
     proxy.expect_exit = True
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        answer = b""
+        while not answer.endswith(b"ok from upstream"):
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
         sent = time.monotonic()
         proxy.signal(signal.SIGTERM)
         idle = read_until_closed(sock, 6)

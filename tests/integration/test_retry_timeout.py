@@ -12,7 +12,7 @@ import pytest
 from .bootstrap import PREVIOUS_HOSTS, bootstrap, cluster, free_port, http_listener, virtual_host
 from .client import request
 from .harness import proxy_manager, upstream_manager
-from .proxyproc import ProxyProcess, Sample, flags_of
+from .proxyproc import ProxyProcess, Sample, delta, flags_of
 from .upstream import HttpUpstream
 
 CONNECT_ERROR = "upstream connect error or disconnect/reset before headers"
@@ -109,9 +109,14 @@ def _flags_for(env: Env, before: list[Sample], code: str) -> set[str]:
 
 def test_retry_on_503_until_success(env: Env) -> None:
     key = _key()
+    before = env.proxy.samples()
     resp = request(env.port, "GET", f"/retry2/flaky/{key}/2/status/503")
     assert resp.status == 200, resp
     assert [r.target for r in env.up.requests] == [f"/flaky/{key}/2/status/503"] * 3
+    after = env.proxy.samples()
+    # one request for the client, however many attempts upstream
+    assert delta(before, after, "istio_requests_total") == 1
+    assert delta(before, after, "istio_requests_total", response_code="200") == 1
 
 
 def test_retries_exhausted_returns_last_503_with_urx(env: Env) -> None:

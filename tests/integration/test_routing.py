@@ -58,6 +58,41 @@ def _cart_routes() -> list[dict[str, object]]:
             "response_headers_to_remove": ["x-remove-me"],
         },
         {"match": {"safe_regex": {"regex": "/items/[0-9]+"}}, "route": {"cluster": "v2"}},
+        {
+            "match": {"prefix": "/mut"},
+            "route": {"cluster": "v1"},
+            "request_headers_to_add": [
+                {"header": {"key": "x-app", "value": "added"}},
+                {
+                    "header": {"key": "x-ow", "value": "new"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+                {"header": {"key": "x-absent", "value": "set"}, "append_action": "ADD_IF_ABSENT"},
+            ],
+        },
+        {"match": {"prefix": "/nocase", "case_sensitive": False}, "route": {"cluster": "v2"}},
+        {
+            "match": {
+                "prefix": "/inv",
+                "headers": [
+                    {"name": "x-env", "string_match": {"exact": "prod"}, "invert_match": True}
+                ],
+            },
+            "route": {"cluster": "v2"},
+        },
+        {"match": {"prefix": "/inv"}, "route": {"cluster": "v1"}},
+        {
+            "match": {"prefix": "/secure"},
+            "redirect": {
+                "https_redirect": True,
+                "host_redirect": "secure.example",
+                "strip_query": True,
+            },
+        },
+        {
+            "match": {"prefix": "/moved/"},
+            "redirect": {"prefix_rewrite": "/here/", "response_code": "PERMANENT_REDIRECT"},
+        },
         {"match": {"path": "/exact"}, "route": {"cluster": "v2"}},
         {
             "match": {"prefix": "/flag", "headers": [{"name": "x-flag", "present_match": True}]},
@@ -227,3 +262,37 @@ def test_no_route_is_404_with_nr_flag(env: Env, host: str, path: str) -> None:
     assert grown == 1, (
         f"istio_requests_total{{response_code=404,response_flags=NR}} grew by {grown}"
     )
+
+
+def test_header_append_actions(env: Env) -> None:
+    headers = {"x-app": "orig", "x-ow": "old", "x-absent": "keep"}
+    assert request(env.port, "GET", "/mut", host="cart", headers=headers).status == 200
+    (seen,) = env.v1.requests
+    assert [v.strip() for v in (seen.header("x-app") or "").split(",")] == ["orig", "added"]
+    assert seen.header_values("x-ow") == ["new"]
+    assert seen.header_values("x-absent") == ["keep"]
+
+
+def test_case_insensitive_prefix(env: Env) -> None:
+    assert request(env.port, "GET", "/NoCase/x", host="cart").header("x-upstream") == "v2"
+
+
+def test_inverted_header_match(env: Env) -> None:
+    dev = request(env.port, "GET", "/inv", host="cart", headers={"x-env": "dev"})
+    assert dev.header("x-upstream") == "v2"
+    # as in Envoy, a missing header never matches a value matcher, inverted or not
+    assert request(env.port, "GET", "/inv", host="cart").header("x-upstream") == "v1"
+    prod = request(env.port, "GET", "/inv", host="cart", headers={"x-env": "prod"})
+    assert prod.header("x-upstream") == "v1"
+
+
+def test_https_redirect_with_host_and_strip_query(env: Env) -> None:
+    resp = request(env.port, "GET", "/secure/page?token=1", host="cart")
+    assert resp.status == 301, resp
+    assert resp.header("location") == "https://secure.example/secure/page", resp
+
+
+def test_redirect_prefix_rewrite_keeps_query(env: Env) -> None:
+    resp = request(env.port, "GET", "/moved/a/b?q=2", host="cart:8080")
+    assert resp.status == 308, resp
+    assert resp.header("location") == "http://cart:8080/here/a/b?q=2", resp

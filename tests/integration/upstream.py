@@ -317,6 +317,7 @@ class HttpUpstream:
         if self._always_status is not None:
             status = self._always_status
         close = (head.get("connection") or "").lower() == "close" or head.version == "HTTP/1.0"
+        close = close or "close" in query  # ?close=1: answer with connection: close, then close
         lines = [f"HTTP/1.1 {status} X", f"x-upstream: {self.name}"]
         lines += [f"x-upstream-connection: {conn_id}", "x-remove-me: yes", "server: test-upstream"]
         lines += [f"{k}: {v}" for k, v in extra]
@@ -356,7 +357,8 @@ async def _write_broken(writer: asyncio.StreamWriter, kind: str, n: int) -> None
     """Odd or broken responses, then close.
 
     truncate: content-length n, n/2 sent; truncate-chunked: n/2 in one chunk, no last
-    chunk; eof-body: no length, n bytes; dup-cl: two differing content-lengths;
+    chunk; eof-body: no length, n bytes; dup-cl: two differing content-lengths; cl-te:
+    both framings (chunked is right);
     bad-status: a non-numeric status; spurious-100 / early-hints: a 100 or 103 first,
     then 200 with n bytes.
     """
@@ -372,6 +374,9 @@ async def _write_broken(writer: asyncio.StreamWriter, kind: str, n: int) -> None
         writer.write(f"{ok}connection: close\r\n\r\n".encode() + body)
     elif kind == "dup-cl":
         writer.write(f"{ok}content-length: {n}\r\ncontent-length: {n + 5}\r\n\r\n".encode() + body)
+    elif kind == "cl-te":
+        framing = f"content-length: {n + 100}\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.write(f"{ok}{framing}{n:x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
     elif kind == "bad-status":
         writer.write(f"HTTP/1.1 2x0 X\r\ncontent-length: {n}\r\n\r\n".encode() + body)
     elif kind in ("spurious-100", "early-hints"):

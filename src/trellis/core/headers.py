@@ -25,6 +25,8 @@ This is Envoy's list; `te` survives only as `te: trailers`, and headers named by
 # the target of the forwarded message.
 _PROTECTED = frozenset((b"host", b"content-length"))
 _UPGRADE_KEEP = frozenset((b"connection", b"upgrade"))
+# Connection values that name only headers dropped anyway: no extra work.
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"))
 
 
 def _has_trailers_token(value: bytes) -> bool:
@@ -47,9 +49,11 @@ def strip_hop_by_hop(
         if name in HOP_BY_HOP:
             found = True
             if name == b"connection":
+                if value in _PLAIN_CONNECTION:
+                    continue  # the usual values name no extra header
                 for raw in value.split(b","):
                     token = raw.strip().lower()
-                    if token:
+                    if token and token not in HOP_BY_HOP:
                         if listed is None:
                             listed = set()
                         listed.add(token)
@@ -156,8 +160,14 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 def generate_request_id(rng: random.Random) -> bytes:
     """A random (version 4) UUID in its lower-case 8-4-4-4-12 text form."""
-    text = f"{(rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode("ascii")
+    value = (rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET
+    return b"%08x-%04x-%04x-%04x-%012x" % (
+        value >> 96,
+        (value >> 80) & 0xFFFF,
+        (value >> 64) & 0xFFFF,
+        (value >> 48) & 0xFFFF,
+        value & 0xFFFFFFFFFFFF,
+    )
 
 
 def append_forwarded_for(headers: list[tuple[bytes, bytes]], client_ip: str) -> None:

@@ -238,8 +238,10 @@ class RouteTable:
                 )
 
     def _find(self, authority: str) -> _CompiledVirtualHost | None:
-        host = authority.lower()
         exact = self._exact
+        if not exact and not self._suffix and not self._prefix:
+            return self._default  # only `*`: no need to look at the authority
+        host = authority.lower()
         found = exact.get(host)
         if found is not None:
             return found

@@ -106,7 +106,13 @@ class DownstreamHttp1(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             stream = self.streams[-1] if self.streams else None
-            if stream is not None and rest:
+            if stream is None or not stream.upgrade:
+                # An upgrade we do not perform (h2c) or already refused: the
+                # parser has resumed, keep reading HTTP/1.1.
+                if rest and self.transport is not None:
+                    self.data_received(rest)
+                return
+            if rest:
                 stream.tunnel_buf.append(rest)
             self.tunnel = stream
         except httptools.HttpParserCallbackError as exc:
@@ -276,8 +282,11 @@ class DownstreamHttp1(asyncio.Protocol):
     def _upgrade_allowed(self, headers: Headers) -> bool:
         for name, value in headers:
             if name == b"upgrade":
-                if value.strip().lower().decode("latin-1") in self.ctx.config.upgrade_types:
+                protocol = value.strip().lower().decode("latin-1")
+                if protocol in self.ctx.config.upgrade_types:
                     return True
+                if protocol == "h2c":
+                    return False  # like Envoy: served as HTTP/1.1, the upgrade headers dropped
                 raise RequestRejectedError(403, "upgrade not allowed")
         return False
 
@@ -318,7 +327,10 @@ class DownstreamHttp1(asyncio.Protocol):
         if wbuf:
             transport = self.transport
             if transport is not None:
-                transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+                if len(wbuf) == 1:
+                    transport.write(wbuf[0])
+                else:
+                    transport.writelines(wbuf)  # one writev, no copy into a joined buffer
 
     def write_eof(self) -> None:
         self.uncork()

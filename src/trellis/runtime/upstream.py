@@ -129,17 +129,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        # Handing the list over (and starting a new one) replaces an
+        # on_message_begin callback per response.
+        headers = self._headers
+        self._headers = []
         if self.listener is not None:
             parser = self._parser
             self.listener.on_response_headers(
-                parser.get_status_code(), self._headers, parser.should_keep_alive()
+                parser.get_status_code(), headers, parser.should_keep_alive()
             )
 
     def on_body(self, body: bytes) -> None:

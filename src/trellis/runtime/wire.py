@@ -9,7 +9,7 @@ Headers = list[tuple[bytes, bytes]]
 
 SERVER_NAME = b"trellis"
 _CRLF = b"\r\n"
-_SEP = b": "
+_JOIN_FIELD = b": ".join  # (name, value) -> b"name: value", without a Python-level loop
 
 
 def _status_line(code: int) -> bytes:
@@ -30,27 +30,19 @@ def status_line(code: int) -> bytes:
     return line if line is not None else _status_line(code)
 
 
-def serialize_headers(parts: list[bytes], headers: Headers) -> None:
-    """Append `name: value\\r\\n` lines to `parts`, then the blank line."""
-    append = parts.append
-    for name, value in headers:
-        append(name)
-        append(_SEP)
-        append(value)
-        append(_CRLF)
-    append(_CRLF)
+def header_block(headers: Headers) -> bytes:
+    """`name: value` lines and the blank line that ends a head."""
+    if not headers:
+        return _CRLF
+    return b"\r\n".join(map(_JOIN_FIELD, headers)) + b"\r\n\r\n"
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    serialize_headers(parts, headers)
-    return b"".join(parts)
+    return b"%s %s HTTP/1.1\r\n%s" % (method, target, header_block(headers))
 
 
 def response_head(code: int, headers: Headers) -> bytes:
-    parts = [status_line(code)]
-    serialize_headers(parts, headers)
-    return b"".join(parts)
+    return status_line(code) + header_block(headers)
 
 
 def chunk(data: bytes) -> bytes:
