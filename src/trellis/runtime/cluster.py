@@ -8,7 +8,8 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from trellis.core.balancer import HostStats, LoadBalancer, make_balancer
 from trellis.core.circuit import ResourceLimits
@@ -16,6 +17,8 @@ from trellis.core.config import Cluster, Endpoint
 from trellis.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("trellis.upstream")
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 class PoolWaiter(Protocol):
@@ -38,6 +41,27 @@ class HostRuntime:
         self.pool = HostPool(self)
         self.cx_total = 0
         self.cx_connect_fail = 0
+
+    async def connect(self, factory: Callable[[], P]) -> P | str:
+        """A new connection within the cluster's connect timeout, or why it failed.
+
+        Failures are counted here; the caller counts the connection as active
+        once it decides to keep it.
+        """
+        self.cx_total += 1
+        loop = asyncio.get_running_loop()
+        address = self.address
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(factory, address.host, address.port),
+                self.cluster.config.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.cx_connect_fail += 1
+            self.stats.connect_failures += 1
+            log.debug("connect to %s failed: %s", address, exc)
+            return "connection timeout" if isinstance(exc, TimeoutError) else "connection failure"
+        return protocol
 
 
 class HostPool:
@@ -118,27 +142,14 @@ class HostPool:
     async def _connect(self) -> None:
         host = self.host
         cluster = host.cluster
-        loop = asyncio.get_running_loop()
-        host.cx_total += 1
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: UpstreamConnection(host), host.address.host, host.address.port
-                ),
-                cluster.config.connect_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            self.connecting -= 1
-            host.cx_connect_fail += 1
-            host.stats.connect_failures += 1
+        conn = await host.connect(lambda: UpstreamConnection(host))
+        self.connecting -= 1
+        if isinstance(conn, str):
             cluster.limits.release_connection()
-            reason = "connection timeout" if isinstance(exc, TimeoutError) else "connection failure"
-            log.debug("connect to %s failed: %s", host.address, exc)
             if self.waiters:
-                self.waiters.popleft().on_pool_failure(reason)
+                self.waiters.popleft().on_pool_failure(conn)
             cluster.serve_waiters()
             return
-        self.connecting -= 1
         host.stats.active_connections += 1
         transport = conn.transport
         if transport is not None:

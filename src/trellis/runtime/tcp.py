@@ -7,7 +7,6 @@ Half-close is honoured in both directions: an EOF from one side becomes a
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -19,8 +18,6 @@ if TYPE_CHECKING:
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
     from trellis.runtime.listener import ListenerRuntime
     from trellis.runtime.telemetry import AccessLogSink
-
-log = logging.getLogger("trellis.tcp")
 
 
 class TcpContext:
@@ -150,23 +147,12 @@ class TcpDownstream(asyncio.Protocol):
         self.host.stats.active_requests += 1
         self.transport.pause_reading()
         self._connect = asyncio.get_running_loop().create_task(
-            self._open(cluster, self.host), name=f"tcp connect {self.host.address}"
+            self._open(self.host), name=f"tcp connect {self.host.address}"
         )
 
-    async def _open(self, cluster: ClusterRuntime, host: HostRuntime) -> None:
-        loop = asyncio.get_running_loop()
-        host.cx_total += 1
-        try:
-            _, upstream = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _UpstreamSide(self), host.address.host, host.address.port
-                ),
-                cluster.config.connect_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            log.debug("tcp connect to %s failed: %s", host.address, exc)
-            host.cx_connect_fail += 1
-            host.stats.connect_failures += 1
+    async def _open(self, host: HostRuntime) -> None:
+        upstream = await host.connect(lambda: _UpstreamSide(self))
+        if isinstance(upstream, str):
             self._fail(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
             return
         if self.closed:
