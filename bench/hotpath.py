@@ -14,7 +14,6 @@ to the hot path, and `proxy_bench.py` for throughput against nginx.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
@@ -26,6 +25,7 @@ from _servers import trellis_bootstrap
 from trellis.core.config import ProxyConfig
 from trellis.runtime.downstream import DownstreamHttp1
 from trellis.runtime.http_context import HttpContext
+from trellis.runtime.listener import ListenerRuntime
 from trellis.runtime.server import ProxyServer
 from trellis.runtime.upstream import UpstreamConnection
 from trellis.xds.compile import compile_file
@@ -85,8 +85,12 @@ def bench_config() -> ProxyConfig:
 
 async def measure(config: ProxyConfig, requests: int, repeats: int) -> list[float]:
     server = ProxyServer(config, dict)
-    server._build_listeners(asyncio.get_running_loop())
-    listener = server.listeners[0]
+    listener = ListenerRuntime(
+        config.listeners[0],
+        server.manager.context_for(config.listeners[0]),  # type: ignore[arg-type]
+        server.budget,
+        server.stats,
+    )
     context = listener.context
     assert isinstance(context, HttpContext)
     down = DownstreamHttp1(listener, context)

@@ -261,6 +261,8 @@ class Cluster:
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     idle_timeout: float | None = 3600.0  # upstream connection idle timeout
     least_request_choice_count: int = 2
+    eds_name: str | None = None  # endpoints come from EDS under this name
+    http2: bool = False  # only the ADS cluster: the xDS client speaks gRPC to it
 
 
 # --- listeners -----------------------------------------------------------------
@@ -288,7 +290,7 @@ class AccessLogConfig:
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
-    route_config: RouteConfig
+    route_config: RouteConfig | None  # inline; None when routes come over RDS
     allow_absolute_url: bool = True
     generate_request_id: bool = True
     use_remote_address: bool = False
@@ -303,6 +305,7 @@ class HttpConnectionManager:
     proxy_100_continue: bool = False
     accept_http_10: bool = False
     upgrade_types: frozenset[str] = frozenset()  # lower-case, e.g. {"websocket"}
+    rds_name: str | None = None  # the RouteConfiguration to take from RDS
     access_logs: tuple[AccessLogConfig, ...] = ()
 
 
@@ -355,6 +358,17 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdsConfig:
+    """Where the proxy gets its dynamic config: one ADS stream to a control plane."""
+
+    cluster: str
+    address: SocketAddress
+    lds: bool = True  # listeners come from LDS
+    cds: bool = True  # clusters come from CDS
+    initial_fetch_timeout: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     node: NodeIdentity
     listeners: tuple[Listener, ...]
@@ -362,3 +376,4 @@ class ProxyConfig:
     admin: AdminConfig | None = None
     # overload_manager's envoy.resource_monitors.global_downstream_max_connections
     max_downstream_connections: int | None = None
+    ads: AdsConfig | None = None

@@ -3,31 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import uvloop
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-from trellis.core.config import HttpConnectionManager
+from trellis.core.config import HttpConnectionManager, ProxyConfig
 from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer
-from trellis.xds.compile import compile_file
+from trellis.runtime.xds_client import XdsClient
+from trellis.xds.bootstrap import load_bootstrap, parse_bootstrap, with_ads
+from trellis.xds.compile import compile_bootstrap
 from trellis.xds.config_dump import config_dump
 
 log = logging.getLogger("trellis.proxy")
 
 
-def run(bootstrap: Path, *, drain_time: float | None = None) -> int:
+def load(
+    bootstrap: Path | None,
+    *,
+    xds: tuple[str, int] | None = None,
+    node: Mapping[str, object] | None = None,
+    admin_port: int | None = None,
+) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig]:
+    """The bootstrap (file, or built from flags) and its compiled config."""
+    source = str(bootstrap) if bootstrap is not None else "--xds"
+    message = load_bootstrap(bootstrap) if bootstrap is not None else bootstrap_pb2.Bootstrap()
+    extra: dict[str, object] = {}
+    if node:
+        extra["node"] = dict(node)
+    if admin_port is not None:
+        extra["admin"] = {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        }
+    if extra:
+        message.MergeFrom(parse_bootstrap(extra, source))
+    if xds is not None:
+        message = with_ads(message, *xds)
+    return message, compile_bootstrap(message, source)
+
+
+def run(
+    bootstrap: Path | None,
+    *,
+    drain_time: float | None = None,
+    xds: tuple[str, int] | None = None,
+    node: Mapping[str, object] | None = None,
+    admin_port: int | None = None,
+) -> int:
     """Run the proxy in this process; returns the exit status.
 
     `drain_time` bounds the drain on SIGTERM; by default it is the longest
     `drain_timeout` of the bootstrap's HTTP connection managers (Envoy's 5 s).
     """
     try:
-        message, config = compile_file(bootstrap)
+        message, config = load(bootstrap, xds=xds, node=node, admin_port=admin_port)
     except ConfigError as exc:
         print(f"trellis proxy: invalid bootstrap: {exc}", file=sys.stderr)
         return 1
@@ -41,18 +77,26 @@ def run(bootstrap: Path, *, drain_time: float | None = None) -> int:
             default=5.0,
         )
     loaded_at = time.time()
-    server = ProxyServer(config, lambda: config_dump(message, loaded_at), drain_time=drain_time)
-    return uvloop.run(_serve(server))
+    client: list[XdsClient] = []
+
+    def dump() -> dict[str, object]:
+        return config_dump(message, loaded_at, client[0].status if client else None)
+
+    server = ProxyServer(config, dump, drain_time=drain_time)
+    if config.ads is not None:
+        client.append(XdsClient(config.ads, message.node, server.manager, server.set_live))
+    return uvloop.run(_serve(server, client[0] if client else None))
 
 
-async def _serve(server: ProxyServer) -> int:
+async def _serve(server: ProxyServer, client: XdsClient | None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        await server.start()
+        await server.start(live=client is None)
     except OSError as exc:
         print(f"trellis proxy: cannot start: {exc}", file=sys.stderr)
         await server.shutdown(drain=False)
         return 1
+    xds_task = loop.create_task(client.run(), name="ads client") if client is not None else None
     draining = False
 
     def on_signal(signum: signal.Signals) -> None:
@@ -65,8 +109,12 @@ async def _serve(server: ProxyServer) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    log.info("proxy ready")
+    log.info("proxy ready" if client is None else "proxy started; waiting for config over ADS")
     await server.wait_stopped()
+    if xds_task is not None:
+        xds_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await xds_task
     await server.shutdown(drain=draining)
     log.info("proxy stopped")
     return 0

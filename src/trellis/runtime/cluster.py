@@ -163,7 +163,8 @@ class HostPool:
 
 
 class ClusterRuntime:
-    """A cluster's live state; rebuilt only when its config changes."""
+    """A cluster's live state. A config change updates it in place: hosts that stay
+    keep their pools and counters, requests in flight keep the hosts they hold."""
 
     __slots__ = ("balancer", "buffer_limit", "config", "hosts", "limits", "rng")
 
@@ -174,6 +175,25 @@ class ClusterRuntime:
         self.limits = ResourceLimits(config.thresholds)
         self.hosts = [HostRuntime(self, i, ep) for i, ep in enumerate(config.endpoints)]
         self.balancer: LoadBalancer = make_balancer(config, [h.stats for h in self.hosts], rng)
+
+    def update(self, config: Cluster) -> None:
+        """Take a new config (for EDS clusters, with the endpoints filled in)."""
+        if config == self.config:
+            return
+        self.config = config
+        self.limits.thresholds = config.thresholds
+        previous = {host.address: host for host in self.hosts}
+        hosts = []
+        for index, endpoint in enumerate(config.endpoints):
+            host = previous.pop(endpoint.address, None)
+            if host is None:
+                host = HostRuntime(self, index, endpoint)
+            host.index = index
+            hosts.append(host)
+        for gone in previous.values():
+            gone.pool.close_idle(float("inf"))
+        self.hosts = hosts
+        self.balancer = make_balancer(config, [h.stats for h in hosts], self.rng)
 
     def serve_waiters(self) -> None:
         """After a connection slot frees up, open connections for queued requests."""

@@ -177,6 +177,8 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_body = True
+        # Each request takes the listener's current config; those in flight keep theirs.
+        self.ctx = self.listener.context  # type: ignore[assignment]
         self._cancel_header_timer()
         parser = self._parser
         try:

@@ -235,18 +235,20 @@ class HttpContext:
         buffer_limit: int,
         record: Callable[[Stream], None],
         note_retry: Callable[[ClusterRuntime], None],
+        deadlines: Deadlines,
     ) -> None:
         self.listener_name = listener_name
         self.config = config
         self.direction = direction
         self.clusters = clusters
         self.loop = loop
-        self.deadlines = Deadlines(loop)
+        self.deadlines = deadlines
         self.rng = rng
         self.buffer_limit = buffer_limit
         self.record = record
         self.note_retry = note_retry
         route_config = config.route_config
+        assert route_config is not None, "RDS routes are resolved before a context is built"
         self.table = RouteTable(route_config)
         self._routes: dict[int, RouteRuntime] = {}
         for vhost in route_config.virtual_hosts:

@@ -67,16 +67,13 @@ class ListenerRuntime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         address = self.config.address
-        context = self.context
-        if isinstance(context, HttpContext):
 
-            def factory() -> asyncio.Protocol:
+        def factory() -> asyncio.Protocol:
+            # The context current at accept time: config updates swap `self.context`.
+            context = self.context
+            if isinstance(context, HttpContext):
                 return DownstreamHttp1(self, context)
-
-        else:
-
-            def factory() -> asyncio.Protocol:
-                return TcpDownstream(self, context)
+            return TcpDownstream(self, context)
 
         self.server = await loop.create_server(
             factory, address.host, address.port, reuse_address=True, backlog=1024

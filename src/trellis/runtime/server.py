@@ -11,15 +11,12 @@ import time
 from typing import TYPE_CHECKING
 
 from trellis import __version__
-from trellis.core.config import HttpConnectionManager, ProxyConfig, TcpProxy
-from trellis.core.labels import peer_labels, service_from_cluster
+from trellis.core.config import ProxyConfig
 from trellis.core.metrics import CounterCell, IstioMetrics, StatsRegistry
 from trellis.runtime.admin import AdminServer
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
-from trellis.runtime.http_context import HttpContext
 from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
-from trellis.runtime.tcp import TcpContext
-from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
+from trellis.runtime.manager import ConfigManager
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,13 +45,20 @@ class ProxyServer:
         self.stats = StatsRegistry()
         self.clusters = ClusterManager.build(config.clusters, self.rng)
         self.budget = ConnectionBudget(config.max_downstream_connections)
-        self.listeners: list[ListenerRuntime] = []
+        self.manager = ConfigManager(
+            config.node,
+            self.clusters,
+            self.budget,
+            self.metrics,
+            self.stats,
+            self.rng,
+            self._note_retry,
+        )
         self.admin: AdminServer | None = None
         self.started = time.time()
         self._state = "PRE_INITIALIZING"
         self._stop = asyncio.Event()
         self._retry_cells: dict[str, CounterCell] = {}
-        self._logs: list[AccessLogSink] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self.stats.gauge("envoy_server_live").value = 0
 
@@ -69,63 +73,29 @@ class ProxyServer:
             )
         cell.value += 1
 
-    def _build_listeners(self, loop: asyncio.AbstractEventLoop) -> None:
-        node = self.config.node
-        for listener in self.config.listeners:
-            network_filter = listener.filter
-            context: HttpContext | TcpContext
-            if isinstance(network_filter, HttpConnectionManager):
-                sinks = tuple(AccessLogSink(c) for c in network_filter.access_logs)
-                self._logs.extend(sinks)
-                recorder = HttpRecorder(
-                    node,
-                    listener.direction,
-                    network_filter.stat_prefix,
-                    self.metrics,
-                    self.stats,
-                    sinks,
-                )
-                context = HttpContext(
-                    listener.name,
-                    network_filter,
-                    listener.direction,
-                    self.clusters,
-                    loop,
-                    self.rng,
-                    listener.per_connection_buffer_limit_bytes,
-                    recorder.record,
-                    self._note_retry,
-                )
-            else:
-                assert isinstance(network_filter, TcpProxy)
-                host = service_from_cluster(network_filter.cluster) or network_filter.cluster
-                peer = peer_labels(node, listener.direction, host, protocol="tcp")
-                sinks = tuple(AccessLogSink(c) for c in network_filter.access_logs)
-                self._logs.extend(sinks)
-                context = TcpContext(
-                    network_filter,
-                    self.clusters.clusters.get(network_filter.cluster),
-                    self.metrics,
-                    peer,
-                    sinks,
-                )
-            self.listeners.append(ListenerRuntime(listener, context, self.budget, self.stats))
-
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @property
+    def listeners(self) -> list[ListenerRuntime]:
+        return list(self.manager.listeners.values())
+
+    async def start(self, *, live: bool = True) -> None:
+        """Open the admin port and the static listeners; `live=False` waits for `set_live`."""
         loop = asyncio.get_running_loop()
-        self._build_listeners(loop)
         if self.config.admin is not None:
             self.admin = AdminServer(self)
             address = self.config.admin.address
             await self.admin.start(address.host, address.port)
-        for listener in self.listeners:
-            await listener.start()
-            log.info("listener %s on %s", listener.config.name, listener.config.address)
+        await self.manager.add_static(self.config.listeners)
         self._housekeeping = loop.create_task(self._housekeep(), name="housekeeping")
-        self._state = "LIVE"
-        self.stats.gauge("envoy_server_live").value = 1
+        if live:
+            self.set_live()
+
+    def set_live(self) -> None:
+        """Initial config is in place (Envoy leaves PRE_INITIALIZING)."""
+        if self._state == "PRE_INITIALIZING":
+            self._state = "LIVE"
+            self.stats.gauge("envoy_server_live").value = 1
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
@@ -160,7 +130,7 @@ class ProxyServer:
             self._housekeeping.cancel()
         if self.admin is not None:
             self.admin.close()
-        for sink in self._logs:
+        for sink in self.manager.sinks():
             sink.flush()
             sink.close()
 
@@ -172,7 +142,7 @@ class ProxyServer:
                 self.clusters.sweep_idle(now)
                 for listener in self.listeners:
                     listener.sweep(now)
-                for sink in self._logs:
+                for sink in self.manager.sinks():
                     sink.flush()
             except Exception:
                 log.exception("housekeeping failed")

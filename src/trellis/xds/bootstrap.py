@@ -128,3 +128,71 @@ def _closest_field(type_name: str, field: str) -> str | None:
     names = [f.name for f in descriptor.fields]
     close = difflib.get_close_matches(field, names, n=1)
     return close[0] if close else None
+
+
+ADS_CLUSTER = "xds-grpc"
+
+
+def with_ads(bootstrap: bootstrap_pb2.Bootstrap, host: str, port: int) -> bootstrap_pb2.Bootstrap:
+    """The bootstrap plus Envoy's usual ADS wiring to a control plane at host:port.
+
+    Adds a STATIC HTTP/2 cluster `xds-grpc` and `dynamic_resources` with
+    `ads_config` and LDS/CDS over ADS (what `trellis proxy --xds` means).
+    """
+    if bootstrap.HasField("dynamic_resources"):
+        raise ConfigError("--xds: the bootstrap already has dynamic_resources", source="--xds")
+    if any(c.name == ADS_CLUSTER for c in bootstrap.static_resources.clusters):
+        raise ConfigError(f"--xds: the bootstrap already has a cluster {ADS_CLUSTER!r}")
+    result = bootstrap_pb2.Bootstrap()
+    result.CopyFrom(bootstrap)
+    addition = parse_bootstrap(
+        {
+            "static_resources": {
+                "clusters": [
+                    {
+                        "name": ADS_CLUSTER,
+                        "type": "STATIC",
+                        "connect_timeout": "1s",
+                        "load_assignment": {
+                            "cluster_name": ADS_CLUSTER,
+                            "endpoints": [
+                                {
+                                    "lb_endpoints": [
+                                        {
+                                            "endpoint": {
+                                                "address": {
+                                                    "socket_address": {
+                                                        "address": host,
+                                                        "port_value": port,
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    ]
+                                }
+                            ],
+                        },
+                        "typed_extension_protocol_options": {
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                                "@type": "type.googleapis.com/"
+                                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                                "explicit_http_config": {"http2_protocol_options": {}},
+                            }
+                        },
+                    }
+                ]
+            },
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": ADS_CLUSTER}}],
+                },
+                "lds_config": {"ads": {}, "resource_api_version": "V3"},
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+        },
+        "--xds",
+    )
+    result.MergeFrom(addition)
+    return result

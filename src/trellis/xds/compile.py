@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from trellis.core.config import AdminConfig, Listener, NodeIdentity, ProxyConfig, SocketAddress
 from trellis.xds.bootstrap import load_bootstrap
 from trellis.xds.compile_cluster import clusters as compile_clusters
+from trellis.xds.compile_dynamic import ads_config
 from trellis.xds.compile_listener import listener as compile_listener
 from trellis.xds.convert import socket_address
 from trellis.xds.protos import bootstrap_pb2, downstream_connections_pb2, listener_pb2
@@ -44,7 +45,9 @@ def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyC
     where = Where(source)
     static = where.at("static_resources")
     clusters = compile_clusters(bootstrap.static_resources.clusters, static.at("clusters"))
-    cluster_names = frozenset(c.name for c in clusters)
+    ads = ads_config(bootstrap, clusters, where)
+    # With CDS, listeners may name clusters that arrive later.
+    cluster_names = None if ads is not None and ads.cds else frozenset(c.name for c in clusters)
     listeners = _listeners(
         bootstrap.static_resources.listeners, cluster_names, static.at("listeners")
     )
@@ -59,6 +62,7 @@ def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyC
         max_downstream_connections=_max_connections(
             bootstrap.overload_manager, where.at("overload_manager")
         ),
+        ads=ads,
     )
 
 
@@ -121,7 +125,7 @@ def _text(fields: dict[str, struct_pb2.Value], key: str, where: Where, default: 
 
 
 def _listeners(
-    configs: Sequence[listener_pb2.Listener], clusters: frozenset[str], where: Where
+    configs: Sequence[listener_pb2.Listener], clusters: frozenset[str] | None, where: Where
 ) -> tuple[Listener, ...]:
     names: dict[str, str] = {}
     result: list[tuple[Listener, str]] = []

@@ -30,7 +30,9 @@ _REDIRECT_CODES = {
 }
 
 
-def cluster_action(action: rc.RouteAction, clusters: frozenset[str], where: Where) -> ClusterAction:
+def cluster_action(
+    action: rc.RouteAction, clusters: frozenset[str] | None, where: Where
+) -> ClusterAction:
     """Convert a `RouteAction`; every cluster it names must exist."""
     kind = action.WhichOneof("cluster_specifier")
     if kind == "cluster":
@@ -53,15 +55,15 @@ def cluster_action(action: rc.RouteAction, clusters: frozenset[str], where: Wher
     )
 
 
-def _check_cluster(name: str, clusters: frozenset[str], where: Where) -> None:
+def _check_cluster(name: str, clusters: frozenset[str] | None, where: Where) -> None:
     if not name:
         raise where.error("cluster name is required")
-    if name not in clusters:
+    if clusters is not None and name not in clusters:
         raise where.error(f"unknown cluster {name!r}")
 
 
 def _weighted(
-    weighted: rc.WeightedCluster, clusters: frozenset[str], where: Where
+    weighted: rc.WeightedCluster, clusters: frozenset[str] | None, where: Where
 ) -> tuple[WeightedCluster, ...]:
     if not weighted.clusters:
         raise where.at("clusters").error("at least one cluster is required")

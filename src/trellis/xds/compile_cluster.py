@@ -6,9 +6,16 @@ from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
 from trellis.core.config import CircuitBreakerThresholds, Cluster, Endpoint, LbPolicy
-from trellis.xds.convert import duration, positive_duration, socket_address, wrapped
+from trellis.xds.convert import (
+    check_ads_source,
+    duration,
+    positive_duration,
+    socket_address,
+    wrapped,
+)
 from trellis.xds.protos import http_protocol_options_pb2
 from trellis.xds.supported import UPSTREAM_HTTP_OPTIONS_TYPE, unpack_any
 from trellis.xds.where import Where
@@ -35,7 +42,7 @@ def clusters(configs: Sequence[cluster_pb2.Cluster], where: Where) -> tuple[Clus
 
 
 def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
-    """Convert one STATIC cluster."""
+    """Convert one STATIC or EDS cluster."""
     if not config.name:
         raise where.at("name").error("name is required")
     policy = LbPolicy(cluster_pb2.Cluster.LbPolicy.Name(config.lb_policy))
@@ -47,6 +54,16 @@ def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
         choice_count = wrapped(config.least_request_lb_config, "choice_count", 2)
         if choice_count < 2:
             raise here.at("choice_count").error("choice_count must be at least 2")
+    idle_timeout, http2 = _protocol_options(config, where)
+    eds_name = None
+    if config.type == cluster_pb2.Cluster.EDS:
+        if config.HasField("load_assignment"):
+            raise where.at("load_assignment").error("an EDS cluster takes its endpoints from EDS")
+        here = where.at("eds_cluster_config")
+        check_ads_source(config.eds_cluster_config.eds_config, here.at("eds_config"))
+        eds_name = config.eds_cluster_config.service_name or config.name
+    elif config.HasField("eds_cluster_config"):
+        raise where.at("eds_cluster_config").error("only for clusters of type EDS")
     return Cluster(
         name=config.name,
         endpoints=_endpoints(config, where),
@@ -55,19 +72,24 @@ def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
             config, "connect_timeout", where, DEFAULT_CONNECT_TIMEOUT
         ),
         thresholds=_thresholds(config, where),
-        idle_timeout=_idle_timeout(config, where),
+        idle_timeout=idle_timeout,
         least_request_choice_count=choice_count,
+        eds_name=eds_name,
+        http2=http2,
     )
 
 
 def _endpoints(config: cluster_pb2.Cluster, where: Where) -> tuple[Endpoint, ...]:
     if not config.HasField("load_assignment"):
         return ()
-    assignment = config.load_assignment
-    here = where.at("load_assignment")
+    return endpoints(config.load_assignment, where.at("load_assignment"))
+
+
+def endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, here: Where) -> tuple[Endpoint, ...]:
+    """The endpoints of a load assignment (inline, or an EDS resource)."""
     if not assignment.cluster_name:
         raise here.at("cluster_name").error("cluster_name is required")
-    endpoints = []
+    result = []
     for i, locality in enumerate(assignment.endpoints):
         locality_where = here.at("endpoints").item(i)
         for j, lb_endpoint in enumerate(locality.lb_endpoints):
@@ -78,8 +100,8 @@ def _endpoints(config: cluster_pb2.Cluster, where: Where) -> tuple[Endpoint, ...
             weight = wrapped(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 raise at.at("load_balancing_weight").error("weight must be at least 1")
-            endpoints.append(Endpoint(address, weight))
-    return tuple(endpoints)
+            result.append(Endpoint(address, weight))
+    return tuple(result)
 
 
 def _thresholds(config: cluster_pb2.Cluster, where: Where) -> CircuitBreakerThresholds:
@@ -103,7 +125,8 @@ def _thresholds(config: cluster_pb2.Cluster, where: Where) -> CircuitBreakerThre
     )
 
 
-def _idle_timeout(config: cluster_pb2.Cluster, where: Where) -> float | None:
+def _protocol_options(config: cluster_pb2.Cluster, where: Where) -> tuple[float | None, bool]:
+    """The upstream idle timeout, and whether the cluster speaks HTTP/2 (the ADS cluster)."""
     options_where = where.at("typed_extension_protocol_options")
     typed = config.typed_extension_protocol_options
     if config.HasField("common_http_protocol_options"):
@@ -111,17 +134,19 @@ def _idle_timeout(config: cluster_pb2.Cluster, where: Where) -> float | None:
             raise where.at("common_http_protocol_options").error(
                 "use either this deprecated field or typed_extension_protocol_options, not both"
             )
-        return _common_idle(config.common_http_protocol_options, where)
+        return _common_idle(config.common_http_protocol_options, where), False
+    idle: float | None = DEFAULT_IDLE_TIMEOUT
+    http2 = False
     for key in sorted(typed):
         here = options_where.key(key)
         if key != UPSTREAM_HTTP_OPTIONS_TYPE:
             raise here.error(f"only {UPSTREAM_HTTP_OPTIONS_TYPE} is supported")
         options = unpack_any(typed[key], frozenset({UPSTREAM_HTTP_OPTIONS_TYPE}), here)
         assert isinstance(options, http_protocol_options_pb2.HttpProtocolOptions)
-        _check_explicit_config(options, here)
+        http2 = _check_explicit_config(options, here)
         if options.HasField("common_http_protocol_options"):
-            return _common_idle(options.common_http_protocol_options, here)
-    return DEFAULT_IDLE_TIMEOUT
+            idle = _common_idle(options.common_http_protocol_options, here)
+    return idle, http2
 
 
 def _common_idle(options: protocol_pb2.HttpProtocolOptions, where: Where) -> float | None:
@@ -130,11 +155,17 @@ def _common_idle(options: protocol_pb2.HttpProtocolOptions, where: Where) -> flo
 
 def _check_explicit_config(
     options: http_protocol_options_pb2.HttpProtocolOptions, where: Where
-) -> None:
+) -> bool:
+    """True for `http2_protocol_options: {}` (allowed only on the ADS cluster, checked later)."""
     if not options.HasField("explicit_http_config"):
-        return
+        return False
     here = where.at("explicit_http_config")
     explicit = options.explicit_http_config
+    if explicit.HasField("http2_protocol_options"):
+        if explicit.http2_protocol_options.ListFields():
+            field = explicit.http2_protocol_options.ListFields()[0][0].name
+            raise here.at("http2_protocol_options").at(field).error("not supported")
+        return True
     if not explicit.HasField("http_protocol_options"):
         raise here.error("explicit_http_config must select http_protocol_options (HTTP/1.1)")
     if explicit.http_protocol_options.ListFields():
@@ -144,3 +175,4 @@ def _check_explicit_config(
             .at(field)
             .error("upstream HTTP/1.1 options are not supported")
         )
+    return False

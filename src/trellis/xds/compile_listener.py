@@ -20,7 +20,7 @@ from trellis.core.config import (
 )
 from trellis.errors import ConfigError
 from trellis.xds.compile_route import route_config
-from trellis.xds.convert import duration, socket_address, wrapped, wrapped_bool
+from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
 from trellis.xds.protos import (
     file_pb2,
     http_connection_manager_pb2,
@@ -47,7 +47,9 @@ _NETWORK_FILTERS = frozenset({HCM_TYPE, TCP_PROXY_TYPE})
 _ACCESS_LOGGERS = frozenset({FILE_LOG_TYPE, STDOUT_LOG_TYPE})
 
 
-def listener(config: listener_pb2.Listener, clusters: frozenset[str], where: Where) -> Listener:
+def listener(
+    config: listener_pb2.Listener, clusters: frozenset[str] | None, where: Where
+) -> Listener:
     """Convert a listener with exactly one filter chain holding exactly one filter."""
     if not config.HasField("address"):
         raise where.at("address").error("address is required")
@@ -69,7 +71,7 @@ def listener(config: listener_pb2.Listener, clusters: frozenset[str], where: Whe
 
 
 def _network_filter(
-    chain: listener_components_pb2.FilterChain, clusters: frozenset[str], where: Where
+    chain: listener_components_pb2.FilterChain, clusters: frozenset[str] | None, where: Where
 ) -> NetworkFilter:
     filters = chain.filters
     if len(filters) != 1:
@@ -87,14 +89,24 @@ def _network_filter(
 
 def http_connection_manager(
     hcm: http_connection_manager_pb2.HttpConnectionManager,
-    clusters: frozenset[str],
+    clusters: frozenset[str] | None,
     where: Where,
 ) -> HttpConnectionManager:
-    """Convert an HTTP connection manager with an inline route_config and the router."""
+    """Convert an HTTP connection manager (inline route_config or RDS over ADS) and the router."""
     if not hcm.stat_prefix:
         raise where.at("stat_prefix").error("stat_prefix is required")
-    if hcm.WhichOneof("route_specifier") != "route_config":
-        raise where.at("route_config").error("an inline route_config is required")
+    specifier = hcm.WhichOneof("route_specifier")
+    inline = None
+    rds_name = None
+    if specifier == "route_config":
+        inline = route_config(hcm.route_config, clusters, where.at("route_config"))
+    elif specifier == "rds":
+        check_ads_source(hcm.rds.config_source, where.at("rds").at("config_source"))
+        rds_name = hcm.rds.route_config_name
+        if not rds_name:
+            raise where.at("rds").at("route_config_name").error("route_config_name is required")
+    else:
+        raise where.at("route_config").error("route_config or rds is required")
     _check_http_filters(hcm.http_filters, where.at("http_filters"))
     max_headers_kb = wrapped(hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB)
     if not 0 < max_headers_kb <= MAX_REQUEST_HEADERS_KB:
@@ -112,7 +124,8 @@ def http_connection_manager(
     drain_timeout = duration(hcm, "drain_timeout", where, 5.0)
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
-        route_config=route_config(hcm.route_config, clusters, where.at("route_config")),
+        route_config=inline,
+        rds_name=rds_name,
         allow_absolute_url=wrapped_bool(hcm.http_protocol_options, "allow_absolute_url", True),
         generate_request_id=wrapped_bool(hcm, "generate_request_id", True),
         use_remote_address=wrapped_bool(hcm, "use_remote_address", False),
@@ -164,13 +177,15 @@ def _check_http_filters(
             raise where.item(i).error(f"{ROUTER_NAME} must be the last HTTP filter")
 
 
-def tcp_proxy(proxy: tcp_proxy_pb2.TcpProxy, clusters: frozenset[str], where: Where) -> TcpProxy:
+def tcp_proxy(
+    proxy: tcp_proxy_pb2.TcpProxy, clusters: frozenset[str] | None, where: Where
+) -> TcpProxy:
     """Convert a TCP proxy to one known cluster."""
     if not proxy.stat_prefix:
         raise where.at("stat_prefix").error("stat_prefix is required")
     if not proxy.cluster:
         raise where.at("cluster").error("cluster is required")
-    if proxy.cluster not in clusters:
+    if clusters is not None and proxy.cluster not in clusters:
         raise where.at("cluster").error(f"unknown cluster {proxy.cluster!r}")
     return TcpProxy(
         stat_prefix=proxy.stat_prefix,

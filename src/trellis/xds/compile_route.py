@@ -52,7 +52,7 @@ def domain_problem(domain: str) -> str | None:
 
 
 def route_config(
-    config: route_pb2.RouteConfiguration, clusters: frozenset[str], where: Where
+    config: route_pb2.RouteConfiguration, clusters: frozenset[str] | None, where: Where
 ) -> RouteConfig:
     """Convert an inline `RouteConfiguration`; domains are lower-cased and must be unique."""
     seen_domains: dict[str, str] = {}
@@ -73,7 +73,10 @@ def route_config(
 
 
 def _virtual_host(
-    host: rc.VirtualHost, clusters: frozenset[str], where: Where, seen_domains: dict[str, str]
+    host: rc.VirtualHost,
+    clusters: frozenset[str] | None,
+    where: Where,
+    seen_domains: dict[str, str],
 ) -> VirtualHost:
     if not host.name:
         raise where.at("name").error("name is required")
@@ -106,7 +109,7 @@ def _virtual_host(
     )
 
 
-def _route(route: rc.Route, clusters: frozenset[str], where: Where) -> Route:
+def _route(route: rc.Route, clusters: frozenset[str] | None, where: Where) -> Route:
     if not route.HasField("match"):
         raise where.at("match").error("match is required")
     match = route_match(route.match, where.at("match"))

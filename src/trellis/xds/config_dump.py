@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
@@ -20,11 +21,30 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def config_dump(bootstrap: Bootstrap, loaded_at: float) -> dict[str, Any]:
-    """Bootstrap, listeners, clusters and inline route configs, as Envoy dumps them.
+class DynamicState(Protocol):
+    """What the proxy holds of one xDS resource type."""
 
-    Nothing secret is in a static bootstrap today; secrets (SDS) arrive with the
-    security issue and must be redacted here.
+    version: str
+    resources: dict[str, Any]
+    last_updated: float
+    rejected_version: str
+    rejected_reason: str
+
+
+def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def config_dump(
+    bootstrap: Bootstrap, loaded_at: float, dynamic: Mapping[str, DynamicState] | None = None
+) -> dict[str, Any]:
+    """Bootstrap, static and dynamic listeners, clusters, routes and endpoints, as Envoy
+    dumps them (`envoy.admin.v3.ConfigDump`), with the version of each xDS resource.
+
+    Nothing secret is in the config today; secrets (SDS) arrive with the security
+    issue and must be redacted here.
     """
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(loaded_at * 1e9))
@@ -43,10 +63,58 @@ def config_dump(bootstrap: Bootstrap, loaded_at: float) -> dict[str, Any]:
     for cluster in bootstrap.static_resources.clusters:
         entry_c = clusters.static_clusters.add(cluster=_pack(cluster))
         entry_c.last_updated.CopyFrom(stamp)
+    endpoints = config_dump_shared_pb2.EndpointsConfigDump()
+    for type_url, state in (dynamic or {}).items():
+        _add_dynamic(type_url, state, listeners, clusters, routes, endpoints)
     boot = config_dump_pb2.BootstrapConfigDump(bootstrap=bootstrap)
     boot.last_updated.CopyFrom(stamp)
     dump = config_dump_pb2.ConfigDump()
-    for part in (boot, listeners, clusters, routes):
+    for part in (boot, listeners, clusters, routes, endpoints):
         dump.configs.append(_pack(part))
     result: dict[str, Any] = json_format.MessageToDict(dump, preserving_proto_field_name=True)
     return result
+
+
+def _add_dynamic(
+    type_url: str,
+    state: DynamicState,
+    listeners: config_dump_shared_pb2.ListenersConfigDump,
+    clusters: config_dump_shared_pb2.ClustersConfigDump,
+    routes: config_dump_shared_pb2.RoutesConfigDump,
+    endpoints: config_dump_shared_pb2.EndpointsConfigDump,
+) -> None:
+    stamp = _stamp(state.last_updated)
+    kind = type_url.rsplit(".", 1)[-1]
+    failure = None
+    if state.rejected_reason:
+        failure = config_dump_shared_pb2.UpdateFailureState(
+            details=state.rejected_reason, version_info=state.rejected_version
+        )
+    version = state.version
+    for name in sorted(state.resources):
+        packed = _pack(state.resources[name])
+        entry: Any
+        if kind == "Listener":
+            entry = listeners.dynamic_listeners.add(name=name)
+            entry.active_state.version_info = version
+            entry.active_state.listener.CopyFrom(packed)
+            entry.active_state.last_updated.CopyFrom(stamp)
+        elif kind == "Cluster":
+            entry = clusters.dynamic_active_clusters.add(version_info=version, cluster=packed)
+            entry.last_updated.CopyFrom(stamp)
+        elif kind == "RouteConfiguration":
+            entry = routes.dynamic_route_configs.add(version_info=version, route_config=packed)
+            entry.last_updated.CopyFrom(stamp)
+        elif kind == "ClusterLoadAssignment":
+            entry = endpoints.dynamic_endpoint_configs.add(
+                version_info=version, endpoint_config=packed
+            )
+            entry.last_updated.CopyFrom(stamp)
+        else:
+            continue
+        if failure is not None:  # the last update of this type was rejected (NACKed)
+            entry.error_state.CopyFrom(failure)
+    if kind == "Listener":
+        listeners.version_info = version
+    elif kind == "Cluster":
+        clusters.version_info = version

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf.message import Message
 
@@ -172,3 +172,9 @@ def _header_to_add(option: base_pb2.HeaderValueOption, where: Where) -> HeaderTo
             )
         )
     return HeaderToAdd(name, option.header.value, action, option.keep_empty_value)
+
+
+def check_ads_source(source: config_source_pb2.ConfigSource, where: Where) -> None:
+    """Dynamic resources come over the bootstrap's ADS stream, and nowhere else."""
+    if source.WhichOneof("config_source_specifier") != "ads":
+        raise where.error("only `ads: {}` config sources are supported")

@@ -50,8 +50,18 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         # bootstrap
         "envoy.config.bootstrap.v3.Bootstrap": frozenset(
-            {"node", "static_resources", "admin", "overload_manager"}
+            {"node", "static_resources", "dynamic_resources", "admin", "overload_manager"}
         ),
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": frozenset(
+            {"ads_config", "lds_config", "cds_config"}
+        ),
+        _CORE + "ApiConfigSource": frozenset(
+            {"api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"}
+        ),
+        _CORE + "GrpcService": frozenset({"envoy_grpc", "timeout"}),
+        _CORE + "GrpcService.EnvoyGrpc": frozenset({"cluster_name"}),
+        _CORE + "ConfigSource": frozenset({"ads", "resource_api_version", "initial_fetch_timeout"}),
+        _CORE + "AggregatedConfigSource": frozenset(),
         "envoy.config.overload.v3.OverloadManager": frozenset({"resource_monitors"}),
         "envoy.config.overload.v3.ResourceMonitor": frozenset({"name", "typed_config"}),
         DOWNSTREAM_CONNECTIONS_TYPE: frozenset({"max_active_downstream_connections"}),
@@ -92,8 +102,10 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "access_log",
                 "upgrade_configs",
                 "proxy_100_continue",
+                "rds",
             }
         ),
+        _HCM + "Rds": frozenset({"config_source", "route_config_name"}),
         _HCM + "HttpConnectionManager.UpgradeConfig": frozenset({"upgrade_type", "enabled"}),
         _HCM + "HttpFilter": frozenset({"name", "typed_config"}),
         ROUTER_TYPE: frozenset(),
@@ -186,6 +198,7 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "lb_policy",
                 "least_request_lb_config",
                 "load_assignment",
+                "eds_cluster_config",
                 "circuit_breakers",
                 "common_http_protocol_options",
                 "typed_extension_protocol_options",
@@ -201,7 +214,10 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         _ENDPOINT + "LbEndpoint": frozenset({"endpoint", "load_balancing_weight"}),
         _ENDPOINT + "Endpoint": frozenset({"address"}),
         _UPSTREAM_HTTP: frozenset({"common_http_protocol_options", "explicit_http_config"}),
-        _UPSTREAM_HTTP + ".ExplicitHttpConfig": frozenset({"http_protocol_options"}),
+        _UPSTREAM_HTTP + ".ExplicitHttpConfig": frozenset(
+            {"http_protocol_options", "http2_protocol_options"}
+        ),
+        _CLUSTER + "Cluster.EdsClusterConfig": frozenset({"eds_config", "service_name"}),
     }
 )
 
@@ -210,7 +226,10 @@ SUPPORTED_ENUM_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyTy
     {
         (_CORE + "SocketAddress", "protocol"): frozenset({"TCP"}),
         (HCM_TYPE, "codec_type"): frozenset({"AUTO", "HTTP1"}),
-        (_CLUSTER + "Cluster", "type"): frozenset({"STATIC"}),
+        (_CLUSTER + "Cluster", "type"): frozenset({"STATIC", "EDS"}),
+        (_CORE + "ApiConfigSource", "api_type"): frozenset({"GRPC"}),
+        (_CORE + "ApiConfigSource", "transport_api_version"): frozenset({"V3"}),
+        (_CORE + "ConfigSource", "resource_api_version"): frozenset({"V3"}),
         (_CLUSTER + "Cluster", "lb_policy"): frozenset({"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}),
         (_CLUSTER + "CircuitBreakers.Thresholds", "priority"): frozenset({"DEFAULT"}),
     }

@@ -22,6 +22,7 @@ from trellis.core.config import (
     ProxyConfig,
     RedirectAction,
     RetryOn,
+    RouteConfig,
     SocketAddress,
     StringMatchKind,
     TcpProxy,
@@ -44,8 +45,14 @@ def _hcm(config: ProxyConfig, index: int = 0) -> HttpConnectionManager:
     return flt
 
 
+def _routes(config: ProxyConfig, index: int = 0) -> RouteConfig:
+    routes = _hcm(config, index).route_config
+    assert routes is not None
+    return routes
+
+
 def _action(config: ProxyConfig, vhost: int, route: int) -> Any:
-    return _hcm(config).route_config.virtual_hosts[vhost].routes[route].action
+    return _routes(config).virtual_hosts[vhost].routes[route].action
 
 
 def test_node_identity(full: ProxyConfig) -> None:
@@ -103,7 +110,7 @@ def test_http_connection_manager(full: ProxyConfig) -> None:
 
 
 def test_route_config_headers_and_domains(full: ProxyConfig) -> None:
-    rc = _hcm(full).route_config
+    rc = _routes(full)
     assert rc.name == "outbound_routes"
     assert rc.request_headers.add == (HeaderToAdd("x-mesh", "trellis"),)
     assert rc.response_headers.remove == frozenset({"server"})
@@ -116,7 +123,7 @@ def test_route_config_headers_and_domains(full: ProxyConfig) -> None:
 
 
 def test_weighted_route_with_retries(full: ProxyConfig) -> None:
-    route = _hcm(full).route_config.virtual_hosts[0].routes[0]
+    route = _routes(full).virtual_hosts[0].routes[0]
     assert route.match.path_kind is PathMatchKind.PREFIX
     assert route.match.path == "/reviews"
     canary, agent, debug = route.match.headers
@@ -150,7 +157,7 @@ def test_weighted_route_with_retries(full: ProxyConfig) -> None:
 
 
 def test_regex_route_with_rewrites(full: ProxyConfig) -> None:
-    route = _hcm(full).route_config.virtual_hosts[0].routes[1]
+    route = _routes(full).virtual_hosts[0].routes[1]
     assert route.match.path_kind is PathMatchKind.REGEX
     assert route.match.regex is not None
     assert route.match.regex.fullmatch("/api/v12/reviews/7")
@@ -212,6 +219,7 @@ def test_envoy_defaults(minimal_dict: dict[str, Any], compile_dict: Compile) -> 
     assert hcm.request_headers_timeout is None
     assert hcm.drain_timeout == 5.0
     assert hcm.access_logs == ()
+    assert hcm.route_config is not None
     action = hcm.route_config.virtual_hosts[0].routes[0].action
     assert isinstance(action, ClusterAction)
     assert action.timeout == 15.0
@@ -262,7 +270,7 @@ def test_deprecated_append_true_and_legacy_header_matchers(
         {"name": "x-any", "treat_missing_header_as_empty": True},
     ]
     config = compile_dict(minimal_dict)
-    compiled = _hcm(config).route_config.virtual_hosts[0].routes[0]
+    compiled = _routes(config).virtual_hosts[0].routes[0]
     assert compiled.request_headers.add == (
         HeaderToAdd("x-a", "1", AppendAction.APPEND_IF_EXISTS_OR_ADD),
         HeaderToAdd("x-b", "", AppendAction.APPEND_IF_EXISTS_OR_ADD, keep_empty_value=True),

@@ -125,7 +125,7 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "no route_config",
         lambda d: [hcm(d).pop("route_config")],
         f"{HCM}.route_config",
-        "inline route_config",
+        "route_config or rds is required",
     ),
     (
         "no http filters",

@@ -91,9 +91,9 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
     ("codec HTTP2", _set(_hcm, "codec_type", "HTTP2"), f"{HCM}.codec_type"),
     ("hcm server_name", _set(_hcm, "server_name", "trellis"), f"{HCM}.server_name"),
     (
-        "hcm rds",
-        lambda d: _hcm(d).update(rds={"route_config_name": "r"}, route_config=None),
-        f"{HCM}.rds",
+        "hcm scoped routes",
+        lambda d: _hcm(d).update(scoped_routes={"name": "r"}, route_config=None),
+        f"{HCM}.scoped_routes",
     ),
     (
         "router option",
@@ -148,11 +148,14 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
         f"{CLUSTER0}.load_assignment.endpoints[0].load_balancing_weight",
     ),
     (
-        "upstream http2",
+        "upstream http2 options",
         lambda d: _cluster0(d)["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-        ]["explicit_http_config"].update(http_protocol_options=None, http2_protocol_options={}),
-        f"{CLUSTER0}.{UPSTREAM_OPTIONS}.explicit_http_config.http2_protocol_options",
+        ]["explicit_http_config"].update(
+            http_protocol_options=None, http2_protocol_options={"max_concurrent_streams": 5}
+        ),
+        f"{CLUSTER0}.{UPSTREAM_OPTIONS}.explicit_http_config.http2_protocol_options"
+        ".max_concurrent_streams",
     ),
     (
         "retry predicate type",

@@ -1,0 +1,188 @@
+"""One bidirectional gRPC call over plaintext HTTP/2, built on h2.
+
+The proxy needs exactly one gRPC call, the ADS stream. grpcio would add ~9 MB
+of resident memory to every sidecar (DESIGN.md §8 budgets 40 MB); h2 adds ~1 MB.
+This speaks the gRPC wire format (length-prefixed messages, `te: trailers`,
+`grpc-status` trailers) over an h2c prior-knowledge connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+_READ_SIZE = 65536
+_MAX_MESSAGE = 64 * 1024 * 1024
+_WINDOW = 16 * 1024 * 1024
+
+
+class GrpcError(Exception):
+    """The call ended with a non-OK status, or the connection failed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"grpc status {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class GrpcStream:
+    """`await GrpcStream.open(...)`, then `send` and `recv` messages (serialized bytes)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self._stream_id = 0
+        self._buffer = bytearray()
+        self._messages: asyncio.Queue[bytes | GrpcError] = asyncio.Queue()
+        self._window_open = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, path: str, connect_timeout: float) -> GrpcStream:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), connect_timeout
+        )
+        stream = cls(reader, writer)
+        stream._start(f"{host}:{port}", path)
+        return stream
+
+    def _start(self, authority: str, path: str) -> None:
+        conn = self._conn
+        conn.initiate_connection()
+        conn.increment_flow_control_window(_WINDOW)
+        self._stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(
+            self._stream_id,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", path.encode()),
+                (b":authority", authority.encode()),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+                (b"user-agent", b"trellis-proxy"),
+            ],
+        )
+        conn.increment_flow_control_window(_WINDOW, stream_id=self._stream_id)
+        self._flush()
+        self._reader_task = asyncio.get_running_loop().create_task(
+            self._read(), name="grpc stream reader"
+        )
+
+    def _flush(self) -> None:
+        data = self._conn.data_to_send()
+        if data:
+            self._writer.write(data)
+
+    async def send(self, message: bytes) -> None:
+        """Send one message, waiting for flow-control window when needed."""
+        payload = struct.pack(">?I", False, len(message)) + message
+        conn = self._conn
+        while payload:
+            if self._closed:
+                raise GrpcError(14, "stream closed")
+            window = min(
+                conn.local_flow_control_window(self._stream_id), conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                self._window_open.clear()
+                await self._window_open.wait()
+                continue
+            chunk, payload = payload[:window], payload[window:]
+            conn.send_data(self._stream_id, chunk)
+            self._flush()
+        await self._writer.drain()
+
+    async def recv(self) -> bytes:
+        """The next message; raises GrpcError when the call ends."""
+        item = await self._messages.get()
+        if isinstance(item, GrpcError):
+            self._messages.put_nowait(item)  # later calls see the same end
+            raise item
+        return item
+
+    async def _read(self) -> None:
+        error = GrpcError(14, "connection closed")
+        try:
+            while True:
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    break
+                ended = self._handle(self._conn.receive_data(data))
+                self._flush()
+                if ended is not None:
+                    error = ended
+                    break
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            error = GrpcError(14, f"connection error: {exc}")
+        finally:
+            self._closed = True
+            self._window_open.set()
+            self._messages.put_nowait(error)
+
+    def _handle(self, events: list[h2.events.Event]) -> GrpcError | None:
+        for event in events:
+            if isinstance(event, h2.events.ResponseReceived):
+                headers = dict(event.headers)
+                if headers.get(b":status") != b"200":
+                    return GrpcError(14, f"HTTP status {headers.get(b':status')!r}")
+                if b"grpc-status" in headers:  # trailers-only response
+                    return _status(headers)
+            elif isinstance(event, h2.events.DataReceived):
+                self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self._buffer += event.data
+                problem = self._split_messages()
+                if problem is not None:
+                    return problem
+            elif isinstance(event, h2.events.TrailersReceived):
+                return _status(dict(event.headers))
+            elif isinstance(event, h2.events.StreamReset):
+                return GrpcError(14, f"stream reset (code {event.error_code})")
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                return GrpcError(14, f"connection terminated (code {event.error_code})")
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_open.set()
+        return None
+
+    def _split_messages(self) -> GrpcError | None:
+        buffer = self._buffer
+        while len(buffer) >= 5:
+            compressed, length = struct.unpack_from(">?I", buffer)
+            if compressed:
+                return GrpcError(12, "compressed messages are not supported")
+            if length > _MAX_MESSAGE:
+                return GrpcError(8, f"message of {length} bytes is too large")
+            if len(buffer) < 5 + length:
+                break
+            self._messages.put_nowait(bytes(buffer[5 : 5 + length]))
+            del buffer[: 5 + length]
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        with contextlib.suppress(Exception):
+            self._conn.close_connection()
+            self._flush()
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+def _status(headers: dict[bytes, bytes]) -> GrpcError:
+    status = int(headers.get(b"grpc-status", b"2") or 2)
+    message = headers.get(b"grpc-message", b"").decode("utf-8", "replace")
+    return GrpcError(status, message or ("OK" if status == 0 else "call ended"))

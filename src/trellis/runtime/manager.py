@@ -1,0 +1,232 @@
+"""Running config: listeners and clusters built from static and xDS resources.
+
+Every change builds new per-listener contexts (route tables, cluster references)
+and swaps one reference per listener: requests in flight finish on the context
+they started with, new requests (also on existing connections) use the new one.
+Listeners whose address and filter are unchanged keep their sockets and
+connections; clusters are updated in place so their connection pools survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Mapping
+
+from trellis.core.config import (
+    Cluster,
+    Endpoint,
+    HttpConnectionManager,
+    Listener,
+    NodeIdentity,
+    RouteConfig,
+    TcpProxy,
+)
+from trellis.core.labels import peer_labels, service_from_cluster
+from trellis.core.metrics import IstioMetrics, StatsRegistry
+from trellis.errors import ConfigError
+from trellis.runtime.cluster import ClusterManager, ClusterRuntime
+from trellis.runtime.deadline import Deadlines
+from trellis.runtime.http_context import HttpContext
+from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
+from trellis.runtime.tcp import TcpContext
+from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
+
+log = logging.getLogger("trellis.config")
+
+Context = HttpContext | TcpContext
+
+
+class ConfigManager:
+    def __init__(
+        self,
+        node: NodeIdentity,
+        clusters: ClusterManager,
+        budget: ConnectionBudget,
+        metrics: IstioMetrics,
+        stats: StatsRegistry,
+        rng: random.Random,
+        note_retry: Callable[[ClusterRuntime], None],
+    ) -> None:
+        self.node = node
+        self.clusters = clusters
+        self.budget = budget
+        self.metrics = metrics
+        self.stats = stats
+        self.rng = rng
+        self.note_retry = note_retry
+        self.listeners: dict[str, ListenerRuntime] = {}
+        self.routes: dict[str, RouteConfig] = {}
+        self.endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self.static_clusters = frozenset(clusters.clusters)
+        self.static_listeners: frozenset[str] = frozenset()
+        self._dynamic_clusters: dict[str, Cluster] = {}
+        self._sinks: dict[str, tuple[tuple[object, ...], tuple[AccessLogSink, ...]]] = {}
+        self._recorders: dict[str, tuple[Listener, HttpRecorder]] = {}
+        self._deadlines: Deadlines | None = None
+        self._wanted_listeners: dict[str, Listener] = {}
+
+    # -- contexts ------------------------------------------------------------------------
+
+    def _sinks_for(self, listener: Listener) -> tuple[AccessLogSink, ...]:
+        configs = tuple(listener.filter.access_logs)
+        known = self._sinks.get(listener.name)
+        if known is not None and known[0] == configs:
+            return known[1]
+        if known is not None:
+            for sink in known[1]:
+                sink.close()
+        sinks = tuple(AccessLogSink(c) for c in listener.filter.access_logs)
+        self._sinks[listener.name] = (configs, sinks)
+        return sinks
+
+    def sinks(self) -> list[AccessLogSink]:
+        return [sink for _, sinks in self._sinks.values() for sink in sinks]
+
+    def context_for(self, listener: Listener) -> Context | None:
+        """The listener's context on the current config; None while its routes are missing."""
+        loop = asyncio.get_running_loop()
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop)
+        network_filter = listener.filter
+        if isinstance(network_filter, TcpProxy):
+            host = service_from_cluster(network_filter.cluster) or network_filter.cluster
+            return TcpContext(
+                network_filter,
+                self.clusters.clusters.get(network_filter.cluster),
+                self.metrics,
+                peer_labels(self.node, listener.direction, host, protocol="tcp"),
+                self._sinks_for(listener),
+            )
+        assert isinstance(network_filter, HttpConnectionManager)
+        if network_filter.route_config is None:
+            assert network_filter.rds_name is not None
+            routes = self.routes.get(network_filter.rds_name)
+            if routes is None:
+                return None
+            network_filter = dataclasses.replace(network_filter, route_config=routes)
+        known = self._recorders.get(listener.name)
+        if known is None or known[0] != listener:
+            recorder = HttpRecorder(
+                self.node,
+                listener.direction,
+                network_filter.stat_prefix,
+                self.metrics,
+                self.stats,
+                self._sinks_for(listener),
+            )
+            self._recorders[listener.name] = (listener, recorder)
+        else:
+            recorder = known[1]
+        return HttpContext(
+            listener.name,
+            network_filter,
+            listener.direction,
+            self.clusters,
+            loop,
+            self.rng,
+            listener.per_connection_buffer_limit_bytes,
+            recorder.record,
+            self.note_retry,
+            self._deadlines,
+        )
+
+    def refresh(self) -> None:
+        """Rebuild every listener's context on the current routes and clusters."""
+        for runtime in self.listeners.values():
+            context = self.context_for(runtime.config)
+            if context is not None:
+                runtime.context = context
+
+    # -- listeners -------------------------------------------------------------------------
+
+    async def add_static(self, listeners: tuple[Listener, ...]) -> None:
+        self.static_listeners = frozenset(listener.name for listener in listeners)
+        for listener in listeners:
+            await self._start_listener(listener)
+
+    async def _start_listener(self, listener: Listener) -> bool:
+        context = self.context_for(listener)
+        if context is None:
+            return False  # warming: starts when its route configuration arrives
+        runtime = ListenerRuntime(listener, context, self.budget, self.stats)
+        await runtime.start()
+        self.listeners[listener.name] = runtime
+        log.info("listener %s on %s", listener.name, listener.address)
+        return True
+
+    async def apply_listeners(self, listeners: Mapping[str, Listener]) -> set[str]:
+        """LDS state of the world; returns the route configurations they need."""
+        for name in listeners:
+            if name in self.static_listeners:
+                raise ConfigError(f"LDS listener {name!r}: a static listener has that name")
+        self._wanted_listeners = dict(listeners)
+        for name in [n for n in self.listeners if n not in self.static_listeners]:
+            if name not in listeners:
+                log.info("listener %s removed", name)
+                self.listeners.pop(name).drain()
+        for name, listener in listeners.items():
+            current = self.listeners.get(name)
+            if current is not None and current.config == listener:
+                continue
+            if current is not None and current.config.address == listener.address:
+                context = self.context_for(listener)
+                if context is not None:
+                    current.config = listener
+                    current.context = context
+                    continue
+            if current is not None:
+                self.listeners.pop(name).drain()
+            await self._start_listener(listener)
+        return {
+            listener.filter.rds_name
+            for listener in listeners.values()
+            if isinstance(listener.filter, HttpConnectionManager)
+            and listener.filter.rds_name is not None
+        }
+
+    async def start_warmed(self) -> None:
+        """Start listeners that were waiting for their routes."""
+        for name, listener in self._wanted_listeners.items():
+            if name not in self.listeners:
+                await self._start_listener(listener)
+
+    # -- routes, clusters, endpoints -------------------------------------------------------
+
+    def apply_routes(self, routes: Mapping[str, RouteConfig]) -> None:
+        self.routes = dict(routes)
+        self.refresh()
+
+    def apply_clusters(self, clusters: Mapping[str, Cluster]) -> set[str]:
+        """CDS state of the world; returns the EDS names the clusters need."""
+        for name in clusters:
+            if name in self.static_clusters:
+                raise ConfigError(f"CDS cluster {name!r}: a static cluster has that name")
+        live = self.clusters.clusters
+        for name in list(self._dynamic_clusters):
+            if name not in clusters:
+                del self._dynamic_clusters[name]
+                live.pop(name).close()
+        for name, cluster in clusters.items():
+            self._dynamic_clusters[name] = cluster
+            effective = self._with_endpoints(cluster)
+            if name in live:
+                live[name].update(effective)
+            else:
+                live[name] = ClusterRuntime(effective, self.rng)
+        self.refresh()
+        return {c.eds_name for c in clusters.values() if c.eds_name is not None}
+
+    def apply_endpoints(self, assignments: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        self.endpoints = dict(assignments)
+        live = self.clusters.clusters
+        for name, cluster in self._dynamic_clusters.items():
+            if cluster.eds_name is not None:
+                live[name].update(self._with_endpoints(cluster))
+
+    def _with_endpoints(self, cluster: Cluster) -> Cluster:
+        if cluster.eds_name is None:
+            return cluster
+        return dataclasses.replace(cluster, endpoints=self.endpoints.get(cluster.eds_name, ()))
