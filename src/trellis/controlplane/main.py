@@ -1,0 +1,128 @@
+"""`trellis control-plane`: the store, the xDS server and the REST API in one process.
+
+Stored config changes are watched, debounced, translated for every connected
+proxy and pushed over ADS; a proxy that connects gets its snapshot built on the
+spot. An acknowledged apply is durable (SQLite, WAL, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trellis.controlplane.ads import AdsServer, serve_ads
+from trellis.controlplane.ads_status import ProxyNode
+from trellis.controlplane.mesh_state import MeshState, snapshots
+from trellis.controlplane.snapshot import Snapshot
+from trellis.controlplane.snapshot_cache import SnapshotCache
+from trellis.controlplane.sqlite_store import SqliteConfigStore
+from trellis.controlplane.store import ConfigStore, WatchEventType, WatchExpiredError
+from trellis.errors import TrellisError
+
+log = logging.getLogger("trellis.controlplane")
+
+DB_FILE = "config.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneSettings:
+    data_dir: Path
+    xds_address: str = "127.0.0.1:15010"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    debounce: float = 0.1
+
+
+class ControlPlane:
+    """Keeps every connected proxy's snapshot in step with the store."""
+
+    def __init__(self, store: ConfigStore, cache: SnapshotCache) -> None:
+        self.store = store
+        self.cache = cache
+        self.state = MeshState()
+        self.ads: AdsServer | None = None
+        self._republish = asyncio.Event()
+
+    async def load(self) -> None:
+        listing = await self.store.list_with_version()
+        self.state.load(listing.items, listing.resource_version)
+
+    def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
+        """The ADS server's source for a proxy that has no snapshot yet."""
+        try:
+            return self.state.snapshot_for(node)
+        except TrellisError as exc:
+            log.error("cannot build config for proxy %s: %s", node.id, exc)
+            return None
+
+    async def watch(self) -> None:
+        """Follow the store; mark the snapshots stale on every change."""
+        since = self.state.version
+        while True:
+            try:
+                async with contextlib.aclosing(self.store.watch(since)) as events:
+                    async for event in events:
+                        if event.type is WatchEventType.DELETED:
+                            self.state.remove(event.resource.key)
+                        else:
+                            self.state.put(event.resource)
+                        self.state.version = since = event.resource_version
+                        self._republish.set()
+            except WatchExpiredError:
+                log.warning("store watch expired; re-listing")
+                await self.load()
+                since = self.state.version
+                self._republish.set()
+
+    async def publish(self, debounce: float) -> None:
+        """Rebuild connected proxies' snapshots after a burst of changes settles."""
+        while True:
+            await self._republish.wait()
+            await asyncio.sleep(debounce)
+            self._republish.clear()
+            if self.ads is None:
+                continue
+            nodes = self.ads.service.connected_nodes()
+            for node_id, snapshot in snapshots(self.state, nodes).items():
+                try:
+                    self.cache.set(node_id, snapshot)
+                except TrellisError as exc:
+                    log.error("not publishing config for %s: %s", node_id, exc)
+
+
+async def serve(
+    settings: ControlPlaneSettings,
+    make_api: Callable[[ConfigStore, ControlPlane], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; `make_api` serves the REST API (uvicorn) when given."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await SqliteConfigStore.open(settings.data_dir / DB_FILE)
+    cache = SnapshotCache(debounce=settings.debounce, max_delay=max(0.5, settings.debounce))
+    plane = ControlPlane(store, cache)
+    await plane.load()
+    plane.ads = await serve_ads(settings.xds_address, cache, plane.snapshot_for)
+    log.info("xDS (ADS) on %s", settings.xds_address.rsplit(":", 1)[0] + f":{plane.ads.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(plane.watch(), name="store watch"),
+            group.create_task(plane.publish(settings.debounce), name="publish"),
+        ]
+        if make_api is not None:
+            tasks.append(group.create_task(make_api(store, plane), name="rest api"))
+        await stop.wait()
+        log.info("stopping")
+        for task in tasks:
+            task.cancel()
+    await plane.ads.stop()
+    await store.close()
+    return 0

@@ -1,0 +1,134 @@
+"""The mesh config the control plane serves: stored resources, translated per proxy.
+
+The store holds validated documents; this keeps them parsed, and turns them into
+one xDS snapshot per connected proxy. A proxy's explicit-capture ports come from
+its node metadata (the launcher sets them; Istio's own keys are used where they
+exist):
+
+| key | meaning | default |
+|---|---|---|
+| `WORKLOAD_NAME`, `NAMESPACE`, `SERVICE_ACCOUNT`, `LABELS` | Istio's node metadata | — |
+| `TRELLIS_CAPTURE_MODE` | `explicit` or `transparent` | `explicit` |
+| `TRELLIS_OUTBOUND_PORT` | the HTTP_PROXY listener port | 15001 |
+| `TRELLIS_INBOUND_ADDRESS` | where inbound listeners bind | the workload address |
+| `TRELLIS_APP_PORTS` | `8080:18080,...` workload port -> application port | same port |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+
+from trellis.api.loader import parse_resource
+from trellis.api.meta import Resource
+from trellis.api.networking import WorkloadEntry
+from trellis.controlplane.ads_status import ProxyNode
+from trellis.controlplane.snapshot import Snapshot
+from trellis.controlplane.store import StoredResource
+from trellis.errors import ConfigError, TrellisError
+from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.translate import translate
+
+log = logging.getLogger("trellis.controlplane")
+
+Key = tuple[str, str, str]
+
+
+def translate_options(node: ProxyNode) -> TranslateOptions:
+    """Capture settings from node metadata; raises ConfigError naming the bad key."""
+    meta = node.metadata
+
+    def text(key: str, default: str) -> str:
+        value = meta.get(key, default)
+        return str(value) if value is not None else default
+
+    def port(key: str, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"node {node.id}: metadata {key}: {value!r} is not a port") from None
+
+    app_ports: dict[int, int] = {}
+    for pair in filter(None, text("TRELLIS_APP_PORTS", "").split(",")):
+        workload_port, _, app_port = pair.partition(":")
+        app_ports[port("TRELLIS_APP_PORTS", workload_port)] = port(
+            "TRELLIS_APP_PORTS", app_port or workload_port
+        )
+    try:
+        mode = CaptureMode(text("TRELLIS_CAPTURE_MODE", CaptureMode.EXPLICIT.value))
+    except ValueError:
+        raise ConfigError(f"node {node.id}: metadata TRELLIS_CAPTURE_MODE is unknown") from None
+    return TranslateOptions(
+        capture_mode=mode,
+        outbound_port=port("TRELLIS_OUTBOUND_PORT", text("TRELLIS_OUTBOUND_PORT", "15001")),
+        inbound_address=meta.get("TRELLIS_INBOUND_ADDRESS") or None,  # type: ignore[arg-type]
+        app_ports=app_ports,
+    )
+
+
+class MeshState:
+    """Parsed resources keyed by (kind, namespace, name), and per-proxy translation."""
+
+    def __init__(self) -> None:
+        self._resources: dict[Key, Resource] = {}
+        self._config: MeshConfig | None = None
+        self.version = "0"
+
+    def load(self, stored: Iterable[StoredResource], version: str) -> None:
+        self._resources = {}
+        for item in stored:
+            self.put(item)
+        self.version = version
+
+    def put(self, item: StoredResource) -> None:
+        resource = parse_resource(item.to_document(), source="store")
+        self._resources[resource.key] = resource
+        self._config = None
+
+    def remove(self, key: Key) -> None:
+        self._resources.pop(key, None)
+        self._config = None
+
+    @property
+    def config(self) -> MeshConfig:
+        if self._config is None:
+            self._config = MeshConfig.of(self._resources.values())
+        return self._config
+
+    def resources(self) -> list[Resource]:
+        return list(self._resources.values())
+
+    def identity(self, node: ProxyNode) -> ProxyIdentity:
+        entry = self._resources.get(
+            ("WorkloadEntry", node.namespace or "default", node.workload_name)
+        )
+        if isinstance(entry, WorkloadEntry):
+            return ProxyIdentity.from_workload_entry(node.id, entry)
+        return ProxyIdentity(
+            node_id=node.id,
+            workload_name=node.workload_name or node.id,
+            namespace=node.namespace or "default",
+            service_account=node.service_account or "default",
+            labels=dict(node.labels),
+        )
+
+    def snapshot_for(self, node: ProxyNode) -> Snapshot:
+        """The proxy's whole config; raises TrellisError when it cannot be translated."""
+        resources = translate(self.config, self.identity(node), translate_options(node))
+        items = [message for by_name in resources.values() for message in by_name.values()]
+        digest = hashlib.sha256()
+        for message in items:
+            digest.update(message.SerializeToString(deterministic=True))
+        return Snapshot.of(f"{self.version}-{digest.hexdigest()[:12]}", items)
+
+
+def snapshots(state: MeshState, nodes: Iterable[ProxyNode]) -> Mapping[str, Snapshot]:
+    """A snapshot per node; nodes whose config cannot be translated keep their last one."""
+    result = {}
+    for node in nodes:
+        try:
+            result[node.id] = state.snapshot_for(node)
+        except TrellisError as exc:
+            log.error("cannot build config for proxy %s: %s", node.id, exc)
+    return result
