@@ -210,7 +210,12 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"}
         ),
         _ENDPOINT + "ClusterLoadAssignment": frozenset({"cluster_name", "endpoints"}),
-        _ENDPOINT + "LocalityLbEndpoints": frozenset({"lb_endpoints"}),
+        # A locality and its weight are accepted; as in Envoy, locality weights only
+        # matter with locality-weighted balancing, which Trellis does not implement.
+        _ENDPOINT + "LocalityLbEndpoints": frozenset(
+            {"lb_endpoints", "locality", "load_balancing_weight"}
+        ),
+        _CORE + "Locality": frozenset({"region", "zone", "sub_zone"}),
         _ENDPOINT + "LbEndpoint": frozenset({"endpoint", "load_balancing_weight"}),
         _ENDPOINT + "Endpoint": frozenset({"address"}),
         _UPSTREAM_HTTP: frozenset({"common_http_protocol_options", "explicit_http_config"}),

@@ -143,9 +143,9 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
         f"{CLUSTER0}.circuit_breakers.thresholds[0].priority",
     ),
     (
-        "locality weight",
-        lambda d: _cluster0(d)["load_assignment"]["endpoints"][0].update(load_balancing_weight=3),
-        f"{CLUSTER0}.load_assignment.endpoints[0].load_balancing_weight",
+        "locality priority",
+        lambda d: _cluster0(d)["load_assignment"]["endpoints"][0].update(priority=1),
+        f"{CLUSTER0}.load_assignment.endpoints[0].priority",
     ),
     (
         "upstream http2 options",
