@@ -16,19 +16,26 @@ exist):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping
+
+from google.protobuf.message import Message
 
 from trellis.api.loader import parse_resource
 from trellis.api.meta import Resource
 from trellis.api.networking import WorkloadEntry
 from trellis.controlplane.ads_status import ProxyNode
+from trellis.controlplane.snapshot import Resource as XdsResource
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.store import StoredResource
 from trellis.errors import ConfigError, TrellisError
-from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
-from trellis.xds.mesh.translate import translate
+from trellis.xds.mesh import (
+    CaptureMode,
+    MeshConfig,
+    ProxyIdentity,
+    TranslateOptions,
+    Translator,
+)
 
 log = logging.getLogger("trellis.controlplane")
 
@@ -72,7 +79,10 @@ class MeshState:
 
     def __init__(self) -> None:
         self._resources: dict[Key, Resource] = {}
-        self._config: MeshConfig | None = None
+        self._translator: Translator | None = None
+        # Proxies share translated messages; each is serialized once per config.
+        # The message is kept with its encoding so its id cannot be reused.
+        self._encoded: dict[int, tuple[Message, XdsResource]] = {}
         self.version = "0"
 
     def load(self, stored: Iterable[StoredResource], version: str) -> None:
@@ -84,17 +94,21 @@ class MeshState:
     def put(self, item: StoredResource) -> None:
         resource = parse_resource(item.to_document(), source="store")
         self._resources[resource.key] = resource
-        self._config = None
+        self._changed()
 
     def remove(self, key: Key) -> None:
         self._resources.pop(key, None)
-        self._config = None
+        self._changed()
+
+    def _changed(self) -> None:
+        self._translator = None
+        self._encoded = {}
 
     @property
-    def config(self) -> MeshConfig:
-        if self._config is None:
-            self._config = MeshConfig.of(self._resources.values())
-        return self._config
+    def translator(self) -> Translator:
+        if self._translator is None:
+            self._translator = Translator(MeshConfig.of(self._resources.values()))
+        return self._translator
 
     def resources(self) -> list[Resource]:
         return list(self._resources.values())
@@ -115,12 +129,16 @@ class MeshState:
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot:
         """The proxy's whole config; raises TrellisError when it cannot be translated."""
-        resources = translate(self.config, self.identity(node), translate_options(node))
-        items = [message for by_name in resources.values() for message in by_name.values()]
-        digest = hashlib.sha256()
-        for message in items:
-            digest.update(message.SerializeToString(deterministic=True))
-        return Snapshot.of(f"{self.version}-{digest.hexdigest()[:12]}", items)
+        resources = self.translator.translate(self.identity(node), translate_options(node))
+        encoded = self._encoded
+        items = []
+        for by_name in resources.values():
+            for message in by_name.values():
+                known = encoded.get(id(message))
+                if known is None:
+                    known = encoded[id(message)] = (message, XdsResource.of(message))
+                items.append(known[1])
+        return Snapshot.of(self.version, items)
 
 
 def snapshots(state: MeshState, nodes: Iterable[ProxyNode]) -> Mapping[str, Snapshot]:

@@ -1,0 +1,51 @@
+"""Control-plane translation: Istio networking config -> Envoy xDS resources per proxy.
+
+Control-plane only: it reads `trellis.api` (pydantic) models, so the proxy
+process must never import this package.
+"""
+
+from __future__ import annotations
+
+from trellis.xds.mesh.errors import InconsistentSnapshotError, UnsupportedConfigError
+from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.names import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    RESOURCE_TYPES,
+    ROUTE_TYPE,
+    inbound_cluster,
+    outbound_cluster,
+    parse_cluster,
+)
+from trellis.xds.mesh.translate import (
+    Resources,
+    Translator,
+    check_consistent,
+    referenced_names,
+    to_dicts,
+    translate,
+)
+
+__all__ = [
+    "CLUSTER_TYPE",
+    "ENDPOINT_TYPE",
+    "LISTENER_TYPE",
+    "RESOURCE_TYPES",
+    "ROUTE_TYPE",
+    "CaptureMode",
+    "InconsistentSnapshotError",
+    "MeshConfig",
+    "ProxyIdentity",
+    "Resources",
+    "TranslateOptions",
+    "Translator",
+    "UnsupportedConfigError",
+    "check_consistent",
+    "inbound_cluster",
+    "outbound_cluster",
+    "parse_cluster",
+    "referenced_names",
+    "to_dicts",
+    "translate",
+]

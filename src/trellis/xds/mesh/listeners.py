@@ -1,0 +1,163 @@
+"""Listeners (LDS): where the proxy takes the workload's outbound and inbound traffic.
+
+Explicit mode (what `trellis proxy` runs today):
+- `outbound` on the outbound address and port: an HTTP connection manager for
+  absolute-form HTTP_PROXY requests, its routes over RDS (`outbound`);
+- `inbound_<PORT>` on the workload's address and each of its ports: HTTP ports
+  get a connection manager with one inline virtual host `*` forwarding to
+  `inbound|PORT||`, other ports a TCP proxy to that cluster.
+
+Transparent mode (Istio's `virtualOutbound`/`virtualInbound` on 0.0.0.0:15001
+and :15006 with `use_original_dst`, one inbound filter chain per destination
+port) is produced for Envoy-compatible proxies; `trellis proxy` does not
+implement original destinations or filter-chain matching yet and rejects it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import base_pb2 as core_base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from trellis.xds.mesh.build import ads_source, boolean, duration, pack, socket_address, u32
+from trellis.xds.mesh.model import CaptureMode, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.names import (
+    DEFAULT_ROUTE_NAME,
+    OUTBOUND_ROUTE_NAME,
+    inbound_cluster,
+    inbound_listener,
+)
+from trellis.xds.mesh.registry import InboundPort
+from trellis.xds.protos import (
+    http_connection_manager_pb2,
+    listener_pb2,
+    router_pb2,
+    tcp_proxy_pb2,
+)
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
+ROUTER_NAME = "envoy.filters.http.router"
+OUTBOUND_LISTENER = "outbound"
+VIRTUAL_OUTBOUND = "virtualOutbound"
+VIRTUAL_INBOUND = "virtualInbound"
+WILDCARD = "0.0.0.0"
+_OUTBOUND = core_base_pb2.TrafficDirection.OUTBOUND
+_INBOUND = core_base_pb2.TrafficDirection.INBOUND
+
+
+def listeners(
+    proxy: ProxyIdentity, options: TranslateOptions, ports: Sequence[InboundPort]
+) -> list[listener_pb2.Listener]:
+    """The outbound listener and the inbound listener(s) for `ports`."""
+    if options.capture_mode is CaptureMode.TRANSPARENT:
+        result = [_virtual_outbound(options)]
+        if ports:
+            result.append(_virtual_inbound(options, ports))
+        return result
+    result = [_explicit_outbound(options)]
+    address = options.inbound_address or proxy.address
+    result += [_explicit_inbound(address, item) for item in ports]
+    return result
+
+
+def _router() -> http_connection_manager_pb2.HttpFilter:
+    return http_connection_manager_pb2.HttpFilter(
+        name=ROUTER_NAME, typed_config=pack(router_pb2.Router())
+    )
+
+
+def _outbound_hcm(stat_prefix: str) -> http_connection_manager_pb2.HttpConnectionManager:
+    hcm = http_connection_manager_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix, http_filters=[_router()]
+    )
+    hcm.rds.route_config_name = OUTBOUND_ROUTE_NAME
+    hcm.rds.config_source.CopyFrom(ads_source())
+    hcm.http_protocol_options.allow_absolute_url.CopyFrom(boolean(True))
+    return hcm
+
+
+def _filter(
+    config: http_connection_manager_pb2.HttpConnectionManager | tcp_proxy_pb2.TcpProxy,
+) -> listener_components_pb2.Filter:
+    name = TCP_PROXY_NAME if isinstance(config, tcp_proxy_pb2.TcpProxy) else HCM_NAME
+    return listener_components_pb2.Filter(name=name, typed_config=pack(config))
+
+
+def _explicit_outbound(options: TranslateOptions) -> listener_pb2.Listener:
+    host, port = options.outbound_address, options.outbound_port
+    listener = listener_pb2.Listener(
+        name=OUTBOUND_LISTENER,
+        address=socket_address(host, port),
+        traffic_direction=_OUTBOUND,
+    )
+    listener.filter_chains.add().filters.append(_filter(_outbound_hcm(f"outbound_{host}_{port}")))
+    return listener
+
+
+def inbound_route_config(port: int) -> route_pb2.RouteConfiguration:
+    """Everything to the application: one virtual host `*`, one route, no timeout."""
+    cluster = inbound_cluster(port)
+    config = route_pb2.RouteConfiguration(name=cluster)
+    host = config.virtual_hosts.add(name=f"inbound|http|{port}", domains=["*"])
+    route = host.routes.add(name=DEFAULT_ROUTE_NAME, match=rc.RouteMatch(prefix="/"))
+    route.route.cluster = cluster
+    route.route.timeout.CopyFrom(duration(0))
+    return config
+
+
+def _inbound_filter(address: str, item: InboundPort) -> listener_components_pb2.Filter:
+    stat_prefix = f"inbound_{address}_{item.port}"
+    if not item.http:
+        return _filter(
+            tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=inbound_cluster(item.port))
+        )
+    hcm = http_connection_manager_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        http_filters=[_router()],
+        route_config=inbound_route_config(item.port),
+    )
+    return _filter(hcm)
+
+
+def _explicit_inbound(address: str, item: InboundPort) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
+        name=inbound_listener(item.port),
+        address=socket_address(address, item.port),
+        traffic_direction=_INBOUND,
+    )
+    listener.filter_chains.add().filters.append(_inbound_filter(address, item))
+    return listener
+
+
+def _virtual_outbound(options: TranslateOptions) -> listener_pb2.Listener:
+    port = options.outbound_port
+    listener = listener_pb2.Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=socket_address(WILDCARD, port),
+        traffic_direction=_OUTBOUND,
+        use_original_dst=boolean(True),
+    )
+    hcm = _outbound_hcm(f"outbound_{WILDCARD}_{port}")
+    listener.filter_chains.add().filters.append(_filter(hcm))
+    return listener
+
+
+def _virtual_inbound(
+    options: TranslateOptions, ports: Sequence[InboundPort]
+) -> listener_pb2.Listener:
+    address = options.inbound_address or WILDCARD
+    listener = listener_pb2.Listener(
+        name=VIRTUAL_INBOUND,
+        address=socket_address(address, options.inbound_port),
+        traffic_direction=_INBOUND,
+        use_original_dst=boolean(True),
+    )
+    for item in ports:
+        chain = listener.filter_chains.add(name=inbound_cluster(item.port))
+        chain.filter_chain_match.destination_port.CopyFrom(u32(item.port))
+        chain.filters.append(_inbound_filter(WILDCARD, item))
+    return listener

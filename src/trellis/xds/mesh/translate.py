@@ -1,0 +1,215 @@
+"""Mesh config + registry -> the xDS resources of one proxy, and the check before publishing.
+
+`translate` is pure and deterministic: the same inputs give equal messages
+in the same (sorted) order, so a caller can hash or diff them to find which
+proxies changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from trellis.api.hosts import is_ip
+from trellis.api.networking import ServiceEntry
+from trellis.api.services import labels_match
+from trellis.core.config import SocketAddress
+from trellis.errors import ConfigError, TrellisError
+from trellis.xds.compile import addresses_overlap
+from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
+from trellis.xds.mesh.endpoints import outbound_assignments
+from trellis.xds.mesh.errors import InconsistentSnapshotError
+from trellis.xds.mesh.listeners import listeners
+from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.names import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    RESOURCE_TYPES,
+    ROUTE_TYPE,
+)
+from trellis.xds.mesh.registry import InboundPort, Registry, inbound_ports
+from trellis.xds.mesh.routes import outbound_route_config
+from trellis.xds.protos import cluster_pb2, http_connection_manager_pb2
+from trellis.xds.supported import HCM_TYPE
+
+Resources = dict[str, dict[str, Message]]
+"""Type URL -> resource name -> message (Listener, RouteConfiguration, ...)."""
+
+_DEFAULT_OPTIONS = TranslateOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outbound:
+    """What every proxy of one namespace (and the same relevant labels) gets alike."""
+
+    clusters: tuple[Message, ...]
+    assignments: dict[str, Message]
+    routes: dict[str, Message]
+
+
+class Translator:
+    """Translates one `MeshConfig` for many proxies, sharing what they have in common.
+
+    Outbound clusters, endpoints and routes depend only on the proxy's
+    namespace and on which VirtualService `sourceLabels` its labels satisfy,
+    so they are built once per such group; listeners and inbound clusters
+    are built per proxy. Proxies share message objects:
+    treat the results as read-only. Build a new Translator when the config
+    changes.
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        # The distinct `sourceLabels` selectors: which of them a proxy's labels
+        # satisfy is all its labels change about its routes.
+        self._selectors = tuple(
+            dict(selector)
+            for selector in sorted(
+                {
+                    tuple(sorted(match.source_labels.items()))
+                    for vs in config.virtual_services
+                    for rule in vs.spec.http
+                    for match in rule.match
+                    if match.source_labels
+                }
+            )
+        )
+        self._shared: dict[tuple[str, tuple[bool, ...]], _Outbound] = {}
+        self._entries: dict[str, list[ServiceEntry]] = {}
+        for entry in config.service_entries:
+            self._entries.setdefault(entry.metadata.namespace, []).append(entry)
+
+    def translate(
+        self, proxy: ProxyIdentity, options: TranslateOptions = _DEFAULT_OPTIONS
+    ) -> Resources:
+        """Build the LDS, RDS, CDS and EDS resources for `proxy`.
+
+        Raises `UnsupportedConfigError` (a `ConfigError` naming the resource
+        and field) for valid Istio config the Trellis proxy cannot carry out,
+        and `ConfigError` for options that would make the proxy forward to
+        itself or bind a listener on a name rather than an address.
+        """
+        outbound = self._outbound(proxy)
+        ports = inbound_ports(self._entries.get(proxy.namespace, ()), proxy)
+        _check_ports(proxy, options, ports)
+        clusters = list(outbound.clusters)
+        clusters += [
+            inbound_cluster_for(item.port, options.app_address, options.app_port(item.port))
+            for item in ports
+        ]
+        return {
+            CLUSTER_TYPE: _by_name(clusters, lambda m: m.name),
+            ENDPOINT_TYPE: dict(outbound.assignments),
+            LISTENER_TYPE: _by_name(listeners(proxy, options, ports), lambda m: m.name),
+            ROUTE_TYPE: dict(outbound.routes),
+        }
+
+    def _outbound(self, proxy: ProxyIdentity) -> _Outbound:
+        selected = tuple(labels_match(selector, proxy.labels) for selector in self._selectors)
+        key = (proxy.namespace, selected)
+        shared = self._shared.get(key)
+        if shared is None:
+            registry = Registry(self.config, proxy.namespace, dict(proxy.labels))
+            shared = _Outbound(
+                clusters=tuple(outbound_clusters(registry)),
+                assignments=_by_name(outbound_assignments(registry), lambda m: m.cluster_name),
+                routes=_by_name([outbound_route_config(registry)], lambda m: m.name),
+            )
+            self._shared[key] = shared
+        return shared
+
+
+def translate(
+    config: MeshConfig, proxy: ProxyIdentity, options: TranslateOptions = _DEFAULT_OPTIONS
+) -> Resources:
+    """Build the LDS, RDS, CDS and EDS resources for `proxy` (see `Translator.translate`)."""
+    return Translator(config).translate(proxy, options)
+
+
+def _by_name(messages: Iterable[Any], name: Any) -> dict[str, Message]:
+    found: dict[str, Message] = {}
+    for message in messages:
+        key = name(message)
+        if key in found:
+            raise TrellisError(f"bug: two {message.DESCRIPTOR.name} resources named {key!r}")
+        found[key] = message
+    return {key: found[key] for key in sorted(found)}
+
+
+def _check_ports(
+    proxy: ProxyIdentity, options: TranslateOptions, ports: Sequence[InboundPort]
+) -> None:
+    if options.capture_mode is not CaptureMode.EXPLICIT:
+        return
+    inbound_host = options.inbound_address or proxy.address
+    if ports and not is_ip(inbound_host):
+        raise ConfigError(
+            f"the workload address {inbound_host!r} is not an IP address; set "
+            "TranslateOptions.inbound_address to bind the inbound listeners",
+            source=f"workload {proxy.namespace}/{proxy.workload_name}",
+        )
+    outbound = SocketAddress(options.outbound_address, options.outbound_port)
+    app_host = options.app_address
+    for item in ports:
+        inbound = SocketAddress(inbound_host, item.port)
+        where = f"workload {proxy.namespace}/{proxy.workload_name} port {item.port}"
+        if addresses_overlap(inbound, outbound):
+            raise ConfigError(
+                f"the inbound listener {inbound} overlaps the outbound listener {outbound}",
+                source=where,
+            )
+        app = SocketAddress(app_host, options.app_port(item.port))
+        if addresses_overlap(inbound, app):
+            raise ConfigError(
+                f"the application address {app} is the proxy's own inbound listener; "
+                "give the application another port (TranslateOptions.app_ports)",
+                source=where,
+            )
+
+
+def referenced_names(
+    resources: Mapping[str, Mapping[str, Message]],
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(RouteConfiguration names the listeners take over RDS, cluster names fed by EDS)."""
+    routes: set[str] = set()
+    for listener in resources.get(LISTENER_TYPE, {}).values():
+        for chain in listener.filter_chains:  # type: ignore[attr-defined]
+            for network_filter in chain.filters:
+                if network_filter.typed_config.TypeName() != HCM_TYPE:
+                    continue
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(hcm)
+                if hcm.WhichOneof("route_specifier") == "rds":
+                    routes.add(hcm.rds.route_config_name)
+    endpoints: set[str] = set()
+    for cluster in resources.get(CLUSTER_TYPE, {}).values():
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            endpoints.add(cluster.eds_cluster_config.service_name or cluster.name)
+    return frozenset(routes), frozenset(endpoints)
+
+
+def check_consistent(resources: Mapping[str, Mapping[str, Message]]) -> None:
+    """Raise `InconsistentSnapshotError` unless every RDS and EDS name referenced exists."""
+    routes, endpoints = referenced_names(resources)
+    missing_routes = tuple(sorted(routes - set(resources.get(ROUTE_TYPE, {}))))
+    missing_endpoints = tuple(sorted(endpoints - set(resources.get(ENDPOINT_TYPE, {}))))
+    if missing_routes or missing_endpoints:
+        raise InconsistentSnapshotError(missing_routes, missing_endpoints)
+
+
+def to_dicts(resources: Mapping[str, Mapping[str, Message]]) -> dict[str, dict[str, Any]]:
+    """The resources as protobuf JSON dicts (proto field names), types and names sorted."""
+    return {
+        type_url: {
+            name: json_format.MessageToDict(message, preserving_proto_field_name=True)
+            for name, message in sorted(resources.get(type_url, {}).items())
+        }
+        for type_url in RESOURCE_TYPES
+        if type_url in resources
+    }

@@ -1,0 +1,187 @@
+"""The proxy accepts what the control plane emits, and routes as the mesh config says.
+
+The dynamic resources are turned into the equivalent static bootstrap (RDS
+inline, EDS clusters STATIC with their ClusterLoadAssignment) and fed to the
+proxy's own compiler. The only fields removed first are those the proxy
+does not honour yet (outlier detection), and the test pins where they occur.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mesh_support import case_names, inline_bootstrap, load_case, without_outlier_fields
+
+from trellis.core.config import (
+    ClusterAction,
+    DirectResponseAction,
+    HttpConnectionManager,
+    LbPolicy,
+    ProxyConfig,
+    RedirectAction,
+    RetryOn,
+    TcpProxy,
+)
+from trellis.core.routing import RouteTable
+from trellis.xds.compile import compile_bootstrap
+from trellis.xds.mesh import CaptureMode, translate
+from trellis.xds.supported import check_supported
+
+EXPLICIT_CASES = [
+    name for name in case_names() if load_case(name).options.capture_mode is CaptureMode.EXPLICIT
+]
+
+
+def _compile(name: str) -> tuple[ProxyConfig, list[str]]:
+    case = load_case(name)
+    bootstrap = inline_bootstrap(translate(case.config, case.proxy, case.options))
+    cleared = without_outlier_fields(bootstrap)
+    return compile_bootstrap(bootstrap, f"golden/{name}"), cleared
+
+
+@pytest.mark.parametrize("name", EXPLICIT_CASES)
+def test_proxy_compiles_the_translation(name: str) -> None:
+    config, cleared = _compile(name)
+    if name == "traffic_policy":
+        assert cleared and all(item.startswith("outbound|") for item in cleared)
+    else:
+        assert cleared == []
+    assert any(listener.name == "outbound" for listener in config.listeners)
+
+
+def test_outlier_detection_is_the_only_field_the_proxy_lacks() -> None:
+    case = load_case("traffic_policy")
+    bootstrap = inline_bootstrap(translate(case.config, case.proxy, case.options))
+    with pytest.raises(Exception, match="outlier_detection"):
+        check_supported(bootstrap, "traffic_policy")
+    without_outlier_fields(bootstrap)
+    check_supported(bootstrap, "traffic_policy")
+
+
+def _table(config: ProxyConfig) -> RouteTable:
+    listener = next(item for item in config.listeners if item.name == "outbound")
+    assert isinstance(listener.filter, HttpConnectionManager)
+    assert listener.filter.route_config is not None
+    return RouteTable(listener.filter.route_config)
+
+
+def _action(table: RouteTable, authority: str, path: str, **kwargs: object) -> object:
+    headers = kwargs.pop("headers", [])
+    selected = table.select_route(authority, path, headers, **kwargs)  # type: ignore[arg-type]
+    assert selected is not None, (authority, path)
+    return selected[1].action
+
+
+def test_weighted_split_retries_and_timeout_reach_the_proxy() -> None:
+    config, _ = _compile("weighted_subsets")
+    action = _action(_table(config), "reviews:9080", "/reviews/1")
+    assert isinstance(action, ClusterAction)
+    weights = {item.name: item.weight for item in action.clusters}
+    assert weights == {
+        "outbound|9080|v1|reviews.default.svc.cluster.local": 90,
+        "outbound|9080|v2|reviews.default.svc.cluster.local": 10,
+    }
+    assert action.timeout == 2.5
+    retry = action.retry_policy
+    assert retry is not None
+    assert retry.num_retries == 3
+    assert retry.per_try_timeout == 0.5
+    assert retry.retry_on == RetryOn.GATEWAY_ERROR | RetryOn.CONNECT_FAILURE | (
+        RetryOn.RETRIABLE_STATUS_CODES
+    )
+    assert retry.retriable_status_codes == frozenset({503})
+    assert retry.avoid_previous_hosts
+    clusters = {cluster.name: cluster for cluster in config.clusters}
+    v2 = clusters["outbound|9080|v2|reviews.default.svc.cluster.local"]
+    assert [(e.address.host, e.address.port, e.weight) for e in v2.endpoints] == [
+        ("10.0.0.2", 8080, 5)
+    ]
+    assert clusters["outbound|9080|v3|reviews.default.svc.cluster.local"].endpoints == ()
+
+
+def test_default_route_has_no_timeout_and_istio_retries() -> None:
+    config, _ = _compile("plain_service")
+    table = _table(config)
+    for authority in ("reviews", "reviews:9080", "reviews.default.svc.cluster.local:9080"):
+        action = _action(table, authority, "/")
+        assert isinstance(action, ClusterAction)
+        assert [c.name for c in action.clusters] == [
+            "outbound|9080||reviews.default.svc.cluster.local"
+        ]
+        assert action.timeout is None  # 0s: disabled
+        assert action.retry_policy is not None
+        assert action.retry_policy.num_retries == 2
+        assert action.retry_policy.retriable_status_codes == frozenset()
+    assert table.select_route("db:3306", "/", []) is None  # TCP service: no virtual host
+    lb = {cluster.name: cluster.lb_policy for cluster in config.clusters}
+    assert lb["outbound|3306||db.default.svc.cluster.local"] is LbPolicy.LEAST_REQUEST
+
+
+def test_rules_are_matched_in_order() -> None:
+    config, _ = _compile("match_order")
+    table = _table(config)
+    base = "api.shop.svc.cluster.local"
+    canary = _action(table, "api", "/v2/x", headers=[(b"x-canary", b"yes"), (b"x-debug", b"1")])
+    assert isinstance(canary, ClusterAction)
+    assert canary.clusters[0].name == f"outbound|80|v2|{base}"
+    prefix = _action(table, "api", "/V2/x")
+    assert isinstance(prefix, ClusterAction)
+    assert prefix.prefix_rewrite == "/"
+    assert prefix.host_rewrite == "api-v2.shop"
+    deleted = _action(table, "api", "/items/7", method="DELETE")
+    assert isinstance(deleted, ClusterAction)
+    assert deleted.retry_policy is None  # attempts: 0
+    fetched = _action(table, "api", "/items/7", method="GET")
+    assert isinstance(fetched, ClusterAction)
+    assert fetched.retry_policy is not None  # fell through to the catch-all
+    assert isinstance(_action(table, "api", "/old/page"), RedirectAction)
+    gone = _action(table, "api", "/gone")
+    assert isinstance(gone, DirectResponseAction)
+    assert gone.status == 410
+    never = _action(table, "api", "/never")
+    assert isinstance(never, ClusterAction)
+    assert never.clusters[0].name == f"outbound|80|v1|{base}"  # the catch-all came first
+    # the port-8080 match is only on the port-8080 virtual host
+    admin = _action(table, "api:8080", "/admin-only")
+    assert isinstance(admin, ClusterAction)
+    assert admin.clusters[0].name == f"outbound|8080|v1|{base}"
+
+
+def test_short_names_follow_the_proxys_namespace() -> None:
+    config, _ = _compile("two_namespaces")
+    table = _table(config)
+    own = _action(table, "reviews:9080", "/")
+    assert isinstance(own, ClusterAction)
+    assert own.clusters[0].name == "outbound|9080||reviews.a.svc.cluster.local"
+    other = _action(table, "reviews.b:9080", "/")
+    assert isinstance(other, ClusterAction)
+    assert other.clusters[0].name == "outbound|9080||reviews.b.svc.cluster.local"
+    ratings = _action(table, "ratings.b", "/")
+    assert isinstance(ratings, ClusterAction)
+    assert ratings.clusters[0].name == "outbound|9080|v2|reviews.b.svc.cluster.local"
+    assert table.select_virtual_host("ratings") is None  # not in the proxy's namespace
+    assert table.select_virtual_host("private.b") is None  # exportTo: "."
+    names = {cluster.name: cluster for cluster in config.clusters}
+    assert names["outbound|9080||reviews.b.svc.cluster.local"].lb_policy is LbPolicy.RANDOM
+    assert "outbound|9080|from-b|reviews.b.svc.cluster.local" not in names
+
+
+def test_inbound_listeners_forward_to_the_application() -> None:
+    config, _ = _compile("inbound")
+    listeners = {listener.name: listener for listener in config.listeners}
+    http = listeners["inbound_18080"]
+    assert (http.address.host, http.address.port) == ("127.0.0.1", 18080)
+    assert isinstance(http.filter, HttpConnectionManager)
+    assert http.filter.route_config is not None
+    action = RouteTable(http.filter.route_config).select_route("anything", "/x", [])
+    assert action is not None
+    assert isinstance(action[1].action, ClusterAction)
+    assert action[1].action.clusters[0].name == "inbound|18080||"
+    tcp = listeners["inbound_19090"]
+    assert isinstance(tcp.filter, TcpProxy)
+    assert tcp.filter.cluster == "inbound|19090||"
+    clusters = {cluster.name: cluster for cluster in config.clusters}
+    app = clusters["inbound|18080||"].endpoints
+    assert [(e.address.host, e.address.port) for e in app] == [("127.0.0.1", 8080)]
+    assert [(e.address.host, e.address.port) for e in clusters["inbound|19090||"].endpoints] == [
+        ("127.0.0.1", 9090)
+    ]
