@@ -9,6 +9,9 @@ from pathlib import Path
 import click
 
 from trellis import __version__
+from trellis.cli.config_commands import analyze, apply, delete, get
+from trellis.cli.controlplane_command import control_plane
+from trellis.cli.proxy_commands import proxy_config, proxy_status
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -116,6 +119,15 @@ def proxy(
     sys.exit(
         run(bootstrap, drain_time=drain_time, xds=control_plane, node=node, admin_port=admin_port)
     )
+
+
+cli.add_command(control_plane)
+cli.add_command(apply)
+cli.add_command(get)
+cli.add_command(delete)
+cli.add_command(analyze)
+cli.add_command(proxy_status)
+cli.add_command(proxy_config)
 
 
 def main() -> None:

@@ -53,6 +53,16 @@ class ControlPlane:
         listing = await self.store.list_with_version()
         self.state.load(listing.items, listing.resource_version)
 
+    def admin_address(self, node_id: str) -> str | None:
+        """A connected proxy's admin address, from its node metadata (TRELLIS_ADMIN_ADDRESS)."""
+        if self.ads is None:
+            return None
+        for node in self.ads.service.connected_nodes():
+            if node.id == node_id:
+                address = node.metadata.get("TRELLIS_ADMIN_ADDRESS")
+                return str(address) if address else None
+        return None
+
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         """The ADS server's source for a proxy that has no snapshot yet."""
         try:
