@@ -46,7 +46,13 @@ def load(
         message.MergeFrom(parse_bootstrap(extra, source))
     if xds is not None:
         message = with_ads(message, *xds)
-    return message, compile_bootstrap(message, source)
+    config = compile_bootstrap(message, source)
+    if config.ads is not None and config.admin is not None:
+        # Lets the control plane find this proxy's /config_dump (trellis proxy-config).
+        fields = message.node.metadata.fields
+        if "TRELLIS_ADMIN_ADDRESS" not in fields:
+            fields["TRELLIS_ADMIN_ADDRESS"].string_value = str(config.admin.address)
+    return message, config
 
 
 def run(
