@@ -193,7 +193,11 @@ ROUTE = f"{HCM}.route_config.virtual_hosts.0.routes.0.route"
     [
         (f"{CLUSTER}.conect_timeout", "1s", ["conect_timeout"]),
         (f"{CLUSTER}.lb_policy", "MAGLEV", ["lb_policy"]),
-        (f"{CLUSTER}.outlier_detection", {"consecutive_5xx": 3}, ["outlier_detection"]),
+        (
+            f"{CLUSTER}.outlier_detection",
+            {"failure_percentage_threshold": 50},
+            ["failure_percentage_threshold"],
+        ),
         (f"{ROUTE}.request_mirror_policies", [{"cluster": "backend"}], ["request_mirror_policies"]),
         (f"{ROUTE}.cluster", "no-such-cluster", ["no-such-cluster"]),
         (f"{HCM}.http_filters", [], ["http_filters"]),

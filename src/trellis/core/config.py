@@ -253,6 +253,23 @@ class CircuitBreakerThresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Envoy's `cluster.v3.OutlierDetection`, consecutive-error subset, Envoy's defaults.
+    Percentages are 0-100, times seconds; a threshold of 0 never trips."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0  # at least base_ejection_time
+    max_ejection_time_jitter: float = 0.0
+    max_ejection_percent: int = 10
+    always_eject_one_host: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -263,6 +280,8 @@ class Cluster:
     least_request_choice_count: int = 2
     eds_name: str | None = None  # endpoints come from EDS under this name
     http2: bool = False  # only the ADS cluster: the xDS client speaks gRPC to it
+    outlier_detection: OutlierDetection | None = None
+    healthy_panic_threshold: float = 50.0  # percent; 0 disables panic mode
 
 
 # --- listeners -----------------------------------------------------------------

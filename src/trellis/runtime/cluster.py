@@ -1,4 +1,5 @@
-"""Upstream clusters at run time: hosts, their connection pools, balancer and limits."""
+"""Upstream clusters at run time: hosts, their connection pools, balancer, limits and
+outlier detection."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Protocol, TypeVar
 from trellis.core.balancer import HostStats, LoadBalancer, make_balancer
 from trellis.core.circuit import ResourceLimits
 from trellis.core.config import Cluster, Endpoint
+from trellis.core.outlier import Outcome, OutlierDetector
+from trellis.core.prometheus import StatsRegistry
 from trellis.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("trellis.upstream")
@@ -166,7 +169,7 @@ class ClusterRuntime:
     """A cluster's live state. A config change updates it in place: hosts that stay
     keep their pools and counters, requests in flight keep the hosts they hold."""
 
-    __slots__ = ("balancer", "buffer_limit", "config", "hosts", "limits", "rng")
+    __slots__ = ("balancer", "buffer_limit", "config", "hosts", "limits", "outlier", "rng")
 
     def __init__(self, config: Cluster, rng: random.Random, buffer_limit: int = 1 << 20) -> None:
         self.config = config
@@ -175,17 +178,21 @@ class ClusterRuntime:
         self.limits = ResourceLimits(config.thresholds)
         self.hosts = [HostRuntime(self, i, ep) for i, ep in enumerate(config.endpoints)]
         self.balancer: LoadBalancer = make_balancer(config, [h.stats for h in self.hosts], rng)
+        self.outlier: OutlierDetector | None = None  # None: the hot path skips it
+        self._update_outlier(None, [None] * len(self.hosts))
 
     def update(self, config: Cluster) -> None:
         """Take a new config (for EDS clusters, with the endpoints filled in)."""
         if config == self.config:
             return
-        self.config = config
+        old_config, self.config = self.config, config
         self.limits.thresholds = config.thresholds
         previous = {host.address: host for host in self.hosts}
         hosts = []
+        kept: list[int | None] = []  # new index -> old index of the same host
         for index, endpoint in enumerate(config.endpoints):
             host = previous.pop(endpoint.address, None)
+            kept.append(None if host is None else host.index)
             if host is None:
                 host = HostRuntime(self, index, endpoint)
             host.index = index
@@ -194,6 +201,45 @@ class ClusterRuntime:
             gone.pool.close_idle(float("inf"))
         self.hosts = hosts
         self.balancer = make_balancer(config, [h.stats for h in hosts], self.rng)
+        self._update_outlier(old_config, kept)
+
+    def _update_outlier(self, old: Cluster | None, kept: list[int | None]) -> None:
+        """Hosts that stay keep their outlier state; a changed policy starts afresh
+        (Envoy builds a new detector for a changed cluster)."""
+        config = self.config
+        policy = config.outlier_detection
+        if policy is None:
+            self.outlier = None
+        elif (
+            self.outlier is not None
+            and old is not None
+            and old.outlier_detection == policy
+            and old.healthy_panic_threshold == config.healthy_panic_threshold
+        ):
+            self.outlier.remap(kept)
+        else:
+            self.outlier = OutlierDetector(
+                policy,
+                len(self.hosts),
+                time.monotonic(),
+                self.rng.random,
+                panic_threshold=config.healthy_panic_threshold,
+            )
+
+    def report(self, host: HostRuntime, outcome: Outcome) -> None:
+        """An outcome for outlier detection; call only when `self.outlier` is set."""
+        outlier = self.outlier
+        index = host.index
+        hosts = self.hosts
+        if outlier is not None and index < len(hosts) and hosts[index] is host:
+            outlier.record(index, outcome, time.monotonic())
+
+    def health_flags(self, index: int) -> str:
+        """Envoy's `/clusters` health flags of host `index`."""
+        outlier = self.outlier
+        if outlier is not None and outlier.ejected(index):
+            return "/failed_outlier_check"
+        return "healthy"
 
     def serve_waiters(self) -> None:
         """After a connection slot frees up, open connections for queued requests."""
@@ -230,6 +276,44 @@ class ClusterManager:
         for cluster in self.clusters.values():
             cluster.sweep_idle(now)
 
+    def sweep_outliers(self, now: float) -> None:
+        """Return ejected hosts to service when their time is over (every `interval`)."""
+        for cluster in self.clusters.values():
+            if cluster.outlier is not None:
+                cluster.outlier.sweep(now)
+
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
+
+
+_OUTLIER_COUNTERS = (
+    "ejections_total",
+    "ejections_consecutive_5xx",
+    "ejections_overflow",
+    "ejections_enforced_total",
+    "ejections_detected_consecutive_5xx",
+    "ejections_enforced_consecutive_5xx",
+    "ejections_detected_consecutive_gateway_failure",
+    "ejections_enforced_consecutive_gateway_failure",
+)
+
+
+def publish_outlier_stats(stats: StatsRegistry, cluster: ClusterRuntime) -> None:
+    """Envoy's `cluster.<name>.outlier_detection.*` stats of `cluster`, if it has a detector."""
+    outlier = cluster.outlier
+    if outlier is None:
+        return
+    name = cluster.config.name
+    labels = (("envoy_cluster_name", name),)
+    prefix = f"cluster.{name}.outlier_detection."
+    stats.gauge(
+        "envoy_cluster_outlier_detection_ejections_active",
+        labels,
+        stat_name=prefix + "ejections_active",
+    ).value = outlier.ejections_active
+    counts = outlier.stats
+    for key in _OUTLIER_COUNTERS:
+        stats.counter(
+            "envoy_cluster_outlier_detection_" + key, labels, stat_name=prefix + key
+        ).value = getattr(counts, key)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from trellis.core.config import ClusterAction, DirectResponseAction, RedirectAction
 from trellis.core.metrics import ResponseFlag
+from trellis.core.outlier import Outcome, outcome_for_status
 from trellis.core.retry import RetryDecision, RetryState, UpstreamFailure, is_retriable
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
@@ -364,8 +365,11 @@ class Stream:
 
     def _attempt_failed(self, failure: UpstreamFailure, flag: ResponseFlag, reason: str) -> None:
         """No usable response from this attempt: retry, or answer with a local reply."""
-        if self.host is not None:
-            self.host.stats.failures += 1
+        host = self.host
+        if host is not None:
+            host.stats.failures += 1
+            if host.cluster.outlier is not None:
+                host.cluster.report(host, Outcome.LOCAL_FAILURE)
         self._drop_upstream()
         if self._retry(None, failure):
             return
@@ -394,6 +398,9 @@ class Stream:
         if self.response_started:
             self._abort_response(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
             return
+        host = self.host
+        if host is not None and host.cluster.outlier is not None:
+            host.cluster.report(host, Outcome.LOCAL_FAILURE)
         self._drop_upstream()
         self.local_reply(504, b"upstream request timeout", ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
 
@@ -409,6 +416,8 @@ class Stream:
         host = self.host
         if status >= 500 and host is not None:
             host.stats.failures += 1
+        if host is not None and host.cluster.outlier is not None:
+            host.cluster.report(host, outcome_for_status(status))
         if self.retry is not None and self._retry(status, None):
             return
         self.response_started = True

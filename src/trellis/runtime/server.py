@@ -14,7 +14,7 @@ from trellis import __version__
 from trellis.core.config import ProxyConfig
 from trellis.core.metrics import CounterCell, IstioMetrics, StatsRegistry
 from trellis.runtime.admin import AdminServer
-from trellis.runtime.cluster import ClusterManager, ClusterRuntime
+from trellis.runtime.cluster import ClusterManager, ClusterRuntime, publish_outlier_stats
 from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
 from trellis.runtime.manager import ConfigManager
 
@@ -140,6 +140,7 @@ class ProxyServer:
             now = time.monotonic()
             try:
                 self.clusters.sweep_idle(now)
+                self.clusters.sweep_outliers(now)
                 for listener in self.listeners:
                     listener.sweep(now)
                 for sink in self.manager.sinks():
@@ -187,6 +188,7 @@ class ProxyServer:
             stats.gauge(
                 "envoy_cluster_upstream_rq_retry_overflow", labels
             ).value = limits.upstream_rq_retry_overflow
+            publish_outlier_stats(stats, cluster)
 
     def config_dump(self) -> dict[str, object]:
         return self._dump()
@@ -217,7 +219,7 @@ class ProxyServer:
                         f"{prefix}::rq_success::{s.successes}",
                         f"{prefix}::rq_total::{s.total_requests}",
                         f"{prefix}::hostname::",
-                        f"{prefix}::health_flags::healthy",
+                        f"{prefix}::health_flags::{cluster.health_flags(host.index)}",
                         f"{prefix}::weight::{endpoint.weight}",
                     )
                 )

@@ -1,20 +1,29 @@
-"""Static clusters: endpoints, load balancing, circuit breakers, upstream idle timeout."""
+"""Static clusters: endpoints, load balancing, circuit breakers, upstream idle timeout,
+outlier detection and the panic threshold."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from trellis.core.config import CircuitBreakerThresholds, Cluster, Endpoint, LbPolicy
+from trellis.core.config import (
+    CircuitBreakerThresholds,
+    Cluster,
+    Endpoint,
+    LbPolicy,
+    OutlierDetection,
+)
 from trellis.xds.convert import (
     check_ads_source,
     duration,
     positive_duration,
     socket_address,
     wrapped,
+    wrapped_bool,
 )
 from trellis.xds.protos import http_protocol_options_pb2
 from trellis.xds.supported import UPSTREAM_HTTP_OPTIONS_TYPE, unpack_any
@@ -23,6 +32,10 @@ from trellis.xds.where import Where
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
 _DEFAULT_THRESHOLDS = CircuitBreakerThresholds()
+_DEFAULT_OUTLIER = OutlierDetection()
+_DEFAULT_PANIC_THRESHOLD = 50.0
+# Ejection types Trellis does not implement: accepted only when switched off.
+_OFF_ONLY = ("enforcing_success_rate", "enforcing_failure_percentage")
 
 
 def clusters(configs: Sequence[cluster_pb2.Cluster], where: Where) -> tuple[Cluster, ...]:
@@ -76,6 +89,8 @@ def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
         least_request_choice_count=choice_count,
         eds_name=eds_name,
         http2=http2,
+        outlier_detection=_outlier_detection(config, where),
+        healthy_panic_threshold=_panic_threshold(config, where),
     )
 
 
@@ -176,3 +191,64 @@ def _check_explicit_config(
             .error("upstream HTTP/1.1 options are not supported")
         )
     return False
+
+
+def _outlier_detection(config: cluster_pb2.Cluster, where: Where) -> OutlierDetection | None:
+    """The consecutive-error subset, Envoy's defaults for what is unset."""
+    if not config.HasField("outlier_detection"):
+        return None
+    here = where.at("outlier_detection")
+    outlier = config.outlier_detection
+    for name in _OFF_ONLY:
+        if wrapped(outlier, name, 0) != 0:
+            raise here.at(name).error(
+                "only 0 is supported: Trellis implements consecutive-error ejection only"
+            )
+    default = _DEFAULT_OUTLIER
+    base = positive_duration(outlier, "base_ejection_time", here, default.base_ejection_time)
+    longest = positive_duration(
+        outlier, "max_ejection_time", here, max(default.max_ejection_time, base)
+    )
+    if longest < base:
+        raise here.at("max_ejection_time").error(
+            "max_ejection_time cannot be smaller than base_ejection_time"
+        )
+    return OutlierDetection(
+        consecutive_5xx=wrapped(outlier, "consecutive_5xx", default.consecutive_5xx),
+        consecutive_gateway_failure=wrapped(
+            outlier, "consecutive_gateway_failure", default.consecutive_gateway_failure
+        ),
+        interval=positive_duration(outlier, "interval", here, default.interval),
+        base_ejection_time=base,
+        max_ejection_time=longest,
+        max_ejection_time_jitter=duration(outlier, "max_ejection_time_jitter", here, 0.0) or 0.0,
+        always_eject_one_host=wrapped_bool(outlier, "always_eject_one_host", False),
+        max_ejection_percent=_percent(outlier, "max_ejection_percent", here),
+        enforcing_consecutive_5xx=_percent(outlier, "enforcing_consecutive_5xx", here),
+        enforcing_consecutive_gateway_failure=_percent(
+            outlier, "enforcing_consecutive_gateway_failure", here
+        ),
+    )
+
+
+def _percent(outlier: outlier_detection_pb2.OutlierDetection, name: str, where: Where) -> int:
+    value = wrapped(outlier, name, getattr(_DEFAULT_OUTLIER, name))
+    if value > 100:
+        raise where.at(name).error(f"a percentage must be at most 100, got {value}")
+    return value
+
+
+def _panic_threshold(config: cluster_pb2.Cluster, where: Where) -> float:
+    """`common_lb_config.healthy_panic_threshold`, rounded to a whole percent as Envoy does."""
+    common = config.common_lb_config
+    if not config.HasField("common_lb_config") or not common.HasField("healthy_panic_threshold"):
+        return _DEFAULT_PANIC_THRESHOLD
+    value = common.healthy_panic_threshold.value
+    if not 0.0 <= value <= 100.0:  # also false for NaN
+        raise (
+            where.at("common_lb_config")
+            .at("healthy_panic_threshold")
+            .at("value")
+            .error(f"a percentage must be between 0 and 100, got {value}")
+        )
+    return float(math.floor(value + 0.5))

@@ -202,9 +202,31 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "circuit_breakers",
                 "common_http_protocol_options",
                 "typed_extension_protocol_options",
+                "outlier_detection",
+                "common_lb_config",
             }
         ),
         _CLUSTER + "Cluster.LeastRequestLbConfig": frozenset({"choice_count"}),
+        # Consecutive-error ejection only; the success-rate and failure-percentage
+        # enforcements are accepted so that they can be switched off (checked: 0).
+        _CLUSTER + "OutlierDetection": frozenset(
+            {
+                "consecutive_5xx",
+                "consecutive_gateway_failure",
+                "enforcing_consecutive_5xx",
+                "enforcing_consecutive_gateway_failure",
+                "interval",
+                "base_ejection_time",
+                "max_ejection_time",
+                "max_ejection_time_jitter",
+                "max_ejection_percent",
+                "always_eject_one_host",
+                "enforcing_success_rate",
+                "enforcing_failure_percentage",
+            }
+        ),
+        _CLUSTER + "Cluster.CommonLbConfig": frozenset({"healthy_panic_threshold"}),
+        "envoy.type.v3.Percent": frozenset({"value"}),
         _CLUSTER + "CircuitBreakers": frozenset({"thresholds"}),
         _CLUSTER + "CircuitBreakers.Thresholds": frozenset(
             {"priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"}

@@ -133,9 +133,9 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
     ("cluster type", _set(_cluster0, "type", "STRICT_DNS"), f"{CLUSTER0}.type"),
     ("lb policy", _set(_cluster0, "lb_policy", "RING_HASH"), f"{CLUSTER0}.lb_policy"),
     (
-        "outlier detection",
-        _set(_cluster0, "outlier_detection", {}),
-        f"{CLUSTER0}.outlier_detection",
+        "outlier detection success rate",
+        _set(_cluster0, "outlier_detection", {"success_rate_minimum_hosts": 3}),
+        f"{CLUSTER0}.outlier_detection.success_rate_minimum_hosts",
     ),
     (
         "breaker priority",

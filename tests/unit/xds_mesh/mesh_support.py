@@ -111,18 +111,3 @@ def _static(cluster: Message, endpoints: dict[str, Message]) -> Any:
         copied.type = cluster_pb2.Cluster.STATIC
         copied.load_assignment.CopyFrom(endpoints[name])
     return copied
-
-
-NOT_YET_HONOURED = ("outlier_detection", "common_lb_config")
-"""Cluster fields the control plane emits and the proxy does not implement yet."""
-
-
-def without_outlier_fields(bootstrap: bootstrap_pb2.Bootstrap) -> list[str]:
-    """Clear the fields of `NOT_YET_HONOURED` from every cluster; return which were set."""
-    cleared = []
-    for cluster in bootstrap.static_resources.clusters:
-        for field in NOT_YET_HONOURED:
-            if cluster.HasField(field):
-                cleared.append(f"{cluster.name}.{field}")
-                cluster.ClearField(field)
-    return cleared

@@ -9,7 +9,7 @@ does not honour yet (outlier detection), and the test pins where they occur.
 from __future__ import annotations
 
 import pytest
-from mesh_support import case_names, inline_bootstrap, load_case, without_outlier_fields
+from mesh_support import case_names, inline_bootstrap, load_case
 
 from trellis.core.config import (
     ClusterAction,
@@ -24,37 +24,28 @@ from trellis.core.config import (
 from trellis.core.routing import RouteTable
 from trellis.xds.compile import compile_bootstrap
 from trellis.xds.mesh import CaptureMode, translate
-from trellis.xds.supported import check_supported
 
 EXPLICIT_CASES = [
     name for name in case_names() if load_case(name).options.capture_mode is CaptureMode.EXPLICIT
 ]
 
 
-def _compile(name: str) -> tuple[ProxyConfig, list[str]]:
+def _compile(name: str) -> ProxyConfig:
     case = load_case(name)
     bootstrap = inline_bootstrap(translate(case.config, case.proxy, case.options))
-    cleared = without_outlier_fields(bootstrap)
-    return compile_bootstrap(bootstrap, f"golden/{name}"), cleared
+    return compile_bootstrap(bootstrap, f"golden/{name}")
 
 
 @pytest.mark.parametrize("name", EXPLICIT_CASES)
 def test_proxy_compiles_the_translation(name: str) -> None:
-    config, cleared = _compile(name)
-    if name == "traffic_policy":
-        assert cleared and all(item.startswith("outbound|") for item in cleared)
-    else:
-        assert cleared == []
+    config = _compile(name)
     assert any(listener.name == "outbound" for listener in config.listeners)
 
 
-def test_outlier_detection_is_the_only_field_the_proxy_lacks() -> None:
-    case = load_case("traffic_policy")
-    bootstrap = inline_bootstrap(translate(case.config, case.proxy, case.options))
-    with pytest.raises(Exception, match="outlier_detection"):
-        check_supported(bootstrap, "traffic_policy")
-    without_outlier_fields(bootstrap)
-    check_supported(bootstrap, "traffic_policy")
+def test_the_proxy_honours_outlier_detection_from_a_destination_rule() -> None:
+    config = _compile("traffic_policy")
+    detecting = [c for c in config.clusters if c.outlier_detection is not None]
+    assert detecting and all(c.name.startswith("outbound|") for c in detecting)
 
 
 def _table(config: ProxyConfig) -> RouteTable:
@@ -72,7 +63,7 @@ def _action(table: RouteTable, authority: str, path: str, **kwargs: object) -> o
 
 
 def test_weighted_split_retries_and_timeout_reach_the_proxy() -> None:
-    config, _ = _compile("weighted_subsets")
+    config = _compile("weighted_subsets")
     action = _action(_table(config), "reviews:9080", "/reviews/1")
     assert isinstance(action, ClusterAction)
     weights = {item.name: item.weight for item in action.clusters}
@@ -99,7 +90,7 @@ def test_weighted_split_retries_and_timeout_reach_the_proxy() -> None:
 
 
 def test_default_route_has_no_timeout_and_istio_retries() -> None:
-    config, _ = _compile("plain_service")
+    config = _compile("plain_service")
     table = _table(config)
     for authority in ("reviews", "reviews:9080", "reviews.default.svc.cluster.local:9080"):
         action = _action(table, authority, "/")
@@ -117,7 +108,7 @@ def test_default_route_has_no_timeout_and_istio_retries() -> None:
 
 
 def test_rules_are_matched_in_order() -> None:
-    config, _ = _compile("match_order")
+    config = _compile("match_order")
     table = _table(config)
     base = "api.shop.svc.cluster.local"
     canary = _action(table, "api", "/v2/x", headers=[(b"x-canary", b"yes"), (b"x-debug", b"1")])
@@ -147,7 +138,7 @@ def test_rules_are_matched_in_order() -> None:
 
 
 def test_short_names_follow_the_proxys_namespace() -> None:
-    config, _ = _compile("two_namespaces")
+    config = _compile("two_namespaces")
     table = _table(config)
     own = _action(table, "reviews:9080", "/")
     assert isinstance(own, ClusterAction)
@@ -166,7 +157,7 @@ def test_short_names_follow_the_proxys_namespace() -> None:
 
 
 def test_inbound_listeners_forward_to_the_application() -> None:
-    config, _ = _compile("inbound")
+    config = _compile("inbound")
     listeners = {listener.name: listener for listener in config.listeners}
     http = listeners["inbound_18080"]
     assert (http.address.host, http.address.port) == ("127.0.0.1", 18080)
