@@ -1,0 +1,193 @@
+"""`trellis proxy-status` and `trellis proxy-config`.
+
+The config dumps in data/ were captured from real `trellis proxy` runs: a
+static bootstrap (tests/unit/xds/data/minimal.yaml with free ports), a proxy
+fed over ADS (an 80/20 split), and the same proxy after it NACKed a route
+update.
+"""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+
+import pytest
+
+from trellis.controlplane.ads_status import Nack, ProxyNode, ProxyStatus, SyncState, TypeStatus
+
+from .api_testing import DATA, make_api, table_rows
+
+STATIC = DATA / "config_dump_static.json"
+ADS = DATA / "config_dump_ads.json"
+NACKED = DATA / "config_dump_nack.json"
+TYPE_URL = "type.googleapis.com/envoy.config."
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = make_api().run(*args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _ports(path: str) -> list[str]:
+    dump = json.loads(DATA.joinpath(path).read_text())
+    listeners = next(c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump"))
+    entries = listeners.get("static_listeners") or listeners["dynamic_listeners"]
+    return [
+        str(
+            (entry.get("listener") or entry["active_state"]["listener"])["address"][
+                "socket_address"
+            ]["port_value"]
+        )
+        for entry in entries
+    ]
+
+
+def test_listeners_of_a_static_bootstrap() -> None:
+    code, out, err = _run("proxy-config", "static", "listeners", "--file", str(STATIC))
+    assert code == 0, err
+    ports = _ports("config_dump_static.json")
+    assert table_rows(out) == [
+        {"NAME": "http", "ADDRESS": "127.0.0.1", "PORT": ports[0], "TYPE": "HTTP",
+         "DESTINATION": "Route: (inline)"},
+        {"NAME": "tcp", "ADDRESS": "127.0.0.1", "PORT": ports[1], "TYPE": "TCP",
+         "DESTINATION": "Cluster: app"},
+    ]  # fmt: skip
+
+
+def test_static_routes_clusters_endpoints() -> None:
+    _, routes, _ = _run("proxy-config", "p", "routes", "--file", str(STATIC))
+    assert table_rows(routes) == [
+        {"NAME": "(inline)", "DOMAINS": "*", "MATCH": "/*", "VIRTUAL SERVICE": "", "CLUSTER": "app"}
+    ]
+    _, clusters, _ = _run("proxy-config", "p", "clusters", "--file", str(STATIC))
+    assert table_rows(clusters) == [{"NAME": "app", "TYPE": "STATIC", "LB": "ROUND_ROBIN"}]
+    _, endpoints, _ = _run("proxy-config", "p", "endpoints", "--file", str(STATIC))
+    assert table_rows(endpoints) == [
+        {"ENDPOINT": "127.0.0.1:8080", "STATUS": "HEALTHY", "CLUSTER": "app"}
+    ]
+
+
+def test_dynamic_resources_from_ads() -> None:
+    _, listeners, _ = _run("proxy-config", "p", "listeners", "--file", str(ADS))
+    assert [(row["NAME"], row["TYPE"], row["DESTINATION"]) for row in table_rows(listeners)] == [
+        ("outbound", "HTTP", "Route: outbound")
+    ]
+    _, routes, _ = _run("proxy-config", "p", "routes", "--file", str(ADS))
+    assert [row["CLUSTER"] for row in table_rows(routes)] == ["reviews-v1 80%,reviews-v2 20%"]
+    _, clusters, _ = _run("proxy-config", "p", "clusters", "--file", str(ADS))
+    assert [(row["NAME"], row["TYPE"]) for row in table_rows(clusters)] == [
+        ("xds-grpc", "STATIC"),
+        ("reviews-v1", "EDS"),
+        ("reviews-v2", "EDS"),
+    ]
+    _, endpoints, _ = _run("proxy-config", "p", "endpoints", "--file", str(ADS))
+    rows = table_rows(endpoints)
+    assert [(row["ENDPOINT"], row["CLUSTER"]) for row in rows[:2]] == [
+        ("127.0.0.1:9081", "reviews-v1"),
+        ("127.0.0.1:9082", "reviews-v2"),
+    ]
+    assert rows[2]["CLUSTER"] == "xds-grpc"  # the bootstrap's static cluster, inline endpoints
+
+
+def test_json_output_is_the_raw_resources() -> None:
+    code, out, _ = _run("proxy-config", "p", "clusters", "--file", str(ADS), "-o", "json")
+    assert code == 0
+    clusters = json.loads(out)
+    assert [cluster["name"] for cluster in clusters] == ["xds-grpc", "reviews-v1", "reviews-v2"]
+    assert clusters[1]["eds_cluster_config"]["eds_config"]["ads"] == {}
+
+
+def test_a_rejected_update_is_reported_and_the_previous_config_shown() -> None:
+    code, out, err = _run("proxy-config", "p", "routes", "--file", str(NACKED))
+    assert code == 0
+    assert [row["CLUSTER"] for row in table_rows(out)] == ["reviews-v1 80%,reviews-v2 20%"]
+    assert "Warning: rejected update: outbound: version" in err
+    assert "cluster_not_found_response_code: field is not supported by Trellis" in err
+    _, _, clean = _run("proxy-config", "p", "routes", "--file", str(ADS))
+    assert clean == ""
+
+
+def test_proxy_config_through_the_api_needs_an_admin_address() -> None:
+    code, _, err = _run("proxy-config", "sidecar~web-1", "listeners")
+    assert code == 1
+    assert "no admin address is known for proxy 'sidecar~web-1'" in err
+    assert "--admin HOST:PORT" in err
+
+
+def _type(short: str, state: SyncState, nack: Nack | None = None) -> TypeStatus:
+    names = {"CDS": "cluster.v3.Cluster", "LDS": "listener.v3.Listener"}
+    names |= {"RDS": "route.v3.RouteConfiguration", "EDS": "endpoint.v3.ClusterLoadAssignment"}
+    sent = "" if state is SyncState.NOT_SENT else "v2"
+    acked = "v2" if state is SyncState.SYNCED else ("v1" if sent else "")
+    return TypeStatus(
+        TYPE_URL + names[short],
+        short,
+        state,
+        sent_version=sent,
+        acked_version=acked,
+        last_nack=nack,
+    )
+
+
+def _statuses() -> list[ProxyStatus]:
+    message = "RDS route configuration 'outbound': field is not supported"
+    nack = Nack(TYPE_URL + "route.v3.RouteConfiguration", "v2", "n7", message, 1.0e9)
+    web = ProxyNode("sidecar~web-1", workload_name="web", namespace="shop")
+    db = ProxyNode(
+        "sidecar~db-1", workload_name="db", namespace="shop", labels=MappingProxyType({})
+    )
+    return [
+        ProxyStatus(
+            "c1",
+            web,
+            "ipv4:127.0.0.1:50000",
+            1.0e9,
+            "v2",
+            (
+                _type("CDS", SyncState.SYNCED),
+                _type("LDS", SyncState.SYNCED),
+                _type("EDS", SyncState.SYNCED),
+                _type("RDS", SyncState.STALE, nack),
+            ),
+        ),
+        ProxyStatus(
+            "c2", db, "ipv4:127.0.0.1:50001", 1.0e9, "", (_type("CDS", SyncState.NOT_SENT),)
+        ),
+    ]
+
+
+def test_proxy_status_table() -> None:
+    result = make_api(ads_status=_statuses).run("proxy-status")
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.stdout) == [
+        {"NAME": "sidecar~db-1", "CDS": "NOT SENT", "LDS": "NOT SENT", "EDS": "NOT SENT",
+         "RDS": "NOT SENT", "VERSION": "-", "LAST NACK": ""},
+        {"NAME": "sidecar~web-1", "CDS": "SYNCED", "LDS": "SYNCED", "EDS": "SYNCED",
+         "RDS": "STALE", "VERSION": "v2",
+         "LAST NACK": "RDS: RDS route configuration 'outbound': field is not supported"},
+    ]  # fmt: skip
+
+
+def test_proxy_status_json_and_without_ads() -> None:
+    result = make_api(ads_status=_statuses).run("proxy-status", "-o", "json")
+    proxies = json.loads(result.stdout)
+    assert [proxy["id"] for proxy in proxies] == ["sidecar~db-1", "sidecar~web-1"]
+    assert proxies[1]["types"]["RDS"]["lastNack"]["nonce"] == "n7"
+    assert proxies[1]["types"]["RDS"]["ackedVersion"] == "v1"
+
+    missing = make_api().run("proxy-status")
+    assert missing.exit_code == 1
+    assert "Error from server (ServiceUnavailable): the xDS server is not running" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["web", "web.shop", "sidecar~web-1"])
+def test_a_proxy_is_found_by_workload_name(name: str) -> None:
+    asked: list[str] = []
+
+    def admin(node_id: str) -> str | None:
+        asked.append(node_id)
+        return None
+
+    result = make_api(ads_status=_statuses, proxy_admin=admin).run("proxy-config", name, "routes")
+    assert result.exit_code == 1
+    assert asked == ["sidecar~web-1"]
