@@ -42,6 +42,7 @@ CODES = MappingProxyType(
         "TRL0102": "ServiceHasNoEndpoints",
         "TRL0103": "ConflictingServiceEntryHosts",
         "TRL0104": "ConflictingDestinationRules",
+        "TRL0201": "UnsupportedByProxy",
     }
 )
 """Finding code -> name."""

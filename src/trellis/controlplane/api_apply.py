@@ -27,6 +27,7 @@ from trellis.controlplane.store import (
     ResourceWrite,
     StoredResource,
 )
+from trellis.controlplane.translatable import translation_findings
 from trellis.controlplane.write_plan import plan_batch, prepare_writes, rfc3339
 from trellis.errors import ConfigError
 
@@ -152,9 +153,10 @@ def check_batch(
     """
     before = {_identity(finding) for finding in analyze(stored)}
     keys = {resource.key for resource in batch}
+    after = merged(stored, batch)
     relevant = [
         finding
-        for finding in analyze(merged(stored, batch))
+        for finding in [*analyze(after), *translation_findings(after)]
         if finding.resource in keys or _identity(finding) not in before
     ]
     errors = [finding for finding in relevant if finding.severity is Severity.ERROR]

@@ -12,12 +12,16 @@ class UnsupportedConfigError(ConfigError):
     Raised rather than dropped: a field that is set is never silently ignored.
     """
 
+    resource_key: tuple[str, str, str] | None = None
+
 
 def unsupported(resource: Resource, path: str, message: str) -> UnsupportedConfigError:
     """The error for `path` of `resource`, e.g. `VirtualService default/reviews: spec.http[0]`."""
-    return UnsupportedConfigError(
+    error = UnsupportedConfigError(
         message, path=path, source=f"{resource.kind} {resource.display_name}"
     )
+    error.resource_key = resource.key
+    return error
 
 
 class InconsistentSnapshotError(TrellisError):
