@@ -98,6 +98,11 @@ class ObjectMeta(ApiModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     resource_version: str | None = None
     """Set by the store; on apply, a stale value is a conflict (optimistic concurrency)."""
+    # Set by the server and read back by `trellis get -o yaml`; accepted on apply so
+    # that output can be applied again, and never stored from the input.
+    uid: str | None = Field(default=None, exclude=True)
+    generation: int | None = Field(default=None, exclude=True)
+    creation_timestamp: str | None = Field(default=None, exclude=True)
 
     @field_validator("name")
     @classmethod

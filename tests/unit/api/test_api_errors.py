@@ -319,7 +319,7 @@ def test_envelope_errors() -> None:
         {
             "apiVersion": "networking.istio.io/v1",
             "kind": "WorkloadEntry",
-            "metadata": {"name": "x", "uid": "123"},
+            "metadata": {"name": "x", "selfLink": "/x"},
             "spec": {"address": "10.0.0.1"},
             "status": {},
         },
@@ -342,7 +342,7 @@ def test_envelope_errors() -> None:
         "'Bad_Name' must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', "
         "starting and ending with a letter or digit, at most 253 characters",
         "mixed.yaml: document 7: expected a mapping with apiVersion and kind, got str",
-        "mixed.yaml: document 8 (WorkloadEntry default/x): metadata.uid: unknown field",
+        "mixed.yaml: document 8 (WorkloadEntry default/x): metadata.selfLink: unknown field",
         "mixed.yaml: document 8 (WorkloadEntry default/x): status: unknown field",
     ]
 
