@@ -12,6 +12,9 @@ exist):
 | `TRELLIS_OUTBOUND_PORT` | the HTTP_PROXY listener port | 15001 |
 | `TRELLIS_INBOUND_ADDRESS` | where inbound listeners bind | the workload address |
 | `TRELLIS_APP_PORTS` | `8080:18080,...` workload port -> application port | same port |
+
+Proxyless gRPC clients (metadata `GENERATOR: grpc`, else a gRPC user agent:
+`trellis.xds.mesh.is_grpc_node`) get the resources of `GrpcTranslator` instead.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from trellis.controlplane.store import StoredResource
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.mesh import (
     CaptureMode,
+    GrpcTranslator,
     MeshConfig,
     ProxyIdentity,
     TranslateOptions,
     Translator,
+    is_grpc_node,
 )
 
 log = logging.getLogger("trellis.controlplane")
@@ -80,6 +85,7 @@ class MeshState:
     def __init__(self) -> None:
         self._resources: dict[Key, Resource] = {}
         self._translator: Translator | None = None
+        self._grpc: GrpcTranslator | None = None
         # Proxies share translated messages; each is serialized once per config.
         # The message is kept with its encoding so its id cannot be reused.
         self._encoded: dict[int, tuple[Message, XdsResource]] = {}
@@ -116,6 +122,7 @@ class MeshState:
 
     def _changed(self) -> None:
         self._translator = None
+        self._grpc = None
         self._encoded = {}
 
     @property
@@ -143,7 +150,12 @@ class MeshState:
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot:
         """The proxy's whole config; raises TrellisError when it cannot be translated."""
-        resources = self.translator.translate(self.identity(node), translate_options(node))
+        if is_grpc_node(node.metadata, node.user_agent):
+            if self._grpc is None:
+                self._grpc = GrpcTranslator(self.translator.config)
+            resources = self._grpc.translate(self.identity(node))
+        else:
+            resources = self.translator.translate(self.identity(node), translate_options(node))
         encoded = self._encoded
         items = []
         for by_name in resources.values():

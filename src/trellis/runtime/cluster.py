@@ -9,13 +9,13 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from trellis.core.balancer import HostStats, LoadBalancer, make_balancer
+from trellis.core.balancer import HostStats, LoadBalancer, choose_with_predicate, make_balancer
 from trellis.core.circuit import ResourceLimits
 from trellis.core.config import Cluster, Endpoint
-from trellis.core.outlier import Outcome, OutlierDetector
+from trellis.core.outlier import Outcome, OutlierDetector, choose_available
 from trellis.core.prometheus import StatsRegistry
 from trellis.runtime.upstream import UpstreamConnection
 
@@ -225,6 +225,16 @@ class ClusterRuntime:
                 self.rng.random,
                 panic_threshold=config.healthy_panic_threshold,
             )
+
+    def choose_host(self, exclude: Sequence[int] = (), attempts: int = 1) -> int | None:
+        """A host index: ejected hosts are skipped (unless the cluster is in panic), and
+        the previous hosts in `exclude` are avoided up to `attempts` re-picks."""
+        outlier = self.outlier
+        if outlier is not None and outlier.unavailable:
+            return choose_available(self.balancer, outlier.unavailable, exclude, attempts)
+        if not exclude:
+            return self.balancer.choose()
+        return choose_with_predicate(self.balancer, exclude, attempts)
 
     def report(self, host: HostRuntime, outcome: Outcome) -> None:
         """An outcome for outlier detection; call only when `self.outlier` is set."""

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trellis.core.balancer import choose_with_predicate
 from trellis.core.config import (
     ClusterAction,
     HeaderMutation,
@@ -30,7 +29,6 @@ from trellis.core.headers import (
     set_forwarded_proto,
     strip_hop_by_hop,
 )
-from trellis.core.outlier import choose_available
 from trellis.core.routing import RouteTable, pick_weighted_cluster, redirect_location, rewrite_path
 from trellis.runtime import wire
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
@@ -271,15 +269,3 @@ class HttpContext:
         if found is None:
             return None
         return self._routes[id(found[1])]
-
-    def choose_host(
-        self, cluster: ClusterRuntime, exclude: list[int] | tuple[()], attempts: int
-    ) -> int | None:
-        """A host index: ejected hosts are skipped (unless the cluster is in panic), and
-        the previous hosts in `exclude` are avoided up to `attempts` re-picks."""
-        outlier = cluster.outlier
-        if outlier is not None and outlier.unavailable:
-            return choose_available(cluster.balancer, outlier.unavailable, exclude, attempts)
-        if not exclude:
-            return cluster.balancer.choose()
-        return choose_with_predicate(cluster.balancer, exclude, attempts)

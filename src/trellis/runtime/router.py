@@ -237,7 +237,7 @@ class Stream:
         policy = self.retry.policy if self.retry is not None else None
         exclude = self.tried if policy is not None and policy.avoid_previous_hosts else ()
         attempts = policy.host_selection_retry_max_attempts if policy is not None else 1
-        index = self.ctx.choose_host(cluster, exclude, attempts)
+        index = cluster.choose_host(exclude, attempts)
         if index is None:
             cluster.limits.release_request()
             self.local_reply(503, b"no healthy upstream", ResponseFlag.NO_HEALTHY_UPSTREAM)

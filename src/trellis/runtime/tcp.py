@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 from trellis.core.accesslog import AccessLogEntry
 from trellis.core.config import TcpProxy
 from trellis.core.metrics import IstioMetrics, PeerLabels, ResponseFlag, format_flags
+from trellis.core.outlier import Outcome
 
 if TYPE_CHECKING:
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
@@ -138,7 +139,7 @@ class TcpDownstream(asyncio.Protocol):
         if not cluster.limits.try_acquire_connection():
             self._fail(ResponseFlag.UPSTREAM_OVERFLOW)
             return
-        index = cluster.balancer.choose()
+        index = cluster.choose_host()
         if index is None:
             cluster.limits.release_connection()
             self._fail(ResponseFlag.NO_HEALTHY_UPSTREAM)
@@ -152,9 +153,14 @@ class TcpDownstream(asyncio.Protocol):
 
     async def _open(self, host: HostRuntime) -> None:
         upstream = await host.connect(lambda: _UpstreamSide(self))
+        cluster = host.cluster
         if isinstance(upstream, str):
+            if cluster.outlier is not None:
+                cluster.report(host, Outcome.LOCAL_FAILURE)
             self._fail(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
             return
+        if cluster.outlier is not None:
+            cluster.report(host, Outcome.SUCCESS)
         if self.closed:
             if upstream.transport is not None:
                 upstream.transport.close()

@@ -7,6 +7,7 @@ process must never import this package.
 from __future__ import annotations
 
 from trellis.xds.mesh.errors import InconsistentSnapshotError, UnsupportedConfigError
+from trellis.xds.mesh.grpc import GrpcTranslator, is_grpc_node, translate_grpc
 from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
 from trellis.xds.mesh.names import (
     CLUSTER_TYPE,
@@ -34,6 +35,7 @@ __all__ = [
     "RESOURCE_TYPES",
     "ROUTE_TYPE",
     "CaptureMode",
+    "GrpcTranslator",
     "InconsistentSnapshotError",
     "MeshConfig",
     "ProxyIdentity",
@@ -43,9 +45,11 @@ __all__ = [
     "UnsupportedConfigError",
     "check_consistent",
     "inbound_cluster",
+    "is_grpc_node",
     "outbound_cluster",
     "parse_cluster",
     "referenced_names",
     "to_dicts",
     "translate",
+    "translate_grpc",
 ]
