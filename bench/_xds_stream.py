@@ -1,0 +1,233 @@
+"""One simulated Envoy on an ADS stream: what it asks for, ACKs and remembers (no I/O).
+
+Like Envoy, a `SimulatedProxy` subscribes to CDS and LDS as wildcards, then to
+the ClusterLoadAssignments its EDS clusters name and the RouteConfigurations
+its listeners name, and ACKs every response with the response's version and
+nonce. It keeps, per type, the resources it holds (decoded once per distinct
+content by a shared `Decoder`), so it can tell when it is *synced* (holds CDS,
+LDS and every EDS/RDS resource it subscribed to) and when an *armed watch* is
+satisfied (every watched resource differs from what it held when armed).
+
+The runner (`_xds_clients.py`) writes the requests `initial` and `receive`
+return, then calls `settle(now)` so that the times recorded are taken after
+the ACK was written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format, struct_pb2
+
+_PREFIX = "type.googleapis.com/"
+CDS = _PREFIX + cluster_pb2.Cluster.DESCRIPTOR.full_name
+EDS = _PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name
+LDS = _PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name
+RDS = _PREFIX + route_pb2.RouteConfiguration.DESCRIPTOR.full_name
+HCM = _PREFIX + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+TYPES = (CDS, EDS, LDS, RDS)
+_CHILD = {CDS: EDS, LDS: RDS}  # a wildcard type and the named type its resources reference
+_NAME_TAG = 0x0A  # field 1, length-delimited: `name` / `cluster_name` of all four types
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Info:
+    """One distinct resource content: its name and the EDS/RDS names it references."""
+
+    name: str
+    references: frozenset[str]
+    value: bytes
+
+
+def leading_name(value: bytes) -> str | None:
+    """Field 1 as text when the serialized message starts with it (it does when deterministic)."""
+    if not value or value[0] != _NAME_TAG:
+        return None
+    length, shift, pos = 0, 0, 1
+    while pos < len(value) and shift < 35:
+        byte = value[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            end = pos + length
+            return value[pos:end].decode("utf-8") if end <= len(value) else None
+    return None
+
+
+def _route_names(listener: listener_pb2.Listener) -> frozenset[str]:
+    configs = [f.typed_config for chain in listener.filter_chains for f in chain.filters]
+    if listener.HasField("default_filter_chain"):
+        configs += [f.typed_config for f in listener.default_filter_chain.filters]
+    if listener.HasField("api_listener"):
+        configs.append(listener.api_listener.api_listener)
+    names = set()
+    for config in configs:
+        if config.type_url == HCM:
+            hcm = hcm_pb2.HttpConnectionManager.FromString(config.value)
+            if hcm.HasField("rds"):
+                names.add(hcm.rds.route_config_name)
+    return frozenset(names)
+
+
+def decode(type_url: str, value: bytes) -> Info:
+    """Name and references of one resource; raises ValueError for an unknown type."""
+    if type_url == CDS:
+        cluster = cluster_pb2.Cluster.FromString(value)
+        refs: frozenset[str] = frozenset()
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            refs = frozenset({cluster.eds_cluster_config.service_name or cluster.name})
+        return Info(cluster.name, refs, value)
+    if type_url == LDS:
+        listener = listener_pb2.Listener.FromString(value)
+        return Info(listener.name, _route_names(listener), value)
+    if type_url not in (EDS, RDS):
+        raise ValueError(f"unexpected resource type {type_url!r}")
+    name = leading_name(value)
+    if name is None:
+        message = (
+            endpoint_pb2.ClusterLoadAssignment.FromString(value)
+            if type_url == EDS
+            else route_pb2.RouteConfiguration.FromString(value)
+        )
+        name = getattr(message, "cluster_name" if type_url == EDS else "name")
+    return Info(name, frozenset(), value)
+
+
+class Decoder:
+    """Decodes each distinct resource content once; the streams of a process share it."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, bytes], Info] = {}
+        self.decoded = 0
+
+    def info(self, type_url: str, value: bytes) -> Info:
+        key = (type_url, value)
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = decode(type_url, value)
+            self.decoded += 1
+        return found
+
+
+def make_node(node_id: str, metadata: dict[str, object]) -> base_pb2.Node:
+    node = base_pb2.Node(id=node_id, cluster="bench", user_agent_name="trellis-xds-bench")
+    struct = struct_pb2.Struct()
+    json_format.ParseDict(metadata, struct)
+    node.metadata.CopyFrom(struct)
+    return node
+
+
+@dataclass(slots=True)
+class _Type:
+    names: frozenset[str] = frozenset()  # EDS/RDS subscription
+    version: str = ""
+    nonce: str = ""
+    held: dict[str, Info] = field(default_factory=dict)
+    received: bool = False
+
+
+class SimulatedProxy:
+    """The client side of one SotW ADS stream, Envoy-style."""
+
+    def __init__(self, node: base_pb2.Node, decoder: Decoder) -> None:
+        self.node = node
+        self._decoder = decoder
+        self._types = {t: _Type() for t in TYPES}
+        self.responses = 0
+        self.synced_at: float | None = None
+        self._baseline: dict[tuple[str, str], Info | None] = {}
+        self._pending: set[tuple[str, str]] = set()
+        self.updated_at: float | None = None
+
+    def initial(self) -> list[discovery_pb2.DiscoveryRequest]:
+        """The first requests: CDS (carrying the node) and LDS, both wildcard."""
+        return [
+            discovery_pb2.DiscoveryRequest(node=self.node, type_url=CDS),
+            discovery_pb2.DiscoveryRequest(type_url=LDS),
+        ]
+
+    def receive(
+        self, response: discovery_pb2.DiscoveryResponse
+    ) -> list[discovery_pb2.DiscoveryRequest]:
+        """Take a response; returns its ACK, then any EDS/RDS subscription change."""
+        type_url = response.type_url
+        state = self._types.get(type_url)
+        if state is None:
+            raise ValueError(f"the server sent {type_url!r}, which was not requested")
+        self.responses += 1
+        infos = [self._decoder.info(type_url, r.value) for r in response.resources]
+        if type_url in _CHILD:
+            state.held = {info.name: info for info in infos}
+        else:  # RDS/EDS state of the world: what is not sent again is kept
+            state.held.update((info.name, info) for info in infos)
+        state.version, state.nonce, state.received = response.version_info, response.nonce, True
+        requests = [self._request(type_url, state)]
+        child = _CHILD.get(type_url)
+        if child is not None:
+            wanted = frozenset().union(*(info.references for info in state.held.values()))
+            child_state = self._types[child]
+            if wanted != child_state.names:
+                child_state.names = wanted
+                child_state.held = {n: i for n, i in child_state.held.items() if n in wanted}
+                requests.append(self._request(child, child_state))
+        return requests
+
+    def _request(self, type_url: str, state: _Type) -> discovery_pb2.DiscoveryRequest:
+        names = sorted(state.names) if type_url not in _CHILD else []
+        return discovery_pb2.DiscoveryRequest(
+            type_url=type_url,
+            version_info=state.version,
+            response_nonce=state.nonce,
+            resource_names=names,
+        )
+
+    def held(self, type_url: str, name: str) -> Info | None:
+        return self._types[type_url].held.get(name)
+
+    def subscribed(self, type_url: str) -> frozenset[str]:
+        return self._types[type_url].names
+
+    @property
+    def synced(self) -> bool:
+        """CDS and LDS received and every subscribed EDS/RDS resource held."""
+        types = self._types
+        if not (types[CDS].received and types[LDS].received):
+            return False
+        return all(types[t].names <= types[t].held.keys() for t in (EDS, RDS))
+
+    def arm(self, watch: Iterable[tuple[str, str]]) -> None:
+        """Start waiting for every (type URL, name) in `watch` to change from what is held now."""
+        self._baseline = {item: self.held(*item) for item in watch}
+        self._pending = set(self._baseline)
+        self.updated_at = None
+
+    def settle(self, now: float) -> tuple[bool, bool]:
+        """Record `now` as the sync/update time if reached; returns (just synced, just updated)."""
+        just_synced = just_updated = False
+        if self.synced_at is None and self.synced:
+            self.synced_at, just_synced = now, True
+        if self._pending:
+            for item in list(self._pending):
+                current, before = self.held(*item), self._baseline[item]
+                if current is not None and (
+                    before is None or (current is not before and current.value != before.value)
+                ):
+                    self._pending.discard(item)
+            if not self._pending:
+                self.updated_at, just_updated = now, True
+        return just_synced, just_updated
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._pending)
