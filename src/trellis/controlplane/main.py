@@ -18,7 +18,7 @@ from typing import Any
 
 from trellis.controlplane.ads import AdsServer, serve_ads
 from trellis.controlplane.ads_status import ProxyNode
-from trellis.controlplane.mesh_state import MeshState, snapshots
+from trellis.controlplane.mesh_state import MeshState
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.controlplane.sqlite_store import SqliteConfigStore
@@ -28,6 +28,7 @@ from trellis.errors import TrellisError
 log = logging.getLogger("trellis.controlplane")
 
 DB_FILE = "config.db"
+_PUBLISH_BATCH = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +99,15 @@ class ControlPlane:
             self._republish.clear()
             if self.ads is None:
                 continue
-            nodes = self.ads.service.connected_nodes()
-            for node_id, snapshot in snapshots(self.state, nodes).items():
-                try:
-                    self.cache.set(node_id, snapshot)
-                except TrellisError as exc:
-                    log.error("not publishing config for %s: %s", node_id, exc)
+            for count, node in enumerate(self.ads.service.connected_nodes(), start=1):
+                snapshot = self.snapshot_for(node)
+                if snapshot is not None:
+                    try:
+                        self.cache.set(node.id, snapshot)
+                    except TrellisError as exc:
+                        log.error("not publishing config for %s: %s", node.id, exc)
+                if count % _PUBLISH_BATCH == 0:
+                    await asyncio.sleep(0)  # let the first proxies' pushes go out meanwhile
 
 
 async def serve(
@@ -113,7 +117,8 @@ async def serve(
     """Run until SIGTERM/SIGINT; `make_api` serves the REST API (uvicorn) when given."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await SqliteConfigStore.open(settings.data_dir / DB_FILE)
-    cache = SnapshotCache(debounce=settings.debounce, max_delay=max(0.5, settings.debounce))
+    # `ControlPlane.publish` already waits for bursts to settle: the cache pushes at once.
+    cache = SnapshotCache(debounce=0.0, max_delay=0.0)
     plane = ControlPlane(store, cache)
     await plane.load()
     plane.ads = await serve_ads(settings.xds_address, cache, plane.snapshot_for)

@@ -20,7 +20,7 @@ Proxyless gRPC clients (metadata `GENERATOR: grpc`, else a gRPC user agent:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from google.protobuf.message import Message
 
@@ -29,7 +29,7 @@ from trellis.api.meta import Resource
 from trellis.api.networking import WorkloadEntry
 from trellis.controlplane.ads_status import ProxyNode
 from trellis.controlplane.snapshot import Resource as XdsResource
-from trellis.controlplane.snapshot import Snapshot
+from trellis.controlplane.snapshot import ResourceSet, Snapshot
 from trellis.controlplane.store import StoredResource
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.mesh import (
@@ -89,6 +89,7 @@ class MeshState:
         # Proxies share translated messages; each is serialized once per config.
         # The message is kept with its encoding so its id cannot be reused.
         self._encoded: dict[int, tuple[Message, XdsResource]] = {}
+        self._sets: dict[tuple[str, tuple[int, ...]], ResourceSet] = {}
         self.version = "0"
 
     def load(self, stored: Iterable[StoredResource], version: str) -> None:
@@ -124,6 +125,7 @@ class MeshState:
         self._translator = None
         self._grpc = None
         self._encoded = {}
+        self._sets = {}
 
     @property
     def translator(self) -> Translator:
@@ -157,22 +159,19 @@ class MeshState:
         else:
             resources = self.translator.translate(self.identity(node), translate_options(node))
         encoded = self._encoded
-        items = []
-        for by_name in resources.values():
-            for message in by_name.values():
-                known = encoded.get(id(message))
-                if known is None:
-                    known = encoded[id(message)] = (message, XdsResource.of(message))
-                items.append(known[1])
-        return Snapshot.of(self.version, items)
-
-
-def snapshots(state: MeshState, nodes: Iterable[ProxyNode]) -> Mapping[str, Snapshot]:
-    """A snapshot per node; nodes whose config cannot be translated keep their last one."""
-    result = {}
-    for node in nodes:
-        try:
-            result[node.id] = state.snapshot_for(node)
-        except TrellisError as exc:
-            log.error("cannot build config for proxy %s: %s", node.id, exc)
-    return result
+        sets = {}
+        for type_url, by_name in resources.items():
+            # Proxies in one translation group share their clusters, endpoints and
+            # routes: the same messages make the same (cached) set.
+            key = (type_url, tuple(map(id, by_name.values())))
+            shared = self._sets.get(key)
+            if shared is None:
+                items = []
+                for message in by_name.values():
+                    known = encoded.get(id(message))
+                    if known is None:
+                        known = encoded[id(message)] = (message, XdsResource.of(message))
+                    items.append(known[1])
+                shared = self._sets[key] = ResourceSet.of(type_url, items)
+            sets[type_url] = shared
+        return Snapshot(self.version, sets)

@@ -80,9 +80,23 @@ class Translator:
             )
         )
         self._shared: dict[tuple[str, tuple[bool, ...]], _Outbound] = {}
-        self._entries: dict[str, list[ServiceEntry]] = {}
+        # ServiceEntries with a workloadSelector, by namespace and by one of their
+        # selector's labels: a proxy only looks at those its own labels can match.
+        self._selecting: dict[tuple[str, str, str], list[ServiceEntry]] = {}
         for entry in config.service_entries:
-            self._entries.setdefault(entry.metadata.namespace, []).append(entry)
+            selector = entry.spec.workload_selector
+            if selector is None:
+                continue
+            label = min(selector.labels.items(), default=("", ""))
+            self._selecting.setdefault((entry.metadata.namespace, *label), []).append(entry)
+
+    def _selecting_entries(self, proxy: ProxyIdentity) -> list[ServiceEntry]:
+        """The ServiceEntries whose selector may select the proxy (`inbound_ports` checks)."""
+        index = self._selecting
+        found = list(index.get((proxy.namespace, "", ""), ()))
+        for label in proxy.labels.items():
+            found.extend(index.get((proxy.namespace, *label), ()))
+        return found
 
     def translate(
         self, proxy: ProxyIdentity, options: TranslateOptions = _DEFAULT_OPTIONS
@@ -95,7 +109,7 @@ class Translator:
         itself or bind a listener on a name rather than an address.
         """
         outbound = self._outbound(proxy)
-        ports = inbound_ports(self._entries.get(proxy.namespace, ()), proxy)
+        ports = inbound_ports(self._selecting_entries(proxy), proxy)
         _check_ports(proxy, options, ports)
         clusters = list(outbound.clusters)
         clusters += [
