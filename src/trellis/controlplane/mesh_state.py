@@ -100,16 +100,8 @@ class MeshState:
 
     def put(self, item: StoredResource) -> None:
         """Take a stored resource; one that no longer validates is logged and left out."""
-        document = item.to_document()
-        metadata = document.get("metadata", {})
-        # Server-set fields (uid, generation, timestamps) are not part of the user's resource.
-        document["metadata"] = {
-            key: metadata[key]
-            for key in ("name", "namespace", "labels", "annotations")
-            if key in metadata
-        }
         try:
-            resource = parse_resource(document, source="store")
+            resource = parse_resource(item.to_document(), source="store")
         except TrellisError as exc:
             log.error("ignoring stored %s: %s", item.describe(), exc)
             self.remove(item.key)
