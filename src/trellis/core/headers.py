@@ -49,14 +49,8 @@ def strip_hop_by_hop(
         if name in HOP_BY_HOP:
             found = True
             if name == b"connection":
-                if value in _PLAIN_CONNECTION:
-                    continue  # the usual values name no extra header
-                for raw in value.split(b","):
-                    token = raw.strip().lower()
-                    if token and token not in HOP_BY_HOP:
-                        if listed is None:
-                            listed = set()
-                        listed.add(token)
+                if value not in _PLAIN_CONNECTION:  # the usual values name no extra header
+                    listed = _listed_tokens(value, listed)
             elif name == b"te" and not trailers:
                 trailers = _has_trailers_token(value)
     if not found:
@@ -75,6 +69,54 @@ def strip_hop_by_hop(
             out.append((b"te", b"trailers"))
             trailers = False
     return out
+
+
+_RESPONSE_DROP = HOP_BY_HOP | {b"server"}
+
+
+def forwardable_response(
+    headers: list[tuple[bytes, bytes]], keep_upgrade: bool
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """An upstream response's headers as the proxy forwards them, in one pass.
+
+    Hop-by-hop headers go as `strip_hop_by_hop` says, and `server` too (the
+    proxy names itself). Also returns whether the upstream sent a
+    content-length and whether it chunked the body: together they tell how the
+    body ends.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    has_length = chunked = False
+    listed: set[bytes] | None = None
+    for item in headers:
+        name = item[0]
+        if name not in _RESPONSE_DROP:
+            if name == b"content-length":
+                has_length = True
+            out.append(item)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in item[1].lower()
+        elif name == b"connection":
+            if keep_upgrade:
+                out.append(item)
+            if item[1] not in _PLAIN_CONNECTION:
+                listed = _listed_tokens(item[1], listed)
+        elif name == b"upgrade" and keep_upgrade:
+            out.append(item)
+    if listed:
+        keep = _PROTECTED | _UPGRADE_KEEP if keep_upgrade else _PROTECTED
+        out = [item for item in out if item[0] not in listed or item[0] in keep]
+    return out, has_length, chunked
+
+
+def _listed_tokens(value: bytes, listed: set[bytes] | None) -> set[bytes] | None:
+    """Header names a `Connection` value lists, beyond those always dropped."""
+    for raw in value.split(b","):
+        token = raw.strip().lower()
+        if token and token not in HOP_BY_HOP:
+            if listed is None:
+                listed = set()
+            listed.add(token)
+    return listed
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

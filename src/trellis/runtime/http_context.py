@@ -25,6 +25,7 @@ from trellis.core.config import (
 from trellis.core.headers import (
     CompiledMutation,
     append_forwarded_for,
+    forwardable_response,
     generate_request_id,
     set_forwarded_proto,
     strip_hop_by_hop,
@@ -43,7 +44,10 @@ _SERVER = (b"server", wire.SERVER_NAME)
 _CLOSE = (b"connection", b"close")
 
 
-def _compile(*mutations: HeaderMutation) -> tuple[CompiledMutation, ...]:
+Mutations = tuple[CompiledMutation, ...]
+
+
+def _compile(*mutations: HeaderMutation) -> Mutations:
     return tuple(CompiledMutation(m) for m in mutations if not m.empty)
 
 
@@ -52,8 +56,8 @@ class RouteRuntime:
 
     __slots__ = (
         "_clusters",
-        "_request_mutations",
-        "_response_mutations",
+        "_mutations",
+        "_route_mutations",
         "action",
         "host_rewrite",
         "retry_policy",
@@ -89,13 +93,15 @@ class RouteRuntime:
                         _compile(wc.response_headers),
                     )
                 )
-        # Envoy applies route, then virtual host, then route configuration mutations.
-        self._request_mutations = _compile(
-            route.request_headers, vhost.request_headers, config.request_headers
-        )
-        self._response_mutations = _compile(
-            route.response_headers, vhost.response_headers, config.response_headers
-        )
+        # Envoy applies weighted cluster, route, virtual host, then route configuration
+        # mutations; the whole sequence is built once per (route, cluster).
+        request = _compile(route.request_headers, vhost.request_headers, config.request_headers)
+        response = _compile(route.response_headers, vhost.response_headers, config.response_headers)
+        self._route_mutations = (request, response)
+        self._mutations: dict[int, tuple[Mutations, Mutations]] = {
+            id(runtime): ((*cluster_request, *request), (*cluster_response, *response))
+            for runtime, cluster_request, cluster_response in self._clusters
+        }
 
     def pick_cluster(self, rng: random.Random) -> ClusterRuntime | None:
         clusters = self._clusters
@@ -109,13 +115,9 @@ class RouteRuntime:
                 return runtime
         return None
 
-    def _cluster_mutations(
-        self, cluster: ClusterRuntime | None
-    ) -> tuple[tuple[CompiledMutation, ...], tuple[CompiledMutation, ...]]:
-        for runtime, request, response in self._clusters:
-            if runtime is cluster:
-                return request, response
-        return (), ()
+    def _mutations_for(self, cluster: ClusterRuntime | None) -> tuple[Mutations, Mutations]:
+        """(request, response) header mutations, in Envoy's order, for this cluster."""
+        return self._mutations.get(id(cluster), self._route_mutations)
 
     def request_head(self, stream: Stream, cluster: ClusterRuntime) -> bytes:
         """The request head sent upstream (same bytes for every retry)."""
@@ -123,8 +125,7 @@ class RouteRuntime:
         config = ctx.config
         headers = strip_hop_by_hop(stream.headers, keep_upgrade=stream.upgrade)
         host_value = self.host_rewrite
-        has_request_id = False
-        has_host = False
+        has_request_id = has_host = has_proto = False
         for i, (name, _) in enumerate(headers):
             if name == b"host":
                 has_host = True
@@ -132,19 +133,21 @@ class RouteRuntime:
                     headers[i] = (b"host", host_value)
             elif name == b"x-request-id":
                 has_request_id = True
+            elif name == b"x-forwarded-proto":
+                has_proto = True
         if not has_host:
             headers.insert(0, (b"host", host_value or stream.authority.encode("latin-1")))
         if not has_request_id and config.generate_request_id:
             request_id = generate_request_id(ctx.rng)
             stream.request_id = request_id.decode("ascii")
             headers.append((b"x-request-id", request_id))
-        set_forwarded_proto(headers, stream.conn.scheme, overwrite=config.use_remote_address)
+        if has_proto or config.use_remote_address:
+            set_forwarded_proto(headers, stream.conn.scheme, overwrite=config.use_remote_address)
+        else:
+            headers.append((b"x-forwarded-proto", stream.conn.scheme))
         if config.use_remote_address and not config.skip_xff_append:
             append_forwarded_for(headers, stream.conn.remote_ip)
-        cluster_request, _ = self._cluster_mutations(cluster)
-        for mutation in cluster_request:
-            mutation.apply(headers)
-        for mutation in self._request_mutations:
+        for mutation in self._mutations_for(cluster)[0]:
             mutation.apply(headers)
         if stream.request_chunked:
             headers.append(_CHUNKED)
@@ -157,21 +160,16 @@ class RouteRuntime:
     def response_head(self, stream: Stream, status: int, headers: Headers) -> bytes:
         """The response head sent downstream; decides framing and keep-alive."""
         upgrade = status == 101
-        has_length = upstream_chunked = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            elif name == b"transfer-encoding":
-                upstream_chunked = b"chunked" in value.lower()
-        out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
-        _, cluster_response = self._cluster_mutations(stream.cluster)
-        for mutation in cluster_response:
-            mutation.apply(out)
-        for mutation in self._response_mutations:
+        out, has_length, upstream_chunked = forwardable_response(headers, upgrade)
+        mutations = self._mutations_for(stream.cluster)[1]
+        for mutation in mutations:
             mutation.apply(out)
         service_ms = int((time.monotonic() - stream.upstream_start) * 1000)
-        out.append((b"x-envoy-upstream-service-time", str(service_ms).encode()))
-        replace_server(out)
+        out.append((b"x-envoy-upstream-service-time", b"%d" % service_ms))
+        if mutations:
+            replace_server(out)  # a configured `server` header yields to the proxy's
+        else:
+            out.append(_SERVER)
         conn = stream.conn
         if not upgrade and not has_length and not stream.is_head and status not in (204, 304):
             # Re-framed as chunked; without chunking upstream the body ends when it closes.
@@ -187,7 +185,7 @@ class RouteRuntime:
         return wire.response_head(status, out)
 
     def mutate_response(self, headers: Headers) -> None:
-        for mutation in self._response_mutations:
+        for mutation in self._route_mutations[1]:
             mutation.apply(headers)
 
     def redirect_location(self, scheme: bytes, authority: str, path: str) -> bytes:
