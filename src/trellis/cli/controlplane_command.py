@@ -60,6 +60,7 @@ def control_plane(
         serve,
     )
     from trellis.controlplane.store import ConfigStore  # noqa: PLC0415
+    from trellis.errors import TrellisError  # noqa: PLC0415
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -80,4 +81,9 @@ def control_plane(
         )
         await serve_api(app, api_host, api_port)
 
-    sys.exit(uvloop.run(serve(settings, api)))
+    try:
+        sys.exit(uvloop.run(serve(settings, api)))
+    except* (TrellisError, OSError, RuntimeError) as group:
+        for problem in group.exceptions:
+            click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
+        sys.exit(1)

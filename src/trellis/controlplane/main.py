@@ -120,24 +120,27 @@ async def serve(
     # `ControlPlane.publish` already waits for bursts to settle: the cache pushes at once.
     cache = SnapshotCache(debounce=0.0, max_delay=0.0)
     plane = ControlPlane(store, cache)
-    await plane.load()
-    plane.ads = await serve_ads(settings.xds_address, cache, plane.snapshot_for)
-    log.info("xDS (ADS) on %s", settings.xds_address.rsplit(":", 1)[0] + f":{plane.ads.port}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(plane.watch(), name="store watch"),
-            group.create_task(plane.publish(settings.debounce), name="publish"),
-        ]
-        if make_api is not None:
-            tasks.append(group.create_task(make_api(store, plane), name="rest api"))
-        await stop.wait()
-        log.info("stopping")
-        for task in tasks:
-            task.cancel()
-    await plane.ads.stop()
-    await store.close()
+    try:
+        await plane.load()
+        plane.ads = await serve_ads(settings.xds_address, cache, plane.snapshot_for)
+        log.info("xDS (ADS) on port %d", plane.ads.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(plane.watch(), name="store watch"),
+                group.create_task(plane.publish(settings.debounce), name="publish"),
+            ]
+            if make_api is not None:
+                tasks.append(group.create_task(make_api(store, plane), name="rest api"))
+            await stop.wait()
+            log.info("stopping")
+            for task in tasks:
+                task.cancel()
+    finally:
+        if plane.ads is not None:
+            await plane.ads.stop()
+        await store.close()
     return 0

@@ -384,7 +384,7 @@ class AdsConfig:
     address: SocketAddress
     lds: bool = True  # listeners come from LDS
     cds: bool = True  # clusters come from CDS
-    initial_fetch_timeout: float = 15.0
+    initial_fetch_timeout: float | None = 15.0  # None: wait for the first config forever
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,9 +69,10 @@ class XdsClient:
 
     async def run(self) -> None:
         """Keep an ADS stream up until cancelled."""
-        asyncio.get_running_loop().call_later(
-            self.ads.initial_fetch_timeout, self._initialization_timeout
-        )
+        if self.ads.initial_fetch_timeout is not None:
+            asyncio.get_running_loop().call_later(
+                self.ads.initial_fetch_timeout, self._initialization_timeout
+            )
         failures = 0
         while True:
             started = time.monotonic()

@@ -140,9 +140,9 @@ def with_ads(bootstrap: bootstrap_pb2.Bootstrap, host: str, port: int) -> bootst
     `ads_config` and LDS/CDS over ADS (what `trellis proxy --xds` means).
     """
     if bootstrap.HasField("dynamic_resources"):
-        raise ConfigError("--xds: the bootstrap already has dynamic_resources", source="--xds")
+        raise ConfigError("the bootstrap already has dynamic_resources", source="--xds")
     if any(c.name == ADS_CLUSTER for c in bootstrap.static_resources.clusters):
-        raise ConfigError(f"--xds: the bootstrap already has a cluster {ADS_CLUSTER!r}")
+        raise ConfigError(f"the bootstrap already has a cluster {ADS_CLUSTER!r}", source="--xds")
     result = bootstrap_pb2.Bootstrap()
     result.CopyFrom(bootstrap)
     addition = parse_bootstrap(

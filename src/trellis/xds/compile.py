@@ -25,7 +25,15 @@ from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.overload.v3 import overload_pb2
 from google.protobuf import struct_pb2
 
-from trellis.core.config import AdminConfig, Listener, NodeIdentity, ProxyConfig, SocketAddress
+from trellis.core.config import (
+    AdminConfig,
+    Cluster,
+    HttpConnectionManager,
+    Listener,
+    NodeIdentity,
+    ProxyConfig,
+    SocketAddress,
+)
 from trellis.xds.bootstrap import load_bootstrap
 from trellis.xds.compile_cluster import clusters as compile_clusters
 from trellis.xds.compile_dynamic import ads_config
@@ -51,6 +59,8 @@ def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyC
     listeners = _listeners(
         bootstrap.static_resources.listeners, cluster_names, static.at("listeners")
     )
+    if ads is None:
+        _check_static_only(listeners, clusters, static)
     admin = None
     if bootstrap.HasField("admin"):
         admin = _admin(bootstrap.admin, where.at("admin"), listeners)
@@ -64,6 +74,33 @@ def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyC
         ),
         ads=ads,
     )
+
+
+def _check_static_only(
+    listeners: Sequence[Listener], clusters: Sequence[Cluster], where: Where
+) -> None:
+    """Without `dynamic_resources` nothing would ever deliver RDS routes or EDS endpoints."""
+    for i, listener in enumerate(listeners):
+        network_filter = listener.filter
+        if isinstance(network_filter, HttpConnectionManager) and network_filter.rds_name:
+            raise (
+                where.at("listeners")
+                .item(i)
+                .error(
+                    f"listener {listener.name!r} takes routes from RDS, but the bootstrap has no "
+                    "dynamic_resources.ads_config"
+                )
+            )
+    for i, cluster in enumerate(clusters):
+        if cluster.eds_name is not None:
+            raise (
+                where.at("clusters")
+                .item(i)
+                .error(
+                    f"cluster {cluster.name!r} is of type EDS, but the bootstrap has no "
+                    "dynamic_resources.ads_config"
+                )
+            )
 
 
 def _max_connections(manager: overload_pb2.OverloadManager, where: Where) -> int | None:

@@ -78,7 +78,7 @@ def ads_config(
         address=target.endpoints[0].address,
         lds=dynamic.HasField("lds_config"),
         cds=dynamic.HasField("cds_config"),
-        initial_fetch_timeout=fetch or 15.0,
+        initial_fetch_timeout=fetch,  # 0s: no limit, as in Envoy
     )
 
 

@@ -70,6 +70,7 @@ from trellis.api.networking import (
 )
 from trellis.api.services import labels_match
 from trellis.xds.mesh.build import MAX_UINT32, ads_source, duration, pack, u32
+from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.endpoints import outbound_assignments
 from trellis.xds.mesh.errors import unsupported
 from trellis.xds.mesh.http_route import RouteBuilder
@@ -129,6 +130,7 @@ class GrpcTranslator:
     """
 
     def __init__(self, config: MeshConfig) -> None:
+        self.uncarried = first_uncarried(config)
         self.config = config
         self._selectors = tuple(
             dict(selector)
@@ -154,6 +156,8 @@ class GrpcTranslator:
         always all. Raises `UnsupportedConfigError` naming the resource and
         field for config gRPC clients cannot carry out.
         """
+        if self.uncarried is not None:
+            raise self.uncarried
         shared = self._for(proxy)
         listeners = shared.listeners
         routes = shared.routes

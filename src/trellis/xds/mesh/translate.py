@@ -20,6 +20,7 @@ from trellis.api.services import labels_match
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
+from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
 from trellis.xds.mesh.endpoints import outbound_assignments
 from trellis.xds.mesh.errors import InconsistentSnapshotError
@@ -65,6 +66,7 @@ class Translator:
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
+        self.uncarried = first_uncarried(config)
         # The distinct `sourceLabels` selectors: which of them a proxy's labels
         # satisfy is all its labels change about its routes.
         self._selectors = tuple(
@@ -108,6 +110,8 @@ class Translator:
         and `ConfigError` for options that would make the proxy forward to
         itself or bind a listener on a name rather than an address.
         """
+        if self.uncarried is not None:
+            raise self.uncarried
         outbound = self._outbound(proxy)
         ports = inbound_ports(self._selecting_entries(proxy), proxy)
         _check_ports(proxy, options, ports)

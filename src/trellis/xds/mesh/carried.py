@@ -1,0 +1,84 @@
+"""Valid Istio config that no Trellis proxy would carry out: refused, never dropped.
+
+The models accept these fields because they are Istio's and will be honoured
+later; until then translating config that sets them is an error naming the field
+(the REST API refuses such an apply with TRL0201), so a user never believes in
+behaviour that is not there — above all mTLS that is not happening.
+"""
+
+from __future__ import annotations
+
+from trellis.api.networking import DestinationRule, ServiceEntry, VirtualService
+from trellis.xds.mesh.errors import UnsupportedConfigError, unsupported
+from trellis.xds.mesh.model import MeshConfig
+from trellis.xds.re2 import Re2SyntaxError, compile_re2
+
+
+def first_uncarried(config: MeshConfig) -> UnsupportedConfigError | None:
+    """The first setting in `config` that Trellis proxies cannot carry out, if any."""
+    for entry in config.service_entries:
+        problem = _service_entry(entry)
+        if problem is not None:
+            return problem
+    for service in config.virtual_services:
+        problem = _virtual_service(service)
+        if problem is not None:
+            return problem
+    for rule in config.destination_rules:
+        problem = _destination_rule(rule)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _service_entry(entry: ServiceEntry) -> UnsupportedConfigError | None:
+    if entry.spec.addresses:
+        return unsupported(
+            entry,
+            "spec.addresses",
+            "virtual IPs need transparent capture, which the Trellis proxy does not implement yet",
+        )
+    return None
+
+
+def _virtual_service(service: VirtualService) -> UnsupportedConfigError | None:
+    if service.spec.tcp:
+        return unsupported(service, "spec.tcp", "TCP routes are not carried out by Trellis yet")
+    for i, rule in enumerate(service.spec.http):
+        for j, match in enumerate(rule.match):
+            here = f"spec.http[{i}].match[{j}]"
+            checks = [("uri", match.uri), ("authority", match.authority)]
+            checks += [(f"headers.{name}", value) for name, value in match.headers.items()]
+            for field, value in checks:
+                if value is None or value.regex is None:
+                    continue
+                try:
+                    compile_re2(value.regex)
+                except Re2SyntaxError as exc:
+                    return unsupported(service, f"{here}.{field}.regex", str(exc))
+    return None
+
+
+def _destination_rule(rule: DestinationRule) -> UnsupportedConfigError | None:
+    policies = [("spec.trafficPolicy", rule.spec.traffic_policy)]
+    policies += [
+        (f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
+        for i, subset in enumerate(rule.spec.subsets)
+    ]
+    for path, policy in policies:
+        if policy is None:
+            continue
+        settings = [(f"{path}.tls", policy.tls)]
+        settings += [
+            (f"{path}.portLevelSettings[{i}].tls", port.tls)
+            for i, port in enumerate(policy.port_level_settings)
+        ]
+        for where, tls in settings:
+            if tls is not None and tls.mode.value != "DISABLE":
+                return unsupported(
+                    rule,
+                    f"{where}.mode",
+                    f"{tls.mode.value}: mTLS between proxies is not "
+                    "implemented yet; traffic would be plaintext",
+                )
+    return None
