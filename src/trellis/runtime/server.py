@@ -205,7 +205,8 @@ class ProxyServer:
                 ("max_retries", t.max_retries),
             ):
                 out.append(f"{name}::default_priority::{key}::{value}")
-            out.append(f"{name}::added_via_api::false")
+            dynamic = "false" if name in self.manager.static_clusters else "true"
+            out.append(f"{name}::added_via_api::{dynamic}")
             for host, endpoint in zip(cluster.hosts, cluster.config.endpoints, strict=True):
                 s = host.stats
                 prefix = f"{name}::{host.address}"
