@@ -156,24 +156,28 @@ class DownstreamHttp1(asyncio.Protocol):
         self._headers = []
         self._header_bytes = 0
         self._in_body = False
-        if self.header_timer is None:
+        if self.header_timer is None and self.ctx.config.request_headers_timeout is not None:
             self._arm_header_timer()
+
+    # on_url and on_header count the head's size inline: they run for every request.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > self.ctx.config.max_request_headers_bytes:
+            self._too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_body:
             return  # trailers are dropped, as Envoy does for HTTP/1.1 by default
-        self._count(len(name) + len(value) + 4)
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.ctx.config.max_request_headers_bytes:
+            self._too_large()
         self._headers.append((name.lower(), value))
 
-    def _count(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > self.ctx.config.max_request_headers_bytes:
-            self._reject = RequestRejectedError(431, "request header block too large")
-            raise self._reject
+    def _too_large(self) -> None:
+        self._reject = RequestRejectedError(431, "request header block too large")
+        raise self._reject
 
     def on_headers_complete(self) -> None:
         self._in_body = True

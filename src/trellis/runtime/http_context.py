@@ -115,10 +115,6 @@ class RouteRuntime:
                 return runtime
         return None
 
-    def _mutations_for(self, cluster: ClusterRuntime | None) -> tuple[Mutations, Mutations]:
-        """(request, response) header mutations, in Envoy's order, for this cluster."""
-        return self._mutations.get(id(cluster), self._route_mutations)
-
     def request_head(self, stream: Stream, cluster: ClusterRuntime) -> bytes:
         """The request head sent upstream (same bytes for every retry)."""
         ctx = stream.ctx
@@ -147,7 +143,7 @@ class RouteRuntime:
             headers.append((b"x-forwarded-proto", stream.conn.scheme))
         if config.use_remote_address and not config.skip_xff_append:
             append_forwarded_for(headers, stream.conn.remote_ip)
-        for mutation in self._mutations_for(cluster)[0]:
+        for mutation in self._mutations.get(id(cluster), self._route_mutations)[0]:
             mutation.apply(headers)
         if stream.request_chunked:
             headers.append(_CHUNKED)
@@ -161,7 +157,7 @@ class RouteRuntime:
         """The response head sent downstream; decides framing and keep-alive."""
         upgrade = status == 101
         out, has_length, upstream_chunked = forwardable_response(headers, upgrade)
-        mutations = self._mutations_for(stream.cluster)[1]
+        mutations = self._mutations.get(id(stream.cluster), self._route_mutations)[1]
         for mutation in mutations:
             mutation.apply(out)
         service_ms = int((time.monotonic() - stream.upstream_start) * 1000)

@@ -199,8 +199,9 @@ class Stream:
         self.request_done = True
         if self.request_chunked:
             self.on_request_body_raw(wire.LAST_CHUNK)
-        self._start_global_timer()
-        if self.upstream is not None:
+        if self._global_timer is None:  # (a body-less request started it in `_forward`)
+            self._start_global_timer()
+        if self.upstream is not None and self.retry is not None:
             self._start_try_timer()
 
     def _start_global_timer(self) -> None:
@@ -281,7 +282,7 @@ class Stream:
                 self.conn.resume_reading()
         else:
             conn.write(self.head)
-        if self.request_done:
+        if self.request_done and self.retry is not None:
             self._start_try_timer()
 
     def on_pool_failure(self, reason: str) -> None:
@@ -521,9 +522,6 @@ class Stream:
             self._drop_upstream()
             self.conn.close()
             self._finish()
-
-    def downstream(self) -> DownstreamHttp1:
-        return self.conn
 
     def pause_downstream(self) -> None:
         self.conn.pause_reading()

@@ -9,7 +9,13 @@ from typing import IO, TYPE_CHECKING
 from trellis.core.accesslog import AccessLogEntry, AccessLogFormatter
 from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
 from trellis.core.labels import peer_labels, service_from_cluster, strip_port
-from trellis.core.metrics import IstioMetrics, PeerLabels, StatsRegistry, format_flags
+from trellis.core.metrics import (
+    IstioMetrics,
+    PeerLabels,
+    ResponseFlag,
+    StatsRegistry,
+    format_flags,
+)
 
 if TYPE_CHECKING:
     from trellis.runtime.router import Stream
@@ -101,11 +107,13 @@ class HttpRecorder:
         now = time.monotonic()
         duration_ms = (now - stream.start) * 1000.0
         code = stream.response_code
-        flags = format_flags(stream.flags) if stream.flags else "-"
+        # Identity, not truth value: Flag.__bool__ is Python code, and this runs per request.
+        flags = "-" if stream.flags is ResponseFlag.NONE else format_flags(stream.flags)
         cluster = stream.cluster
         cluster_name = cluster.config.name if cluster is not None else ""
+        peer = self._peers.get((cluster_name, stream.authority))
         self.metrics.record_http(
-            self.peer(cluster_name, stream.authority),
+            peer if peer is not None else self.peer(cluster_name, stream.authority),
             code,
             flags,
             duration_ms,

@@ -27,6 +27,10 @@ class Corkable(Protocol):
 class UpstreamListener(Protocol):
     """What a connection reports to the request it is serving (the router's stream)."""
 
+    @property
+    def conn(self) -> Corkable:
+        """The downstream connection the response goes to."""
+
     def on_response_headers(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_complete(self) -> None: ...
@@ -34,7 +38,6 @@ class UpstreamListener(Protocol):
     def on_upstream_reset(self, reason: str) -> None: ...
     def on_upstream_data(self, data: bytes) -> None: ...
     def pause_downstream(self) -> None: ...
-    def downstream(self) -> Corkable: ...
     def resume_downstream(self) -> None: ...
 
 
@@ -78,7 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         if listener is None:
             self.close()
             return
-        sink = listener.downstream()
+        sink = listener.conn
         sink.last_activity = time.monotonic()
         if self.tunnel:
             listener.on_upstream_data(data)
