@@ -187,6 +187,12 @@ def test_pipelined_after_local_404(env: Env) -> None:
     assert re.findall(rb"HTTP/1\.1 (\d{3})", result.data) == [b"200", b"202"], result
 
 
+def test_large_response_header_passes(env: Env) -> None:
+    resp = request(env.port, "GET", "/bigheader/40000")
+    assert resp.status == 200, resp
+    assert resp.header("x-big") == "h" * 40000
+
+
 def test_204_has_no_body_and_connection_stays_usable(env: Env) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=5)
     try:

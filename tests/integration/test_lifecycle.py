@@ -210,6 +210,8 @@ def test_bad_bootstrap_rejected_naming_the_field(
 ) -> None:
     rc, err = _bad(_set(_base(), path, value), tmp_path)
     assert rc in (1, 2), f"exit status {rc}\n{err}"
+    field_path = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", path)  # clusters.0.x -> clusters[0].x
+    assert field_path in err, f"stderr does not name the field path {field_path!r}:\n{err}"
     for name in names:
         assert name in err, f"stderr does not name {name!r}:\n{err}"
     assert "Traceback" not in err, err

@@ -2,7 +2,8 @@
 
 Runs an asyncio server on 127.0.0.1 (port 0) in a background thread. The path
 selects the behaviour (`/status/N`, `/delay/S`, `/echo`, `/sink`, `/bytes/N`,
-`/close`, `/bye`, `/raw/KIND/N`, `/hop`, `/flaky/KEY/N/<behaviour>`); anything else answers 200.
+`/close`, `/bye`, `/raw/KIND/N`, `/bigheader/N`, `/hop`, `/headers`,
+`/flaky/KEY/N/<behaviour>`); anything else answers 200.
 Every response names the upstream in `x-upstream` and the connection in
 `x-upstream-connection`.
 """
@@ -308,6 +309,9 @@ class HttpUpstream:
                 return False
             case ["bye", *_]:  # answer as if keeping the connection, then close it
                 payload, silent_close = b"bye", True
+            case ["bigheader", n, *_]:
+                extra.append(("x-big", "h" * int(n)))
+                payload = b"big"
             case ["hop", *_]:
                 extra += [("connection", "x-resp-hop"), ("x-resp-hop", "1")]
                 extra += [("keep-alive", "timeout=5"), ("proxy-connection", "keep-alive")]

@@ -81,6 +81,10 @@ class AdminServer:
                     return
         except (ConnectionError, OSError):
             return
+        except asyncio.CancelledError:
+            # The proxy is exiting with this connection open (e.g. /quitquitquit):
+            # end quietly rather than leave a cancelled handler for asyncio to report.
+            return
         except Exception:  # the admin server must outlive any bad request
             log.exception("admin request failed")
         finally:
