@@ -191,3 +191,21 @@ def simple_http(
     listener = http_listener("http", listen_port, [vhost], direction=direction, **(hcm_extra or {}))
     clus = cluster("backend", upstream_ports, lb_policy=lb_policy, **(cluster_extra or {}))
     return bootstrap(admin_port, [listener], [clus])
+
+
+def xds_bootstrap(node: Json, admin_port: int, ads_port: int) -> Json:
+    """A bootstrap that takes everything but the ADS cluster from a control plane."""
+    return {
+        "node": node,
+        "admin": {"address": address(admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            },
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [cluster("xds-grpc", [ads_port])]},
+    }

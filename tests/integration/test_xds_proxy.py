@@ -29,7 +29,7 @@ from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.xds import protos  # noqa: F401 - registers the types typed_config names
 
-from .bootstrap import free_port
+from .bootstrap import free_port, xds_bootstrap
 from .client import request
 from .harness import proxy_manager, upstream_manager
 
@@ -189,50 +189,6 @@ def _snapshot(
     return Snapshot.of(version, items)
 
 
-def _bootstrap(admin: int, ads_port: int) -> dict[str, Any]:
-    return {
-        "node": {"id": NODE, "cluster": "web", "metadata": {"WORKLOAD_NAME": "web"}},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-            },
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": ads_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-    }
-
-
 def _until(check: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -262,7 +218,8 @@ def test_proxy_configured_and_updated_live_over_ads(
         ports = {"v1": v1.port, "v2": v2.port}
         control_plane.publish(_snapshot("1", listen, ports, {"v1": 1}))
         admin = free_port()
-        proxy = start(_bootstrap(admin, control_plane.port), name="xds")
+        node = {"id": NODE, "cluster": "web", "metadata": {"WORKLOAD_NAME": "web"}}
+        proxy = start(xds_bootstrap(node, admin, control_plane.port), name="xds")
 
         first = request(listen, "GET", "/")
         assert first.status == 200 and first.header("x-upstream") == "v1", first

@@ -24,12 +24,11 @@ from trellis.controlplane.api import ApiServerError, create_app, serve_api
 from trellis.controlplane.memory_store import MemoryConfigStore
 from trellis.controlplane.snapshot import Snapshot
 
-from ..bootstrap import free_port
+from ..bootstrap import free_port, xds_bootstrap
 from ..harness import proxy_manager
 from ..test_xds_proxy import (
     NODE,
     ControlPlane,
-    _bootstrap,
     _cluster,
     _endpoints,
     _listener,
@@ -132,7 +131,8 @@ def test_proxy_status_and_config_of_a_real_proxy(
             proxy_manager(pytestconfig, tmp_path) as start,
             served(tmp_path, ads_status=plane.status, proxy_admin={NODE: admin}.get) as api,
         ):
-            start(_bootstrap(admin_port, plane.port), name="sidecar")
+            node = {"id": NODE, "cluster": "web", "metadata": {"WORKLOAD_NAME": "web"}}
+            start(xds_bootstrap(node, admin_port, plane.port), name="sidecar")
 
             def synced() -> str | None:
                 result = _cli(api.url, "proxy-status")

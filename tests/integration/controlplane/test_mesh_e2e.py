@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ..bootstrap import free_port
+from ..bootstrap import free_port, xds_bootstrap
 from ..client import Response, request
 from ..harness import proxy_manager, upstream_manager
 from ..upstream import HttpUpstream
@@ -134,47 +134,8 @@ def _until(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _xds_bootstrap(node: str, admin: int, xds_port: int, metadata: dict[str, Any]) -> Any:
-    return {
-        "node": {"id": node, "cluster": metadata["WORKLOAD_NAME"], "metadata": metadata},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-            },
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-    }
+def _node(node_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"id": node_id, "cluster": metadata["WORKLOAD_NAME"], "metadata": metadata}
 
 
 class Traffic:
@@ -234,14 +195,14 @@ def test_virtual_service_applied_under_traffic_and_control_plane_restart(
                 "TRELLIS_APP_PORTS": f"{port}:{app.port}",
                 "TRELLIS_OUTBOUND_PORT": str(free_port()),
             }
-            start(_xds_bootstrap(f"payment-{version}", free_port(), plane.xds_port, meta))
+            start(xds_bootstrap(_node(f"payment-{version}", meta), free_port(), plane.xds_port))
         web_meta = {
             "WORKLOAD_NAME": "web",
             "NAMESPACE": "shop",
             "LABELS": {"app": "web"},
             "TRELLIS_OUTBOUND_PORT": str(outbound),
         }
-        start(_xds_bootstrap("web", free_port(), plane.xds_port, web_meta), name="web")
+        start(xds_bootstrap(_node("web", web_meta), free_port(), plane.xds_port), name="web")
         traffic = Traffic(outbound)
         _until(lambda: traffic.get("/pay").status == 200, what="web -> payment through the mesh")
 

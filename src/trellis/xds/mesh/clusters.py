@@ -13,7 +13,7 @@ plaintext until the certificate authority lands.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from envoy.config.cluster.v3 import outlier_detection_pb2
 from envoy.type.v3 import percent_pb2
@@ -53,9 +53,10 @@ def outbound_clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
                 yield _eds_cluster(name, policy, rule)
 
 
-def _eds_cluster(
-    name: str, policy: EffectivePolicy, rule: DestinationRule | None
+def eds_cluster(
+    name: str, policy: EffectivePolicy, lb_policies: Mapping[SimpleLB, int]
 ) -> cluster_pb2.Cluster:
+    """An EDS cluster over ADS named `name`, balancing as the policy's `loadBalancer` says."""
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -64,7 +65,14 @@ def _eds_cluster(
         ),
     )
     simple = policy.load_balancer.simple if policy.load_balancer else SimpleLB.UNSPECIFIED
-    cluster.lb_policy = _LB_POLICIES[simple]
+    cluster.lb_policy = lb_policies[simple]
+    return cluster
+
+
+def _eds_cluster(
+    name: str, policy: EffectivePolicy, rule: DestinationRule | None
+) -> cluster_pb2.Cluster:
+    cluster = eds_cluster(name, policy, _LB_POLICIES)
     _apply_connection_pool(cluster, policy, rule)
     if policy.outlier_detection is not None:
         _apply_outlier_detection(cluster, policy.outlier_detection)

@@ -71,6 +71,7 @@ from trellis.api.networking import (
 from trellis.api.services import labels_match
 from trellis.xds.mesh.build import MAX_UINT32, ads_source, duration, pack, u32
 from trellis.xds.mesh.carried import first_uncarried
+from trellis.xds.mesh.clusters import eds_cluster
 from trellis.xds.mesh.endpoints import outbound_assignments
 from trellis.xds.mesh.errors import unsupported
 from trellis.xds.mesh.http_route import RouteBuilder
@@ -87,7 +88,7 @@ from trellis.xds.mesh.policy import EffectivePolicy, effective_policy
 from trellis.xds.mesh.registry import Registry, Service
 from trellis.xds.mesh.retry import DEFAULT_ATTEMPTS, DEFAULT_RETRY_ON, GRPC_ONLY_CONDITIONS
 from trellis.xds.mesh.routes import service_names
-from trellis.xds.mesh.translate import Resources, Translator
+from trellis.xds.mesh.translate import Resources, Translator, source_label_selectors
 from trellis.xds.protos import cluster_pb2, http_connection_manager_pb2, listener_pb2, router_pb2
 
 GENERATOR_KEY = "GENERATOR"
@@ -132,18 +133,7 @@ class GrpcTranslator:
     def __init__(self, config: MeshConfig) -> None:
         self.uncarried = first_uncarried(config)
         self.config = config
-        self._selectors = tuple(
-            dict(selector)
-            for selector in sorted(
-                {
-                    tuple(sorted(match.source_labels.items()))
-                    for vs in config.virtual_services
-                    for rule in vs.spec.http
-                    for match in rule.match
-                    if match.source_labels
-                }
-            )
-        )
+        self._selectors = source_label_selectors(config)
         self._shared: dict[tuple[str, tuple[bool, ...]], _Shared] = {}
 
     def translate(
@@ -370,15 +360,7 @@ def _clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
 
 
 def _eds_cluster(name: str, policy: EffectivePolicy) -> cluster_pb2.Cluster:
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=ads_source(), service_name=name
-        ),
-    )
-    simple = policy.load_balancer.simple if policy.load_balancer else SimpleLB.UNSPECIFIED
-    cluster.lb_policy = _LB_POLICIES[simple]
+    cluster = eds_cluster(name, policy, _LB_POLICIES)
     pool = policy.connection_pool
     http = pool.http if pool is not None and pool.http is not None else HTTPSettings()
     limit = http.http2_max_requests if http.http2_max_requests else MAX_UINT32

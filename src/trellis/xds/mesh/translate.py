@@ -53,6 +53,23 @@ class _Outbound:
     routes: dict[str, Message]
 
 
+def source_label_selectors(config: MeshConfig) -> tuple[dict[str, str], ...]:
+    """The distinct VirtualService `sourceLabels` selectors: which of them a proxy's
+    labels satisfy is all that its labels change about its routes."""
+    return tuple(
+        dict(selector)
+        for selector in sorted(
+            {
+                tuple(sorted(match.source_labels.items()))
+                for vs in config.virtual_services
+                for rule in vs.spec.http
+                for match in rule.match
+                if match.source_labels
+            }
+        )
+    )
+
+
 class Translator:
     """Translates one `MeshConfig` for many proxies, sharing what they have in common.
 
@@ -67,20 +84,7 @@ class Translator:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         self.uncarried = first_uncarried(config)
-        # The distinct `sourceLabels` selectors: which of them a proxy's labels
-        # satisfy is all its labels change about its routes.
-        self._selectors = tuple(
-            dict(selector)
-            for selector in sorted(
-                {
-                    tuple(sorted(match.source_labels.items()))
-                    for vs in config.virtual_services
-                    for rule in vs.spec.http
-                    for match in rule.match
-                    if match.source_labels
-                }
-            )
-        )
+        self._selectors = source_label_selectors(config)
         self._shared: dict[tuple[str, tuple[bool, ...]], _Outbound] = {}
         # ServiceEntries with a workloadSelector, by namespace and by one of their
         # selector's labels: a proxy only looks at those its own labels can match.
