@@ -19,6 +19,7 @@ from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
 from trellis.runtime.router import Stream
+from trellis.runtime.tunnel import Tunnel
 from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self._wbuf: list[bytes] | None = None
         self.streams: deque[Stream] = deque()
         self.current: Stream | None = None
-        self.tunnel: Stream | None = None
+        self.tunnel: Tunnel | None = None
         self.scheme = b"http"
         self.remote_ip = ""
         self.http11 = True
@@ -99,7 +100,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.last_activity = time.monotonic()
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.on_downstream_tunnel_data(data)
+            tunnel.from_downstream(data)
             return
         try:
             self._parser.feed_data(data)
@@ -112,9 +113,9 @@ class DownstreamHttp1(asyncio.Protocol):
                 if rest and self.transport is not None:
                     self.data_received(rest)
                 return
+            tunnel = self.tunnel = stream.tunnel = Tunnel(stream)
             if rest:
-                stream.tunnel_buf.append(rest)
-            self.tunnel = stream
+                tunnel.from_downstream(rest)  # held until the upstream switches protocols
         except httptools.HttpParserCallbackError as exc:
             if self._reject is None:  # not a refusal of ours: a bug, cut this connection only
                 log.error("connection from %s failed", self.remote_ip, exc_info=exc.__context__)
@@ -124,7 +125,7 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
-            self.tunnel.on_downstream_tunnel_data(b"")
+            self.tunnel.from_downstream(b"")
             return True
         return None
 
@@ -363,8 +364,8 @@ class DownstreamHttp1(asyncio.Protocol):
         if self._paused == 0 and transport is not None and not transport.is_reading():
             transport.resume_reading()
 
-    def start_tunnel(self, stream: Stream) -> None:
-        self.tunnel = stream
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
         self._paused = 0
         transport = self.transport
         if transport is not None and not transport.is_reading():
@@ -375,7 +376,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.last_activity = time.monotonic()
         if self.streams and self.streams[0] is stream:
             self.streams.popleft()
-        if self.tunnel is stream:
+        if self.tunnel is not None and self.tunnel.stream is stream:
             self.close()
             return
         if not stream.keep_alive or self.draining or not stream.request_done:

@@ -17,6 +17,7 @@ from trellis.core.outlier import Outcome, outcome_for_status
 from trellis.core.retry import RetryDecision, RetryState, UpstreamFailure, is_retriable
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
+from trellis.runtime.tunnel import Tunnel
 from trellis.runtime.upstream import UpstreamConnection
 from trellis.runtime.wire import Headers
 
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from trellis.runtime.downstream import DownstreamHttp1
     from trellis.runtime.http_context import HttpContext, RouteRuntime
 
-_UPSTREAM_EOF = 1
-_DOWNSTREAM_EOF = 2
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 
@@ -71,8 +70,6 @@ class Stream:
         "start",
         "tried",
         "tunnel",
-        "tunnel_buf",
-        "tunnel_eofs",
         "upgrade",
         "upstream",
         "upstream_keep_alive",
@@ -132,9 +129,7 @@ class Stream:
         self._global_timer: Deadline | None = None
         self._try_timer: Deadline | None = None
         self._backoff: asyncio.TimerHandle | None = None
-        self.tunnel = False
-        self.tunnel_buf: list[bytes] = []
-        self.tunnel_eofs = 0
+        self.tunnel: Tunnel | None = None  # an upgrade request's byte pipe
         self.done = False
 
     # -- request side (called by the downstream connection) -----------------------
@@ -441,7 +436,8 @@ class Stream:
         self.conn.write(wire.chunk(data) if self.response_chunked else data)
 
     def on_response_complete(self) -> None:
-        if self.done or not self.response_started or self.tunnel:
+        tunnel = self.tunnel
+        if self.done or not self.response_started or (tunnel is not None and tunnel.open):
             return
         if self.response_code == 101:
             return  # the upgrade exception follows
@@ -465,7 +461,7 @@ class Stream:
         if self.done:
             return
         self.upstream = None
-        if self.tunnel:
+        if self.tunnel is not None and self.tunnel.open:
             self._end_attempt()
             self.conn.close()
             self._finish()
@@ -482,43 +478,23 @@ class Stream:
         )
 
     def on_upstream_upgrade(self, rest: bytes) -> None:
-        if self.done or self.response_code != 101:
+        upstream = self.upstream
+        if self.done or self.response_code != 101 or upstream is None:
             self._drop_upstream()
             return
-        self.tunnel = True
         self._cancel_timers()
-        if rest:
-            self.conn.write(rest)
-        self.conn.start_tunnel(self)
-        buffered, self.tunnel_buf = self.tunnel_buf, []
-        for data in buffered:
-            self.on_downstream_tunnel_data(data)
+        if self.tunnel is None:
+            self.tunnel = Tunnel(self)
+        self.tunnel.start(upstream, rest)
 
     def on_upstream_data(self, data: bytes) -> None:
-        """Tunnel bytes from upstream; empty means the upstream half-closed."""
-        if data:
-            self.response_bytes += len(data)
-            self.conn.write(data)
-        else:
-            self.conn.write_eof()
-            self._tunnel_eof(_UPSTREAM_EOF)
+        """Bytes from the upstream once the tunnel is up."""
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
 
-    def on_downstream_tunnel_data(self, data: bytes) -> None:
-        """Tunnel bytes from the client; empty means the client half-closed."""
-        upstream = self.upstream
-        if not self.tunnel or upstream is None:
-            self.tunnel_buf.append(data)
-        elif data:
-            self.body_bytes += len(data)
-            upstream.write(data)
-        else:
-            upstream.write_eof()
-            self._tunnel_eof(_DOWNSTREAM_EOF)
-
-    def _tunnel_eof(self, side: int) -> None:
-        """Both directions ended: the tunnel is over."""
-        self.tunnel_eofs |= side
-        if self.tunnel_eofs == _UPSTREAM_EOF | _DOWNSTREAM_EOF and not self.done:
+    def end_tunnel(self) -> None:
+        """Both directions of the tunnel ended."""
+        if not self.done:
             self._drop_upstream()
             self.conn.close()
             self._finish()
