@@ -122,8 +122,18 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         _ROUTE + "RouteConfiguration": frozenset({"name", "virtual_hosts", *_HEADER_MUTATIONS}),
         _ROUTE + "VirtualHost": frozenset({"name", "domains", "routes", *_HEADER_MUTATIONS}),
         _ROUTE + "Route": frozenset(
-            {"name", "match", "route", "redirect", "direct_response", *_HEADER_MUTATIONS}
+            {
+                "name",
+                "match",
+                "route",
+                "redirect",
+                "direct_response",
+                "metadata",
+                *_HEADER_MUTATIONS,
+            }
         ),
+        # Metadata only labels a route (Istio marks its VirtualService there).
+        _CORE + "Metadata": frozenset({"filter_metadata"}),
         _ROUTE + "RouteMatch": frozenset(
             {"prefix", "path", "safe_regex", "case_sensitive", "headers"}
         ),
