@@ -92,7 +92,8 @@ class RouteBuilder:
         route = rc.Route(name=name, match=self._match(match, match_path))
         # Istio's marker of the VirtualService a route came from (shown by proxy-config).
         meta = self.service.metadata
-        route.metadata.filter_metadata["istio"].fields["config"].string_value = (
+        istio = route.metadata.filter_metadata["istio"]
+        istio.fields["config"].string_value = (
             f"/apis/networking.istio.io/v1/namespaces/{meta.namespace}/virtual-service/{meta.name}"
         )
         edits = header_edits(rule.headers, self.service, f"{path}.headers")
