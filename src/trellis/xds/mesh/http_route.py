@@ -53,6 +53,8 @@ _REDIRECT_CODES = {
     308: rc.RedirectAction.PERMANENT_REDIRECT,
 }
 
+_VS_PATH = "/apis/networking.istio.io/v1"
+
 
 class RouteBuilder:
     """Builds the routes of one VirtualService for one virtual host (service port)."""
@@ -92,10 +94,8 @@ class RouteBuilder:
         route = rc.Route(name=name, match=self._match(match, match_path))
         # Istio's marker of the VirtualService a route came from (shown by proxy-config).
         meta = self.service.metadata
-        istio = route.metadata.filter_metadata["istio"]
-        istio.fields["config"].string_value = (
-            f"/apis/networking.istio.io/v1/namespaces/{meta.namespace}/virtual-service/{meta.name}"
-        )
+        config = f"{_VS_PATH}/namespaces/{meta.namespace}/virtual-service/{meta.name}"
+        route.metadata.filter_metadata["istio"].fields["config"].string_value = config
         edits = header_edits(rule.headers, self.service, f"{path}.headers")
         _add_edits(route, edits)
         if rule.redirect is not None:
