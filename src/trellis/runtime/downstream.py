@@ -40,6 +40,7 @@ class RequestRejectedError(Exception):
 
 class DownstreamHttp1(asyncio.Protocol):
     __slots__ = (
+        "_beginning",
         "_header_bytes",
         "_headers",
         "_in_body",
@@ -73,6 +74,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self._in_body = False
         self._reject: RequestRejectedError | None = None
         self._paused = 0
+        self._beginning = False
         self._wbuf: list[bytes] | None = None
         self.streams: deque[Stream] = deque()
         self.current: Stream | None = None
@@ -194,7 +196,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.current = stream
         self.streams.append(stream)
         if len(self.streams) == 1:
-            stream.begin()
+            self._begin_streams()
         else:
             self.pause_reading()  # pipelined: one request at a time
 
@@ -220,6 +222,8 @@ class DownstreamHttp1(asyncio.Protocol):
             self.http11 = False
         elif version != "1.1":
             raise RequestRejectedError(400, f"unsupported HTTP version {version}")
+        else:
+            self.http11 = True
         method = parser.get_method()
         headers = self._headers
         host: bytes | None = None
@@ -384,7 +388,20 @@ class DownstreamHttp1(asyncio.Protocol):
             return
         if self.streams:
             self.resume_reading()
-            self.streams[0].begin()
+            self._begin_streams()
+
+    def _begin_streams(self) -> None:
+        """Begin the request at the head of the queue, and the next ones while they
+        finish at once (local replies): a loop, as a long pipeline of local replies
+        must not recurse once per request."""
+        if self._beginning:
+            return  # the loop below, further up the stack, carries on
+        self._beginning = True
+        try:
+            while self.streams and not self.streams[0].begun:
+                self.streams[0].begin()
+        finally:
+            self._beginning = False
 
     def start_draining(self) -> None:
         """Finish what is in flight with `connection: close`; close idle connections now."""

@@ -37,6 +37,7 @@ class Stream:
         "_global_timer",
         "_try_timer",
         "authority",
+        "begun",
         "body",
         "body_bytes",
         "bound",
@@ -47,6 +48,7 @@ class Stream:
         "flags",
         "head",
         "headers",
+        "holding_client",
         "host",
         "is_head",
         "keep_alive",
@@ -118,6 +120,8 @@ class Stream:
         self.replayable = True
         self.request_done = not has_body
         self.bound = False
+        self.begun = False
+        self.holding_client = False  # paused the client while its body waits for upstream
         self.response_started = False
         self.response_until_close = False
         self.response_chunked = False
@@ -136,6 +140,7 @@ class Stream:
 
     def begin(self) -> None:
         """Route the request and act on the route's action."""
+        self.begun = True
         ctx = self.ctx
         route = ctx.select(self)
         if route is None:
@@ -183,7 +188,8 @@ class Stream:
                     self.body.clear()
         elif upstream is None:
             self.body.append(data)
-            if self.body_bytes > self.ctx.buffer_limit:
+            if self.body_bytes > self.ctx.buffer_limit and not self.holding_client:
+                self.holding_client = True  # one pause, undone once the upstream is there
                 self.conn.pause_reading()
         if upstream is not None:
             upstream.write(data)
@@ -274,9 +280,9 @@ class Stream:
             conn.write(self.head + b"".join(self.body))
             if not self.replayable:
                 self.body.clear()
-                self.conn.resume_reading()
         else:
             conn.write(self.head)
+        self._release_client()
         if self.request_done and self.retry is not None:
             self._start_try_timer()
 
@@ -558,9 +564,15 @@ class Stream:
                 timer.cancel()
         self._global_timer = self._try_timer = self._backoff = None
 
+    def _release_client(self) -> None:
+        if self.holding_client:
+            self.holding_client = False
+            self.conn.resume_reading()
+
     def _finish(self) -> None:
         if self.done:
             return
+        self._release_client()
         self.done = True
         self._cancel_timers()
         self._end_attempt()

@@ -130,6 +130,8 @@ class TcpDownstream(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.remote = f"{peer[0]}:{peer[1]}"
         self.listener.connection_opened(self)
+        if self.closed:  # refused: the connection limit, or a draining listener
+            return
         cluster = self.ctx.cluster
         if cluster is None or not cluster.hosts:
             self._fail(
