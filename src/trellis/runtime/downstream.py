@@ -196,7 +196,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.current = stream
         self.streams.append(stream)
         if len(self.streams) == 1:
-            self._begin_streams()
+            stream.begin()  # what it finishes at once, `stream_finished` continues in a loop
         else:
             self.pause_reading()  # pipelined: one request at a time
 

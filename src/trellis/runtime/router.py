@@ -282,7 +282,8 @@ class Stream:
                 self.body.clear()
         else:
             conn.write(self.head)
-        self._release_client()
+        if self.holding_client:
+            self._release_client()
         if self.request_done and self.retry is not None:
             self._start_try_timer()
 
@@ -572,7 +573,8 @@ class Stream:
     def _finish(self) -> None:
         if self.done:
             return
-        self._release_client()
+        if self.holding_client:
+            self._release_client()
         self.done = True
         self._cancel_timers()
         self._end_attempt()
