@@ -121,7 +121,7 @@ class XdsClient:
             return [self.state.nack(response.type_url, response.nonce, reason)]
         status = self.status[update.type_url]
         status.version = update.version
-        status.resources = dict(update.resources)
+        status.resources = dict(self._held_after(update))
         status.last_updated = time.time()
         status.rejected_version = status.rejected_reason = ""
         requests = [self.state.ack(update)]
@@ -134,7 +134,7 @@ class XdsClient:
         """Compile every resource first (all or nothing), then apply."""
         manager = self.manager
         kind = update.type_url
-        resources = update.resources
+        resources = self._held_after(update)
         if kind == CLUSTER_TYPE:
             clusters = {n: compile_dynamic.cluster_resource(m) for n, m in resources.items()}
             return self.state.want(ENDPOINT_TYPE, manager.apply_clusters(clusters))
@@ -157,6 +157,18 @@ class XdsClient:
         except OSError as exc:
             raise ConfigError(f"cannot listen: {exc}") from exc
         return None
+
+    def _held_after(self, update: Update) -> dict[str, Message]:
+        """The resources of the type once `update` is applied.
+
+        LDS and CDS responses carry every resource. RDS and EDS responses may carry
+        only some (xDS state of the world): the others stay while subscribed.
+        """
+        if update.type_url in (LISTENER_TYPE, CLUSTER_TYPE):
+            return dict(update.resources)
+        wanted = self.state.names(update.type_url)
+        held = {**self.status[update.type_url].resources, **update.resources}
+        return {name: message for name, message in held.items() if name in wanted}
 
     async def _maybe_initialized(self) -> None:
         """Envoy's rule: initialized once every subscribed type has been received once."""

@@ -115,6 +115,11 @@ class AdsClientState:
         state.subscribed = True
         return self._request(type_url, state, state.accepted_version)
 
+    def names(self, type_url: str) -> frozenset[str]:
+        """The subscribed names of a named type (RDS, EDS)."""
+        state = self._types.get(type_url)
+        return state.names if state is not None else frozenset()
+
     def wants_any(self, type_url: str) -> bool:
         """Whether some resource of a named type (RDS, EDS) is subscribed."""
         state = self._types.get(type_url)
