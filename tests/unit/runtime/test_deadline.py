@@ -39,7 +39,7 @@ def test_fires_in_order_and_on_time() -> None:
     assert [name for name, _ in fired] == ["fast", "fast2", "mid", "slow"]
     for name, elapsed in fired:
         expected = {"fast": 0.05, "fast2": 0.05, "mid": 0.1, "slow": 0.15}[name]
-        assert expected - 0.002 <= elapsed < expected + 0.05, (name, elapsed)
+        assert expected - 0.002 <= elapsed < expected + 0.25, (name, elapsed)
 
 
 def test_cancelled_deadline_never_fires() -> None:
