@@ -95,6 +95,7 @@ class ControlPlane:
         self.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 def _listener(port: int) -> listener_pb2.Listener:

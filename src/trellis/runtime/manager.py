@@ -168,18 +168,7 @@ class ConfigManager:
                 log.info("listener %s removed", name)
                 self.listeners.pop(name).drain()
         for name, listener in listeners.items():
-            current = self.listeners.get(name)
-            if current is not None and current.config == listener:
-                continue
-            if current is not None and current.config.address == listener.address:
-                context = self.context_for(listener)
-                if context is not None:
-                    current.config = listener
-                    current.context = context
-                    continue
-            if current is not None:
-                self.listeners.pop(name).drain()
-            await self._start_listener(listener)
+            await self._install(name, listener)
         return {
             listener.filter.rds_name
             for listener in listeners.values()
@@ -188,10 +177,29 @@ class ConfigManager:
         }
 
     async def start_warmed(self) -> None:
-        """Start listeners that were waiting for their routes."""
+        """Install listeners that were waiting for their routes."""
         for name, listener in self._wanted_listeners.items():
-            if name not in self.listeners:
-                await self._start_listener(listener)
+            await self._install(name, listener)
+
+    async def _install(self, name: str, listener: Listener) -> None:
+        """Run `listener` as `name`: in place when only its config changed, else anew.
+
+        A listener whose routes have not arrived waits (Envoy's warming); the one
+        it replaces keeps serving meanwhile.
+        """
+        current = self.listeners.get(name)
+        if current is not None and current.config == listener:
+            return
+        context = self.context_for(listener)
+        if context is None:
+            return
+        if current is not None and current.config.address == listener.address:
+            current.config = listener
+            current.context = context
+            return
+        if current is not None:
+            self.listeners.pop(name).drain()
+        await self._start_listener(listener)
 
     # -- routes, clusters, endpoints -------------------------------------------------------
 
