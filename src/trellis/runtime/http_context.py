@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 
 from trellis.core.config import (
     ClusterAction,
-    HeaderMutation,
     HttpConnectionManager,
     RedirectAction,
     Route,
-    RouteConfig,
     TrafficDirection,
     VirtualHost,
 )
@@ -30,7 +28,7 @@ from trellis.core.headers import (
     set_forwarded_proto,
     strip_hop_by_hop,
 )
-from trellis.core.routing import RouteTable, pick_weighted_cluster, redirect_location, rewrite_path
+from trellis.core.routing import RouteTable, WeightedPicker, redirect_location, rewrite_path
 from trellis.runtime import wire
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
 from trellis.runtime.deadline import Deadlines
@@ -47,16 +45,17 @@ _CLOSE = (b"connection", b"close")
 Mutations = tuple[CompiledMutation, ...]
 
 
-def _compile(*mutations: HeaderMutation) -> Mutations:
-    return tuple(CompiledMutation(m) for m in mutations if not m.empty)
-
-
 class RouteRuntime:
-    """A route with everything it needs at request time precomputed."""
+    """A route with everything it needs at request time precomputed.
+
+    Header mutations and the weighted-cluster picker come compiled from the
+    route table; here they are joined with the cluster runtimes they lead to.
+    """
 
     __slots__ = (
         "_clusters",
         "_mutations",
+        "_picker",
         "_route_mutations",
         "action",
         "host_rewrite",
@@ -67,7 +66,7 @@ class RouteRuntime:
     )
 
     def __init__(
-        self, route: Route, vhost: VirtualHost, config: RouteConfig, clusters: ClusterManager
+        self, route: Route, vhost: VirtualHost, table: RouteTable, clusters: ClusterManager
     ) -> None:
         self.route = route
         self.vhost = vhost
@@ -76,44 +75,36 @@ class RouteRuntime:
         self.timeout: float | None = None
         self.retry_policy = None
         self.host_rewrite: bytes | None = None
-        # Per weighted cluster: (runtime or None, request mutations, response mutations).
-        self._clusters: list[
-            tuple[ClusterRuntime | None, tuple[CompiledMutation, ...], tuple[CompiledMutation, ...]]
-        ] = []
+        self._picker: WeightedPicker | None = None
+        # Weighted cluster (by identity) -> its runtime, None while CDS lacks it.
+        self._clusters: dict[int, ClusterRuntime | None] = {}
+        # Envoy applies weighted cluster, route, virtual host, then route configuration
+        # mutations; the whole sequence is joined once per (route, cluster).
+        compiled = table.mutations(route)
+        self._route_mutations = (compiled.request, compiled.response)
+        self._mutations: dict[int, tuple[Mutations, Mutations]] = {}
         if isinstance(action, ClusterAction):
             self.timeout = action.timeout
             self.retry_policy = action.retry_policy
             if action.host_rewrite is not None:
                 self.host_rewrite = action.host_rewrite.encode("latin-1")
+            self._picker = table.picker(action)
             for wc in action.clusters:
-                self._clusters.append(
-                    (
-                        clusters.clusters.get(wc.name),
-                        _compile(wc.request_headers),
-                        _compile(wc.response_headers),
-                    )
+                runtime = clusters.clusters.get(wc.name)
+                self._clusters[id(wc)] = runtime
+                own = table.mutations(wc)
+                self._mutations[id(runtime)] = (
+                    (*own.request, *compiled.request),
+                    (*own.response, *compiled.response),
                 )
-        # Envoy applies weighted cluster, route, virtual host, then route configuration
-        # mutations; the whole sequence is built once per (route, cluster).
-        request = _compile(route.request_headers, vhost.request_headers, config.request_headers)
-        response = _compile(route.response_headers, vhost.response_headers, config.response_headers)
-        self._route_mutations = (request, response)
-        self._mutations: dict[int, tuple[Mutations, Mutations]] = {
-            id(runtime): ((*cluster_request, *request), (*cluster_response, *response))
-            for runtime, cluster_request, cluster_response in self._clusters
-        }
 
     def pick_cluster(self, rng: random.Random) -> ClusterRuntime | None:
-        clusters = self._clusters
-        if len(clusters) == 1:
-            return clusters[0][0]
-        action = self.action
-        assert isinstance(action, ClusterAction)
-        picked = pick_weighted_cluster(action, rng.randrange(action.total_weight))
-        for (runtime, _, _), wc in zip(clusters, action.clusters, strict=True):
-            if wc is picked:
-                return runtime
-        return None
+        picker = self._picker
+        if picker is None:
+            return None
+        clusters = picker.clusters
+        picked = clusters[0] if len(clusters) == 1 else picker.pick(rng.randrange(picker.total))
+        return self._clusters.get(id(picked))
 
     def request_head(self, stream: Stream, cluster: ClusterRuntime) -> bytes:
         """The request head sent upstream (same bytes for every retry)."""
@@ -246,7 +237,7 @@ class HttpContext:
         self._routes: dict[int, RouteRuntime] = {}
         for vhost in route_config.virtual_hosts:
             for route in vhost.routes:
-                self._routes[id(route)] = RouteRuntime(route, vhost, route_config, clusters)
+                self._routes[id(route)] = RouteRuntime(route, vhost, self.table, clusters)
 
     def select(self, stream: Stream) -> RouteRuntime | None:
         table = self.table
