@@ -14,14 +14,6 @@ def service_from_cluster(cluster_name: str) -> str | None:
     return None
 
 
-def strip_port(authority: str) -> str:
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[: end + 1] if end != -1 else authority
-    host, _, _ = authority.partition(":")
-    return host
-
-
 def split_service(host: str, trust_domain: str = "cluster.local") -> tuple[str, str]:
     """(name, namespace) of a Kubernetes-style service host; the host itself otherwise."""
     parts = host.split(".")

@@ -8,7 +8,7 @@ from typing import IO, TYPE_CHECKING
 
 from trellis.core.accesslog import AccessLogEntry, AccessLogFormatter
 from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
-from trellis.core.labels import peer_labels, service_from_cluster, strip_port
+from trellis.core.labels import peer_labels, service_from_cluster
 from trellis.core.metrics import (
     IstioMetrics,
     PeerLabels,
@@ -16,6 +16,7 @@ from trellis.core.metrics import (
     StatsRegistry,
     format_flags,
 )
+from trellis.core.routing import strip_port
 
 if TYPE_CHECKING:
     from trellis.runtime.router import Stream
