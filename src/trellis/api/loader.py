@@ -8,6 +8,7 @@ together as one `ResourceError`; a batch with any problem yields nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -143,16 +144,7 @@ def _header(document: Mapping[str, Any], template: Problem) -> Problem:
 
 
 def _problem(template: Problem, message: str, path: str = "") -> Problem:
-    return Problem(
-        source=template.source,
-        message=message,
-        document=template.document,
-        item=template.item,
-        kind=template.kind,
-        namespace=template.namespace,
-        name=template.name,
-        path=path,
-    )
+    return dataclasses.replace(template, message=message, path=path)
 
 
 def _parse(document: Any, template: Problem) -> NetworkingResource | list[Problem]:

@@ -8,6 +8,7 @@ and nothing is stored.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,16 +121,5 @@ def problems_from(exc: ValidationError, template: Problem) -> list[Problem]:
     found: list[Problem] = []
     for error in exc.errors(include_url=False):
         path, message = describe(error)
-        found.append(
-            Problem(
-                source=template.source,
-                message=message,
-                document=template.document,
-                item=template.item,
-                kind=template.kind,
-                namespace=template.namespace,
-                name=template.name,
-                path=path,
-            )
-        )
+        found.append(dataclasses.replace(template, message=message, path=path))
     return found
