@@ -36,21 +36,29 @@ _LB_POLICIES = {
 }
 
 
-def outbound_clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
-    """`outbound|PORT||HOST` for every service port, plus one per subset."""
+def outbound_policies(
+    registry: Registry,
+) -> Iterator[tuple[str, EffectivePolicy, DestinationRule | None]]:
+    """(cluster name, its policy, its DestinationRule) for `outbound|PORT||HOST` of every
+    service port, plus one per subset."""
     for service in registry.services:
         rule = registry.destination_rule(service)
         rule_policy = rule.spec.traffic_policy if rule is not None else None
         for port in service.ports:
             policy = effective_policy(rule_policy, None, port.number)
-            yield _eds_cluster(outbound_cluster(service.host, port.number), policy, rule)
+            yield outbound_cluster(service.host, port.number), policy, rule
             if rule is None:
                 continue
             for i, subset in enumerate(rule.spec.subsets):
                 path = f"spec.subsets[{i}].trafficPolicy"
                 policy = effective_policy(rule_policy, subset.traffic_policy, port.number, path)
-                name = outbound_cluster(service.host, port.number, subset.name)
-                yield _eds_cluster(name, policy, rule)
+                yield outbound_cluster(service.host, port.number, subset.name), policy, rule
+
+
+def outbound_clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
+    """The sidecar's outbound clusters (see `outbound_policies`)."""
+    for name, policy, rule in outbound_policies(registry):
+        yield _eds_cluster(name, policy, rule)
 
 
 def eds_cluster(

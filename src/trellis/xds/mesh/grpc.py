@@ -71,7 +71,7 @@ from trellis.api.networking import (
 from trellis.api.services import labels_match
 from trellis.xds.mesh.build import MAX_UINT32, ads_source, duration, pack, u32
 from trellis.xds.mesh.carried import first_uncarried
-from trellis.xds.mesh.clusters import eds_cluster
+from trellis.xds.mesh.clusters import eds_cluster, outbound_policies
 from trellis.xds.mesh.endpoints import outbound_assignments
 from trellis.xds.mesh.errors import unsupported
 from trellis.xds.mesh.http_route import RouteBuilder
@@ -84,7 +84,7 @@ from trellis.xds.mesh.names import (
     ROUTE_TYPE,
     outbound_cluster,
 )
-from trellis.xds.mesh.policy import EffectivePolicy, effective_policy
+from trellis.xds.mesh.policy import EffectivePolicy
 from trellis.xds.mesh.registry import Registry, Service
 from trellis.xds.mesh.retry import DEFAULT_ATTEMPTS, DEFAULT_RETRY_ON, GRPC_ONLY_CONDITIONS
 from trellis.xds.mesh.routes import service_names
@@ -344,19 +344,8 @@ def _retry_policy(attempts: int, conditions: Collection[str]) -> rc.RetryPolicy 
 
 
 def _clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
-    for service in registry.services:
-        rule = registry.destination_rule(service)
-        rule_policy = rule.spec.traffic_policy if rule is not None else None
-        for port in service.ports:
-            policy = effective_policy(rule_policy, None, port.number)
-            yield _eds_cluster(outbound_cluster(service.host, port.number), policy)
-            if rule is None:
-                continue
-            for i, subset in enumerate(rule.spec.subsets):
-                path = f"spec.subsets[{i}].trafficPolicy"
-                policy = effective_policy(rule_policy, subset.traffic_policy, port.number, path)
-                name = outbound_cluster(service.host, port.number, subset.name)
-                yield _eds_cluster(name, policy)
+    for name, policy, _ in outbound_policies(registry):
+        yield _eds_cluster(name, policy)
 
 
 def _eds_cluster(name: str, policy: EffectivePolicy) -> cluster_pb2.Cluster:
