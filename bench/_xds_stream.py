@@ -104,12 +104,66 @@ def decode(type_url: str, value: bytes) -> Info:
     return Info(name, frozenset(), value)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Contents:
+    """What one response carries: its resources by name and the names they reference."""
+
+    by_name: dict[str, Info]  # shared between streams: never mutate
+    references: frozenset[str]
+
+
+_REMEMBERED_RESPONSES = 64
+
+
 class Decoder:
-    """Decodes each distinct resource content once; the streams of a process share it."""
+    """Decodes each distinct resource content once; the streams of a process share it.
+
+    Hundreds of simulated proxies in one process receive the same resources, so
+    whole responses are remembered too, by their content without version and
+    nonce: each distinct response is taken apart once per process, as each real
+    Envoy (on its own CPU) would do once for itself.
+    """
 
     def __init__(self) -> None:
         self._known: dict[tuple[str, bytes], Info] = {}
+        self._responses: dict[bytes, Contents] = {}
+        self._requests: dict[tuple[str, frozenset[str]], discovery_pb2.DiscoveryRequest] = {}
         self.decoded = 0
+
+    def contents(self, response: discovery_pb2.DiscoveryResponse) -> Contents:
+        """The response's resources; `response` loses its version, nonce and control plane."""
+        type_url = response.type_url
+        for name in ("version_info", "nonce", "control_plane"):
+            response.ClearField(name)
+        key = response.SerializeToString()
+        found = self._responses.get(key)
+        if found is None:
+            infos = [self.info(type_url, r.value) for r in response.resources]
+            found = Contents(
+                {info.name: info for info in infos},
+                frozenset().union(*(info.references for info in infos)),
+            )
+            self._responses[key] = found
+            if len(self._responses) > _REMEMBERED_RESPONSES:
+                del self._responses[next(iter(self._responses))]
+        return found
+
+    def request(
+        self, type_url: str, names: frozenset[str], version: str, nonce: str
+    ) -> discovery_pb2.DiscoveryRequest:
+        """A request (ACK or subscription) for `names` (empty for the wildcard types)."""
+        template = self._requests.get((type_url, names))
+        if template is None:
+            template = discovery_pb2.DiscoveryRequest(
+                type_url=type_url, resource_names=sorted(names)
+            )
+            self._requests[(type_url, names)] = template
+            if len(self._requests) > _REMEMBERED_RESPONSES:
+                del self._requests[next(iter(self._requests))]
+        request = discovery_pb2.DiscoveryRequest()
+        request.CopyFrom(template)
+        request.version_info, request.response_nonce = version, nonce
+        return request
 
     def info(self, type_url: str, value: bytes) -> Info:
         key = (type_url, value)
@@ -166,16 +220,16 @@ class SimulatedProxy:
         if state is None:
             raise ValueError(f"the server sent {type_url!r}, which was not requested")
         self.responses += 1
-        infos = [self._decoder.info(type_url, r.value) for r in response.resources]
-        if type_url in _CHILD:
-            state.held = {info.name: info for info in infos}
-        else:  # RDS/EDS state of the world: what is not sent again is kept
-            state.held.update((info.name, info) for info in infos)
         state.version, state.nonce, state.received = response.version_info, response.nonce, True
+        contents = self._decoder.contents(response)
+        if type_url in _CHILD:
+            state.held = contents.by_name  # replaced, never changed in place
+        else:  # RDS/EDS state of the world: what is not sent again is kept
+            state.held = {**state.held, **contents.by_name}
         requests = [self._request(type_url, state)]
         child = _CHILD.get(type_url)
         if child is not None:
-            wanted = frozenset().union(*(info.references for info in state.held.values()))
+            wanted = contents.references
             child_state = self._types[child]
             if wanted != child_state.names:
                 child_state.names = wanted
@@ -184,13 +238,8 @@ class SimulatedProxy:
         return requests
 
     def _request(self, type_url: str, state: _Type) -> discovery_pb2.DiscoveryRequest:
-        names = sorted(state.names) if type_url not in _CHILD else []
-        return discovery_pb2.DiscoveryRequest(
-            type_url=type_url,
-            version_info=state.version,
-            response_nonce=state.nonce,
-            resource_names=names,
-        )
+        names = state.names if type_url not in _CHILD else frozenset()
+        return self._decoder.request(type_url, names, state.version, state.nonce)
 
     def held(self, type_url: str, name: str) -> Info | None:
         return self._types[type_url].held.get(name)

@@ -7,7 +7,7 @@ who needs Istio's host-resolution rules (DESIGN.md §2, `trellis.api.hosts`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trellis.api.destination_rule import DestinationRule
 from trellis.api.hosts import candidates, host_matches, qualify
@@ -34,6 +34,36 @@ class ServiceIndex:
     service_entries: tuple[ServiceEntry, ...]
     workload_entries: tuple[WorkloadEntry, ...]
     destination_rules: tuple[DestinationRule, ...]
+    # Lookups stay linear in what they find, not in the size of the mesh:
+    # ServiceEntries by exact host (wildcard hosts apart), WorkloadEntries by
+    # (namespace, label key, label value) and by (namespace, "", "").
+    _by_host: Mapping[str, tuple[ServiceEntry, ...]] = field(init=False, repr=False)
+    _wildcards: tuple[ServiceEntry, ...] = field(init=False, repr=False)
+    _position: Mapping[int, int] = field(init=False, repr=False)  # id -> index in service_entries
+    _by_label: Mapping[tuple[str, str, str], tuple[WorkloadEntry, ...]] = field(
+        init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        by_host: dict[str, list[ServiceEntry]] = {}
+        wildcards: list[ServiceEntry] = []
+        for entry in self.service_entries:
+            hosts = self.service_hosts(entry)
+            if any(host.startswith("*") for host in hosts):
+                wildcards.append(entry)
+            for host in dict.fromkeys(hosts):
+                by_host.setdefault(host, []).append(entry)
+        by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
+        for workload in self.workload_entries:
+            namespace = workload.metadata.namespace
+            by_label.setdefault((namespace, "", ""), []).append(workload)
+            for key, value in workload.spec.labels.items():
+                by_label.setdefault((namespace, key, value), []).append(workload)
+        object.__setattr__(self, "_by_host", {k: tuple(v) for k, v in by_host.items()})
+        object.__setattr__(self, "_wildcards", tuple(wildcards))
+        position = {id(entry): i for i, entry in enumerate(self.service_entries)}
+        object.__setattr__(self, "_position", position)
+        object.__setattr__(self, "_by_label", {k: tuple(v) for k, v in by_label.items()})
 
     @classmethod
     def build(cls, resources: Iterable[object]) -> ServiceIndex:
@@ -56,9 +86,10 @@ class ServiceIndex:
         exactly or through one of its wildcard hosts. Returns ("", ()) if none.
         """
         for candidate in candidates(host, namespace):
+            pool = {id(e): e for e in (*self._by_host.get(candidate, ()), *self._wildcards)}
             found = tuple(
                 entry
-                for entry in self.service_entries
+                for entry in sorted(pool.values(), key=lambda e: self._position[id(e)])
                 if visible_from(entry, namespace)
                 and any(host_matches(own, candidate) for own in self.service_hosts(entry))
             )
@@ -84,11 +115,11 @@ class ServiceIndex:
         selector = entry.spec.workload_selector
         if selector is None:
             return ()
+        key, value = min(selector.labels.items(), default=("", ""))
         return tuple(
             workload.spec
-            for workload in self.workload_entries
-            if workload.metadata.namespace == entry.metadata.namespace
-            and labels_match(selector.labels, workload.spec.labels)
+            for workload in self._by_label.get((entry.metadata.namespace, key, value), ())
+            if labels_match(selector.labels, workload.spec.labels)
         )
 
     def destination_rules_for(self, host: str, namespace: str) -> tuple[DestinationRule, ...]:

@@ -178,6 +178,10 @@ class ResourceSet:
     version: str = field(init=False)
     names: frozenset[str] = field(init=False)
     references: frozenset[str] = field(init=False)
+    _total: int = field(init=False, repr=False, compare=False)
+    # Set by `extended`: the shared set this one adds `_own` to.
+    _base: ResourceSet | None = field(init=False, repr=False, compare=False)
+    _own: Mapping[str, Resource] = field(init=False, repr=False, compare=False)
     _blob: list[bytes] = field(init=False, repr=False, compare=False)
     _diffs: list[tuple[weakref.ref[ResourceSet], frozenset[str]]] = field(
         init=False, repr=False, compare=False
@@ -185,20 +189,49 @@ class ResourceSet:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", MappingProxyType(dict(self.by_name)))
-        total = 0
-        for key, resource in self.by_name.items():
-            if resource.type_url != self.type_url:
-                raise SnapshotError(f"{resource.type_url} {key!r} is in the {self.type_url} set")
-            if resource.name != key:
-                raise SnapshotError(f"{self.type_url} {resource.name!r} is filed as {key!r}")
-            total += resource.fingerprint
+        total = _checked_total(self.type_url, self.by_name)
         refs = frozenset().union(*(r.references for r in self.by_name.values()))
         # Order-free and linear: the sum of the resources' hashes (names are inside them).
+        self._fill(total, frozenset(self.by_name), refs, None, self.by_name)
+
+    def _fill(
+        self,
+        total: int,
+        names: frozenset[str],
+        references: frozenset[str],
+        base: ResourceSet | None,
+        own: Mapping[str, Resource],
+    ) -> None:
         object.__setattr__(self, "version", f"{total & _MASK:016x}")
-        object.__setattr__(self, "names", frozenset(self.by_name))
-        object.__setattr__(self, "references", refs)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "references", references)
+        object.__setattr__(self, "_total", total)
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_own", own)
         object.__setattr__(self, "_blob", [])
         object.__setattr__(self, "_diffs", [])
+
+    def extended(self, extra: Iterable[Resource]) -> ResourceSet:
+        """This set plus `extra` (new names only), in time proportional to `extra`.
+
+        Many proxies share one large set (say the outbound clusters) and add a
+        few resources of their own (their inbound clusters); the shared part's
+        bytes and differences are then computed once for all of them.
+        """
+        own: dict[str, Resource] = {}
+        for resource in extra:
+            if resource.name in own or resource.name in self.by_name:
+                raise SnapshotError(f"{self.type_url} {resource.name!r} appears twice")
+            own[resource.name] = resource
+        if not own:
+            return self
+        total = self._total + _checked_total(self.type_url, own)
+        extended = ResourceSet.__new__(ResourceSet)
+        object.__setattr__(extended, "type_url", self.type_url)
+        object.__setattr__(extended, "by_name", MappingProxyType({**self.by_name, **own}))
+        refs = self.references.union(*(r.references for r in own.values()))
+        extended._fill(total, self.names.union(own), refs, self, MappingProxyType(own))
+        return extended
 
     @classmethod
     def of(cls, type_url: str, items: Iterable[Resource | Message | any_pb2.Any]) -> ResourceSet:
@@ -213,7 +246,11 @@ class ResourceSet:
     def encoded(self) -> bytes:
         """Every resource as `DiscoveryResponse.resources` entries, joined once per set."""
         if not self._blob:
-            self._blob.append(b"".join(r.encoded for r in self.by_name.values()))
+            if self._base is None:
+                self._blob.append(b"".join(r.encoded for r in self.by_name.values()))
+            else:
+                own = b"".join(r.encoded for r in self._own.values())
+                self._blob.append(self._base.encoded() + own)
         return self._blob[0]
 
     def changed_since(self, older: ResourceSet) -> frozenset[str]:
@@ -221,12 +258,12 @@ class ResourceSet:
         for ref, names in self._diffs:
             if ref() is older:
                 return names
-        names = frozenset(
-            name
-            for name, resource in self.by_name.items()
-            if (old := older.by_name.get(name)) is None
-            or (old is not resource and old.version != resource.version)
-        )
+        base, older_base = self._base, older._base
+        if base is not None and older_base is not None:
+            # The bases' difference is computed once for all the sets built on them.
+            names = base.changed_since(older_base) | _differences(self._own, older.by_name)
+        else:
+            names = _differences(self.by_name, older.by_name)
         self._diffs.append((weakref.ref(older), names))
         del self._diffs[:-_REMEMBERED_DIFFS]
         return names
@@ -236,6 +273,28 @@ class ResourceSet:
 
     def __iter__(self) -> Iterator[Resource]:
         return iter(self.by_name.values())
+
+
+def _checked_total(type_url: str, by_name: Mapping[str, Resource]) -> int:
+    """The sum of the resources' fingerprints, after checking their type and names."""
+    total = 0
+    for key, resource in by_name.items():
+        if resource.type_url != type_url:
+            raise SnapshotError(f"{resource.type_url} {key!r} is in the {type_url} set")
+        if resource.name != key:
+            raise SnapshotError(f"{type_url} {resource.name!r} is filed as {key!r}")
+        total += resource.fingerprint
+    return total
+
+
+def _differences(new: Mapping[str, Resource], old: Mapping[str, Resource]) -> frozenset[str]:
+    """Names in `new` that `old` lacks or holds with another content."""
+    return frozenset(
+        name
+        for name, resource in new.items()
+        if (known := old.get(name)) is None
+        or (known is not resource and known.version != resource.version)
+    )
 
 
 @dataclass(frozen=True, slots=True)

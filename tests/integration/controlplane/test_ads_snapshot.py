@@ -85,6 +85,39 @@ def test_set_versions_follow_content_not_order() -> None:
     assert forward.changed_since(newer) == {"b"}  # removals ("c") are not changes
 
 
+def test_an_extended_set_equals_the_plain_set_of_the_same_resources() -> None:
+    shared = ResourceSet.of(CLUSTER_TYPE, [cluster("a"), cluster("b", "b-eds")])
+    inbound = [Resource.of(cluster("inbound|80||"))]
+    extended = shared.extended(inbound)
+    plain = ResourceSet.of(CLUSTER_TYPE, [*shared, *inbound])
+    assert extended.version == plain.version
+    assert extended.names == plain.names == {"a", "b", "inbound|80||"}
+    assert extended.references == plain.references == {"a", "b-eds", "inbound|80||"}
+    assert sorted(extended.by_name) == sorted(plain.by_name)
+    entries = discovery_pb2.DiscoveryResponse.FromString(extended.encoded()).resources
+    assert sorted(Resource.of(r).name for r in entries) == ["a", "b", "inbound|80||"]
+    assert shared.extended([]) is shared
+    with pytest.raises(SnapshotError, match="'a' appears twice"):
+        shared.extended([Resource.of(cluster("a"))])
+
+
+def test_differences_of_extended_sets_cover_base_and_own_parts() -> None:
+    old_base = ResourceSet.of(CLUSTER_TYPE, [cluster("a"), cluster("b")])
+    changed_b = cluster("b")
+    changed_b.lb_policy = changed_b.LEAST_REQUEST
+    new_base = ResourceSet.of(CLUSTER_TYPE, [cluster("a"), changed_b, cluster("c")])
+    old = old_base.extended([Resource.of(cluster("in-1")), Resource.of(cluster("in-2"))])
+    in_2 = cluster("in-2")
+    in_2.connect_timeout.FromMilliseconds(2000)
+    new = new_base.extended([Resource.of(cluster("in-1")), Resource.of(in_2)])
+    assert new.changed_since(old) == {"b", "c", "in-2"}
+    assert new.changed_since(old_base) == {"b", "c", "in-1", "in-2"}  # plain older set
+    # Two proxies on the same bases share one computation of the bases' difference.
+    other = new_base.extended([Resource.of(cluster("in-9"))])
+    assert other.changed_since(old_base.extended([Resource.of(cluster("in-9"))])) == {"b", "c"}
+    assert new_base.changed_since(old_base) is new_base.changed_since(old_base)
+
+
 def test_identical_content_is_not_announced_and_bursts_are_bounded() -> None:
     async def main() -> None:
         cache = SnapshotCache(debounce=0.1, max_delay=0.25)
