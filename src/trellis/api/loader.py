@@ -28,9 +28,15 @@ from trellis.api.networking import (
     WorkloadEntry,
 )
 from trellis.api.problem import Problem, ResourceError, problems_from
+from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 
 ResourceType = (
-    type[ServiceEntry] | type[WorkloadEntry] | type[VirtualService] | type[DestinationRule]
+    type[ServiceEntry]
+    | type[WorkloadEntry]
+    | type[VirtualService]
+    | type[DestinationRule]
+    | type[PeerAuthentication]
+    | type[AuthorizationPolicy]
 )
 
 RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType(
@@ -39,12 +45,14 @@ RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType(
         "WorkloadEntry": WorkloadEntry,
         "VirtualService": VirtualService,
         "DestinationRule": DestinationRule,
+        "PeerAuthentication": PeerAuthentication,
+        "AuthorizationPolicy": AuthorizationPolicy,
     }
 )
 """kind -> model class, for every kind Trellis implements."""
 
 LATER_KINDS = frozenset(
-    {"Gateway", "Sidecar", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
+    {"Gateway", "Sidecar", "RequestAuthentication"}
     | {"Telemetry", "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
 )
 """Istio kinds Trellis does not implement (yet): rejected with a clear message."""

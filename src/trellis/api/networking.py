@@ -24,6 +24,7 @@ from trellis.api.destination_rule import (
     TrafficPolicy,
 )
 from trellis.api.meta import ObjectMeta, Resource, ResourceKey
+from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 from trellis.api.service_entry import (
     HTTP_PROTOCOLS,
     TCP_PROTOCOLS,
@@ -58,8 +59,16 @@ from trellis.api.virtual_service import (
     VirtualServiceSpec,
 )
 
-NetworkingResource = ServiceEntry | WorkloadEntry | VirtualService | DestinationRule
-"""Any resource of the kinds this module defines."""
+NetworkingResource = (
+    ServiceEntry
+    | WorkloadEntry
+    | VirtualService
+    | DestinationRule
+    | PeerAuthentication
+    | AuthorizationPolicy
+)
+"""Any resource of a kind Trellis implements: the networking kinds defined here
+and the security kinds of `trellis.api.security`."""
 
 KINDS: tuple[type[Resource], ...] = (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)
 

@@ -152,6 +152,25 @@ class ApiClient:
         items: list[dict[str, Any]] = body.get("items", [])
         return items
 
+    def create_join_token(
+        self, namespace: str, service_account: str, workload: str, ttl: str | None = None
+    ) -> dict[str, Any]:
+        """A join token for one workload (`ttl` in Go syntax, e.g. "1h"; None: the default)."""
+        body: dict[str, str] = {
+            "namespace": namespace,
+            "serviceAccount": service_account,
+            "workload": workload,
+        }
+        if ttl is not None:
+            body["ttl"] = ttl
+        result: dict[str, Any] = self._call(
+            "POST",
+            "/api/v1/join-tokens",
+            content=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        return result
+
     def config_dump(self, proxy: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
             "GET", f"/api/v1/proxies/{quote(proxy, safe='')}/config_dump"

@@ -152,7 +152,7 @@ def get(
     server: str,
     token: str | None,
 ) -> None:
-    """Show mesh config: KIND is vs, dr, se, we (or their full names and plurals)."""
+    """Show mesh config: KIND is vs, dr, se, we, pa, ap (or their full names and plurals)."""
     from trellis.cli.client import ApiError  # noqa: PLC0415
     from trellis.cli.render import resource_table  # noqa: PLC0415
 

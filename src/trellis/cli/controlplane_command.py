@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import click
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Where the config database and the API token live (created if missing).",
+    help="Where the config database, the API token, the CA's self-signed root and the "
+    "join token key live (created if missing).",
 )
 @click.option(
     "--xds-address",
@@ -38,6 +40,37 @@ import click
     help="Seconds to wait for a burst of config changes to settle before pushing.",
 )
 @click.option(
+    "--trust-domain",
+    default="cluster.local",
+    show_default=True,
+    help="SPIFFE trust domain of workload identities (spiffe://DOMAIN/ns/NS/sa/SA).",
+)
+@click.option(
+    "--cert-ttl",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Lifetime of workload certificates, and the most a proxy may ask for "
+    "(Go syntax: 24h, 30m, 5s).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Plug-in CA: the signing certificate (PEM), root or intermediate. "
+    "Default: a self-signed root created in DATA_DIR/ca.",
+)
+@click.option(
+    "--ca-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Plug-in CA: the signing certificate's private key (unencrypted PEM).",
+)
+@click.option(
+    "--ca-chain",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Plug-in CA: the certificates from the signing certificate's issuer up to the root "
+    "(PEM, like Istio's cert-chain.pem).",
+)
+@click.option(
     "--log-level",
     "-l",
     type=click.Choice(("debug", "info", "warning", "error")),
@@ -45,15 +78,28 @@ import click
     show_default=True,
 )
 def control_plane(
-    data_dir: Path, xds_address: str, api_host: str, api_port: int, debounce: float, log_level: str
+    data_dir: Path,
+    xds_address: str,
+    api_host: str,
+    api_port: int,
+    debounce: float,
+    trust_domain: str,
+    cert_ttl: str,
+    ca_cert: Path | None,
+    ca_key: Path | None,
+    ca_chain: Path | None,
+    log_level: str,
 ) -> None:
-    """Serve mesh config over xDS and the REST API, from a durable store in DATA_DIR."""
+    """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
+    store in DATA_DIR."""
     import logging  # noqa: PLC0415 - the proxy command must not pay for these imports
 
     import uvloop  # noqa: PLC0415
 
+    from trellis.api.duration import DurationSyntaxError, parse_duration  # noqa: PLC0415
     from trellis.controlplane.api import create_app, serve_api  # noqa: PLC0415
     from trellis.controlplane.api_auth import load_or_create_token  # noqa: PLC0415
+    from trellis.controlplane.ca import check_trust_domain  # noqa: PLC0415
     from trellis.controlplane.main import (  # noqa: PLC0415
         ControlPlane,
         ControlPlaneSettings,
@@ -67,7 +113,28 @@ def control_plane(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = ControlPlaneSettings(data_dir, xds_address, api_host, api_port, debounce)
+    try:
+        ttl = parse_duration(cert_ttl)
+    except DurationSyntaxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cert-ttl") from None
+    if ttl < 1:
+        raise click.BadParameter("must be at least 1s", param_hint="--cert-ttl")
+    try:
+        check_trust_domain(trust_domain)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
+    settings = ControlPlaneSettings(
+        data_dir,
+        xds_address,
+        api_host,
+        api_port,
+        debounce,
+        trust_domain=trust_domain,
+        cert_ttl=ttl,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        ca_chain=ca_chain,
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)
 
@@ -78,9 +145,15 @@ def control_plane(
             token=token,
             ads_status=ads.service.status if ads is not None else None,
             proxy_admin=plane.admin_address,
+            join_tokens=plane.join_tokens,
+            trust_domain=trust_domain,
         )
         await serve_api(app, api_host, api_port)
 
+    # The control plane holds a large, long-lived heap (parsed config, shared xDS
+    # resources, one stream per proxy); with the default thresholds full
+    # collections ran during pushes to 1000 proxies, costing seconds (py-spy).
+    gc.set_threshold(50_000, 20, 100)
     try:
         sys.exit(uvloop.run(serve(settings, api)))
     except* (TrellisError, OSError, RuntimeError) as group:

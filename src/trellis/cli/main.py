@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import click
 from trellis import __version__
 from trellis.cli.config_commands import analyze, apply, delete, get
 from trellis.cli.controlplane_command import control_plane
+from trellis.cli.join_token_command import join_token
 from trellis.cli.proxy_commands import proxy_config, proxy_status
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -30,12 +32,12 @@ def cli() -> None:
     """Trellis: a service mesh written in Python."""
 
 
-def _host_port(value: str | None) -> tuple[str, int] | None:
+def _host_port(value: str | None, flag: str = "--xds") -> tuple[str, int] | None:
     if value is None:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--xds")
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint=flag)
     return host.strip("[]"), int(port)
 
 
@@ -89,6 +91,19 @@ def _node(
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Workload label (LABELS).")
 @click.option("--admin-port", type=click.IntRange(0, 65535), help="Admin port on 127.0.0.1.")
 @click.option(
+    "--ca-address",
+    metavar="HOST:PORT",
+    help="The CA's certificate service [default: the --xds address].",
+)
+@click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TRELLIS_JOIN_TOKEN_FILE",
+    help="Join token (from `trellis join-token`) to obtain the workload certificate with; "
+    "read on every renewal. Or the token itself in TRELLIS_JOIN_TOKEN. "
+    "[env: TRELLIS_JOIN_TOKEN_FILE]",
+)
+@click.option(
     "--drain-time-s",
     "drain_time",
     type=click.FloatRange(min=0),
@@ -105,6 +120,8 @@ def proxy(
     metadata: tuple[str, ...],
     label: tuple[str, ...],
     admin_port: int | None,
+    ca_address: str | None,
+    join_token_file: Path | None,
     drain_time: float | None,
     log_level: str,
 ) -> None:
@@ -112,12 +129,25 @@ def proxy(
     if bootstrap is None and xds is None:
         raise click.UsageError("give --bootstrap FILE, --xds HOST:PORT, or both")
     control_plane = _host_port(xds)
+    ca = _host_port(ca_address, "--ca-address") or control_plane
+    join_token = os.environ.get("TRELLIS_JOIN_TOKEN") if join_token_file is None else None
+    if (join_token_file is not None or join_token) and ca is None:
+        raise click.UsageError("a join token needs --ca-address HOST:PORT (or --xds)")
     node = _node(node_id, node_cluster, metadata, label)
     _configure_logging(log_level)
     from trellis.proxy.main import run  # noqa: PLC0415 - keep other commands' imports out of the proxy
 
     sys.exit(
-        run(bootstrap, drain_time=drain_time, xds=control_plane, node=node, admin_port=admin_port)
+        run(
+            bootstrap,
+            drain_time=drain_time,
+            xds=control_plane,
+            node=node,
+            admin_port=admin_port,
+            ca=ca,
+            join_token_file=join_token_file,
+            join_token=join_token,
+        )
     )
 
 
@@ -128,6 +158,7 @@ cli.add_command(delete)
 cli.add_command(analyze)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
+cli.add_command(join_token)
 
 
 def main() -> None:

@@ -143,6 +143,17 @@ _COLUMNS: Mapping[str, tuple[tuple[Column, ...], tuple[Column, ...]]] = {
         (("ADDRESS", lambda s: str(s.get("address", ""))),),
         (("LABELS", lambda s: _labels(s.get("labels"))),),
     ),
+    "PeerAuthentication": (
+        (("MODE", lambda s: str((s.get("mtls") or {}).get("mode", "UNSET"))),),
+        (("SELECTOR", lambda s: _labels((s.get("selector") or {}).get("matchLabels"))),),
+    ),
+    "AuthorizationPolicy": (
+        (("ACTION", lambda s: str(s.get("action", "ALLOW"))),),
+        (
+            ("SELECTOR", lambda s: _labels((s.get("selector") or {}).get("matchLabels"))),
+            ("RULES", lambda s: str(len(s.get("rules") or []))),
+        ),
+    ),
 }
 
 

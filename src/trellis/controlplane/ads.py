@@ -279,17 +279,19 @@ async def serve_ads(
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
     service: AggregatedDiscoveryService | None = None,
+    handlers: Sequence[grpc.GenericRpcHandler] = (),
 ) -> AdsServer:
     """Start serving ADS on `address` ("127.0.0.1:15010"; port 0 picks a free one).
 
     Pass `service` to configure it beyond the defaults; it must use `cache`.
+    `handlers` are more services on the same server (the CA's certificate service).
     """
     if service is None:
         service = AggregatedDiscoveryService(cache, source)
     elif service.cache is not cache or source is not None:
         raise ValueError("pass either a service or the cache and source to build one")
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
-    server.add_generic_rpc_handlers((service.rpc_handler(),))
+    server.add_generic_rpc_handlers((service.rpc_handler(), *handlers))
     if credentials is None:
         port = server.add_insecure_port(address)
     else:

@@ -29,9 +29,11 @@ from trellis.api.loader import MAX_SOURCE_BYTES
 from trellis.controlplane.ads_status import ProxyStatus
 from trellis.controlplane.api_apply import analyze_config, apply_batch
 from trellis.controlplane.api_auth import TokenAuthMiddleware
+from trellis.controlplane.api_join_tokens import join_token_router
 from trellis.controlplane.api_proxies import proxies_json, resolve_proxy
 from trellis.controlplane.api_routes import resource_router, watch_router
 from trellis.controlplane.api_status import StatusError, status_body
+from trellis.controlplane.join_token import JoinTokens
 from trellis.controlplane.store import ConfigStore, StoreError
 from trellis.errors import TrellisError
 
@@ -108,12 +110,15 @@ def create_app(
     token: str,
     ads_status: Callable[[], list[ProxyStatus]] | None = None,
     proxy_admin: ProxyAdmin | None = None,
+    join_tokens: JoinTokens | None = None,
+    trust_domain: str = "cluster.local",
 ) -> FastAPI:
     """The REST API over `store`.
 
     `token`: what non-loopback callers must present. `ads_status`: the xDS
     server's view of connected proxies (`AggregatedDiscoveryService.status`).
     `proxy_admin`: maps a proxy's node id to its admin address, for config dumps.
+    `join_tokens`: issues `POST /api/v1/join-tokens` (SPIFFE IDs in `trust_domain`).
     """
     app = FastAPI(
         title="Trellis control plane",
@@ -130,6 +135,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _request_error)
     app.include_router(resource_router(store))
     app.include_router(watch_router(store))
+    if join_tokens is not None:
+        app.include_router(join_token_router(join_tokens, trust_domain))
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+SECURITY_GROUP = "security.istio.io"
+SECURITY_VERSIONS = ("v1", "v1beta1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,22 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("DestinationRule", "destinationrules", "destinationrule", ("dr",)),
     KindInfo("ServiceEntry", "serviceentries", "serviceentry", ("se",)),
     KindInfo("WorkloadEntry", "workloadentries", "workloadentry", ("we",)),
+    KindInfo(
+        "PeerAuthentication",
+        "peerauthentications",
+        "peerauthentication",
+        ("pa",),
+        SECURITY_GROUP,
+        SECURITY_VERSIONS,
+    ),
+    KindInfo(
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        "authorizationpolicy",
+        ("ap",),
+        SECURITY_GROUP,
+        SECURITY_VERSIONS,
+    ),
 )
 
 

@@ -2,13 +2,16 @@
 
 Stored config changes are watched, debounced, translated for every connected
 proxy and pushed over ADS; a proxy that connects gets its snapshot built on the
-spot. An acknowledged apply is durable (SQLite, WAL, synchronous=FULL).
+spot. An acknowledged apply is durable (SQLite, WAL, synchronous=FULL). The
+same gRPC server carries the CA's certificate service (`ca_service`); its
+root is `ControlPlane.ca.root_bundle_pem`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -18,12 +21,17 @@ from typing import Any
 
 from trellis.controlplane.ads import AdsServer, serve_ads
 from trellis.controlplane.ads_status import ProxyNode
+from trellis.controlplane.ca import DEFAULT_CERT_TTL, DEFAULT_TRUST_DOMAIN, CertificateAuthority
+from trellis.controlplane.ca_files import open_authority
+from trellis.controlplane.ca_service import CertificateService
+from trellis.controlplane.join_token import JoinTokenAuthenticator, JoinTokens
 from trellis.controlplane.mesh_state import MeshState
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.controlplane.sqlite_store import SqliteConfigStore
 from trellis.controlplane.store import ConfigStore, WatchEventType, WatchExpiredError
 from trellis.errors import TrellisError
+from trellis.xds.mesh import MeshTls
 
 log = logging.getLogger("trellis.controlplane")
 
@@ -38,6 +46,11 @@ class ControlPlaneSettings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     debounce: float = 0.1
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    cert_ttl: float = DEFAULT_CERT_TTL
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    ca_chain: Path | None = None
 
 
 class ControlPlane:
@@ -48,6 +61,8 @@ class ControlPlane:
         self.cache = cache
         self.state = MeshState()
         self.ads: AdsServer | None = None
+        self.ca: CertificateAuthority | None = None
+        self.join_tokens: JoinTokens | None = None
         self._republish = asyncio.Event()
 
     async def load(self) -> None:
@@ -122,7 +137,30 @@ async def serve(
     plane = ControlPlane(store, cache)
     try:
         await plane.load()
-        plane.ads = await serve_ads(settings.xds_address, cache, plane.snapshot_for)
+        plane.ca = open_authority(
+            settings.data_dir,
+            trust_domain=settings.trust_domain,
+            ca_cert=settings.ca_cert,
+            ca_key=settings.ca_key,
+            ca_chain=settings.ca_chain,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        root = plane.ca.root.subject.rfc4514_string()
+        log.info("certificate authority: %s (root %s)", plane.ca.source, root)
+        # Sidecars verify peers against this root (xDS secret ROOTCA): mesh mTLS is on.
+        plane.state.set_tls(
+            MeshTls(plane.ca.root_bundle_pem.encode(), trust_domain=plane.ca.trust_domain)
+        )
+        plane.join_tokens = JoinTokens.load_or_create(settings.data_dir)
+        certificates = CertificateService(
+            plane.ca, JoinTokenAuthenticator(plane.join_tokens), cert_ttl=settings.cert_ttl
+        )
+        plane.ads = await serve_ads(
+            settings.xds_address,
+            cache,
+            plane.snapshot_for,
+            handlers=(certificates.rpc_handler(),),
+        )
         log.info("xDS (ADS) on port %d", plane.ads.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

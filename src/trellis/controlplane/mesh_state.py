@@ -20,7 +20,7 @@ Proxyless gRPC clients (metadata `GENERATOR: grpc`, else a gRPC user agent:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import Message
 
@@ -33,10 +33,18 @@ from trellis.controlplane.snapshot import ResourceSet, Snapshot
 from trellis.controlplane.store import StoredResource
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.mesh import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
     CaptureMode,
     GrpcTranslator,
     MeshConfig,
+    MeshTls,
     ProxyIdentity,
+    Resources,
+    SharedOutbound,
     TranslateOptions,
     Translator,
     is_grpc_node,
@@ -80,9 +88,14 @@ def translate_options(node: ProxyNode) -> TranslateOptions:
 
 
 class MeshState:
-    """Parsed resources keyed by (kind, namespace, name), and per-proxy translation."""
+    """Parsed resources keyed by (kind, namespace, name), and per-proxy translation.
 
-    def __init__(self) -> None:
+    With `tls` (the mesh CA's root, `set_tls`) sidecars get mTLS and the
+    `ROOTCA` secret; without it their traffic is plaintext.
+    """
+
+    def __init__(self, tls: MeshTls | None = None) -> None:
+        self._tls = tls
         self._resources: dict[Key, Resource] = {}
         self._translator: Translator | None = None
         self._grpc: GrpcTranslator | None = None
@@ -90,6 +103,7 @@ class MeshState:
         # The message is kept with its encoding so its id cannot be reused.
         self._encoded: dict[int, tuple[Message, XdsResource]] = {}
         self._sets: dict[tuple[str, tuple[int, ...]], ResourceSet] = {}
+        self._groups: dict[int, tuple[SharedOutbound, dict[str, ResourceSet]]] = {}
         self.version = "0"
 
     def load(self, stored: Iterable[StoredResource], version: str) -> None:
@@ -113,16 +127,22 @@ class MeshState:
         self._resources.pop(key, None)
         self._changed()
 
+    def set_tls(self, tls: MeshTls | None) -> None:
+        """Take the mesh CA's root (None: no mesh mTLS); every proxy's config changes."""
+        self._tls = tls
+        self._changed()
+
     def _changed(self) -> None:
         self._translator = None
         self._grpc = None
         self._encoded = {}
         self._sets = {}
+        self._groups = {}
 
     @property
     def translator(self) -> Translator:
         if self._translator is None:
-            self._translator = Translator(MeshConfig.of(self._resources.values()))
+            self._translator = Translator(MeshConfig.of(self._resources.values(), self._tls))
         return self._translator
 
     def resources(self) -> list[Resource]:
@@ -147,23 +167,52 @@ class MeshState:
         if is_grpc_node(node.metadata, node.user_agent):
             if self._grpc is None:
                 self._grpc = GrpcTranslator(self.translator.config)
-            resources = self._grpc.translate(self.identity(node))
-        else:
-            resources = self.translator.translate(self.identity(node), translate_options(node))
-        encoded = self._encoded
-        sets = {}
-        for type_url, by_name in resources.items():
-            # Proxies in one translation group share their clusters, endpoints and
-            # routes: the same messages make the same (cached) set.
-            key = (type_url, tuple(map(id, by_name.values())))
-            shared = self._sets.get(key)
-            if shared is None:
-                items = []
-                for message in by_name.values():
-                    known = encoded.get(id(message))
-                    if known is None:
-                        known = encoded[id(message)] = (message, XdsResource.of(message))
-                    items.append(known[1])
-                shared = self._sets[key] = ResourceSet.of(type_url, items)
-            sets[type_url] = shared
+            return self._snapshot(self._grpc.translate(self.identity(node)))
+        parts = self.translator.translate_parts(self.identity(node), translate_options(node))
+        shared = self._shared_sets(parts.shared)
+        clusters = shared[CLUSTER_TYPE]
+        if parts.inbound_clusters:
+            clusters = clusters.extended(map(XdsResource.of, parts.inbound_clusters.values()))
+        own_listeners = [XdsResource.of(m) for m in parts.listeners.values()]
+        sets = {
+            CLUSTER_TYPE: clusters,
+            ENDPOINT_TYPE: shared[ENDPOINT_TYPE],
+            LISTENER_TYPE: ResourceSet.of(LISTENER_TYPE, own_listeners),
+            ROUTE_TYPE: shared[ROUTE_TYPE],
+        }
+        if parts.secrets:  # one set for every proxy: the same messages each time
+            sets[SECRET_TYPE] = self._set(SECRET_TYPE, parts.secrets)
         return Snapshot(self.version, sets)
+
+    def _shared_sets(self, shared: SharedOutbound) -> dict[str, ResourceSet]:
+        """The sets of one translation group's shared resources, built once per config."""
+        found = self._groups.get(id(shared))
+        if found is None:
+            sets = {
+                CLUSTER_TYPE: self._set(CLUSTER_TYPE, shared.clusters),
+                ENDPOINT_TYPE: self._set(ENDPOINT_TYPE, shared.assignments),
+                ROUTE_TYPE: self._set(ROUTE_TYPE, shared.routes),
+            }
+            found = self._groups[id(shared)] = (shared, sets)
+        return found[1]
+
+    def _snapshot(self, resources: Resources) -> Snapshot:
+        return Snapshot(
+            self.version,
+            {type_url: self._set(type_url, by_name) for type_url, by_name in resources.items()},
+        )
+
+    def _set(self, type_url: str, by_name: Mapping[str, Message]) -> ResourceSet:
+        """A set of shared messages; equal message lists give the same (cached) set."""
+        key = (type_url, tuple(map(id, by_name.values())))
+        shared = self._sets.get(key)
+        if shared is None:
+            encoded = self._encoded
+            items = []
+            for message in by_name.values():
+                known = encoded.get(id(message))
+                if known is None:
+                    known = encoded[id(message)] = (message, XdsResource.of(message))
+                items.append(known[1])
+            shared = self._sets[key] = ResourceSet.of(type_url, items)
+        return shared

@@ -12,14 +12,18 @@ from collections.abc import Sequence
 
 from trellis.api.analyze import Finding, Severity
 from trellis.api.networking import NetworkingResource
-from trellis.xds.mesh import MeshConfig, ProxyIdentity, Translator, UnsupportedConfigError
+from trellis.xds.mesh import MeshConfig, MeshTls, ProxyIdentity, Translator, UnsupportedConfigError
 
 _PROBE = "trellis-apply-check"
+# The control plane always runs its CA, so sidecars get mesh mTLS: check as they
+# are translated (DestinationRule ISTIO_MUTUAL is carried out). The root's bytes
+# do not change what is refused.
+_PROBE_TLS = MeshTls(root_ca_pem=b"")
 
 
 def translation_findings(resources: Sequence[NetworkingResource]) -> list[Finding]:
     """A TRL0201 error for each resource whose translation a proxy could not carry out."""
-    translator = Translator(MeshConfig.of(resources))
+    translator = Translator(MeshConfig.of(resources, _PROBE_TLS))
     findings: dict[tuple[tuple[str, str, str], str], Finding] = {}
     for namespace in sorted({resource.metadata.namespace for resource in resources}):
         proxy = ProxyIdentity(node_id=_PROBE, workload_name=_PROBE, namespace=namespace)

@@ -76,6 +76,10 @@ class AccessLogEntry:
     connection_termination_details: str | None = None
     request_headers: Mapping[str, str] | None = None
     response_headers: Mapping[str, str] | None = None
+    downstream_peer_uri_san: str | None = None  # the client's SPIFFE ID over mTLS
+    upstream_peer_uri_san: str | None = None  # the upstream's SPIFFE ID over mTLS
+    rbac_result: str | None = None  # "allowed" / "denied" when RBAC filters ran
+    rbac_policy: str | None = None  # the policy and rule that decided, or why none did
 
 
 Value = str | int | None
@@ -103,6 +107,16 @@ _FIELD_OPERATORS: Mapping[str, str] = MappingProxyType(
         "DOWNSTREAM_LOCAL_ADDRESS": "downstream_local_address",
         "REQUESTED_SERVER_NAME": "requested_server_name",
         "ROUTE_NAME": "route_name",
+        "DOWNSTREAM_PEER_URI_SAN": "downstream_peer_uri_san",
+        "UPSTREAM_PEER_URI_SAN": "upstream_peer_uri_san",
+    }
+)
+
+# %DYNAMIC_METADATA(NAMESPACE:KEY)% values Trellis records.
+_METADATA_FIELDS: Mapping[str, str] = MappingProxyType(
+    {
+        "envoy.filters.http.rbac:enforced_engine_result": "rbac_result",
+        "envoy.filters.http.rbac:enforced_effective_policy_id": "rbac_policy",
     }
 )
 
@@ -273,6 +287,14 @@ class _Compiler:
             if not argument:
                 raise ConfigError(f"access log operator %{command}% needs a header name")
             return self._header(command == "REQ", argument)
+        if command == "DYNAMIC_METADATA":
+            field = _METADATA_FIELDS.get(argument or "")
+            if field is None:
+                known = ", ".join(sorted(_METADATA_FIELDS))
+                raise ConfigError(
+                    f"unsupported %DYNAMIC_METADATA({argument})% (supported: {known})"
+                )
+            return attrgetter(field)
         if command == "START_TIME":
             return _default_start_time() if not argument else _start_time_formatter(argument)
         if command in _FIELD_OPERATORS or command in _COMPUTED_OPERATORS:

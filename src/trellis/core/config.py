@@ -11,6 +11,15 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from trellis.core.authz import AuthzConfig
+from trellis.core.tls import (
+    PLAINTEXT_CHAIN,
+    FilterChain,
+    NamedSecret,
+    TransportSocketMatch,
+    UpstreamTls,
+)
+
 # --- common ------------------------------------------------------------------
 
 
@@ -240,6 +249,8 @@ class LbPolicy(enum.Enum):
 class Endpoint:
     address: SocketAddress
     weight: int = 1
+    # The endpoint's `envoy.transport_socket_match` metadata (string values only).
+    transport_metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +293,8 @@ class Cluster:
     http2: bool = False  # only the ADS cluster: the xDS client speaks gRPC to it
     outlier_detection: OutlierDetection | None = None
     healthy_panic_threshold: float = 50.0  # percent; 0 disables panic mode
+    transport_socket: UpstreamTls | None = None  # None: plaintext
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
 
 
 # --- listeners -----------------------------------------------------------------
@@ -326,6 +339,7 @@ class HttpConnectionManager:
     upgrade_types: frozenset[str] = frozenset()  # lower-case, e.g. {"websocket"}
     rds_name: str | None = None  # the RouteConfiguration to take from RDS
     access_logs: tuple[AccessLogConfig, ...] = ()
+    authz: AuthzConfig | None = None  # RBAC filters before the router; None: no RBAC filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +360,9 @@ class Listener:
     filter: NetworkFilter
     direction: TrafficDirection = TrafficDirection.UNSPECIFIED
     per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # Which chain a connection takes (TLS or plaintext, and how TLS is terminated);
+    # every chain runs `filter`.
+    chains: tuple[FilterChain, ...] = (PLAINTEXT_CHAIN,)
 
 
 # --- the whole proxy -------------------------------------------------------------
@@ -396,3 +413,4 @@ class ProxyConfig:
     # overload_manager's envoy.resource_monitors.global_downstream_max_connections
     max_downstream_connections: int | None = None
     ads: AdsConfig | None = None
+    secrets: tuple[NamedSecret, ...] = ()  # static_resources.secrets

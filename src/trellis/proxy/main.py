@@ -1,4 +1,9 @@
-"""`trellis proxy`: load a bootstrap, serve until told to stop, drain, exit."""
+"""`trellis proxy`: load a bootstrap, serve until told to stop, drain, exit.
+
+With a join token, the proxy first obtains its workload certificate from the
+control plane's CA (`runtime.identity`), waiting a bounded time, and keeps it
+renewed while it serves.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,26 @@ import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from trellis.core.config import HttpConnectionManager, ProxyConfig
+from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
+from trellis.runtime.ca_client import IdentityError
+from trellis.runtime.identity import (
+    CertificateManager,
+    IdentitySettings,
+    TokenSource,
+    token_from_file,
+    token_value,
+)
 from trellis.runtime.server import ProxyServer
 from trellis.runtime.xds_client import XdsClient
 from trellis.xds.bootstrap import load_bootstrap, parse_bootstrap, with_ads
 from trellis.xds.compile import compile_bootstrap
 from trellis.xds.config_dump import config_dump
+from trellis.xds.secret_dump import certs_json
 
 log = logging.getLogger("trellis.proxy")
+
+FIRST_CERTIFICATE_TIMEOUT = 30.0
 
 
 def load(
@@ -62,11 +79,16 @@ def run(
     xds: tuple[str, int] | None = None,
     node: Mapping[str, object] | None = None,
     admin_port: int | None = None,
+    ca: tuple[str, int] | None = None,
+    join_token_file: Path | None = None,
+    join_token: str | None = None,
 ) -> int:
     """Run the proxy in this process; returns the exit status.
 
     `drain_time` bounds the drain on SIGTERM; by default it is the longest
     `drain_timeout` of the bootstrap's HTTP connection managers (Envoy's 5 s).
+    With `join_token_file` (read on every request) or `join_token`, the proxy
+    gets its certificate from the CA at `ca` (default: the `xds` address).
     """
     try:
         message, config = load(bootstrap, xds=xds, node=node, admin_port=admin_port)
@@ -84,24 +106,85 @@ def run(
         )
     loaded_at = time.time()
     client: list[XdsClient] = []
+    identity = _identity(ca or xds, join_token_file, join_token)
+    if isinstance(identity, str):
+        print(f"trellis proxy: {identity}", file=sys.stderr)
+        return 1
 
     def dump() -> dict[str, object]:
-        return config_dump(message, loaded_at, client[0].status if client else None)
+        status = identity.status() if identity is not None else None
+        return config_dump(
+            message,
+            loaded_at,
+            client[0].status if client else None,
+            secrets=[status] if status is not None else [],
+        )
 
     server = ProxyServer(config, dump, drain_time=drain_time)
     if config.ads is not None:
         client.append(XdsClient(config.ads, message.node, server.manager, server.set_live))
-    return uvloop.run(_serve(server, client[0] if client else None))
+    return uvloop.run(_serve(server, client[0] if client else None, identity))
 
 
-async def _serve(server: ProxyServer, client: XdsClient | None) -> int:
+def _identity(
+    ca: tuple[str, int] | None, token_file: Path | None, token: str | None
+) -> CertificateManager | str | None:
+    """The certificate manager when a join token is given; a problem as text."""
+    source: TokenSource
+    if token_file is not None:
+        source = token_from_file(token_file)
+    elif token:
+        source = token_value(token.strip())
+    else:
+        return None
+    if ca is None:
+        return "a join token needs the CA's address: give --ca-address or --xds"
+    return CertificateManager(IdentitySettings(ca_host=ca[0], ca_port=ca[1]), source)
+
+
+async def _first_certificate(identity: CertificateManager) -> asyncio.Task[None] | None:
+    """Start renewing; wait for the first certificate. None (after saying why) if none came."""
+    task = asyncio.get_running_loop().create_task(identity.run(), name="certificate manager")
+    try:
+        cert = await identity.wait_first(FIRST_CERTIFICATE_TIMEOUT)
+    except IdentityError as exc:
+        print(f"trellis proxy: no workload certificate: {exc}", file=sys.stderr)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    log.info("workload identity %s (certificate %s)", cert.spiffe_id, cert.serial)
+    return task
+
+
+async def _serve(
+    server: ProxyServer, client: XdsClient | None, identity: CertificateManager | None = None
+) -> int:
     loop = asyncio.get_running_loop()
+    identity_task = None
+    if identity is not None:
+        # Every certificate (the first, then each renewal) becomes the secret
+        # `default` that TLS contexts name; new connections use the newest.
+        identity.add_listener(
+            lambda cert: server.secrets.set_local(
+                WORKLOAD_CERTIFICATE,
+                TlsCertificateSecret(cert.cert_chain_pem.encode(), cert.key_pem.encode()),
+            )
+        )
+        identity_task = await _first_certificate(identity)
+        if identity_task is None:
+            return 1
     try:
         await server.start(live=client is None)
     except OSError as exc:
         print(f"trellis proxy: cannot start: {exc}", file=sys.stderr)
         await server.shutdown(drain=False)
+        if identity_task is not None:
+            identity_task.cancel()
         return 1
+    if identity is not None and server.admin is not None:
+        server.admin.add_prometheus_source(identity.prometheus)
+        server.admin.add_json_route("/certs", lambda: _certs(identity))
     xds_task = loop.create_task(client.run(), name="ads client") if client is not None else None
     draining = False
 
@@ -117,10 +200,16 @@ async def _serve(server: ProxyServer, client: XdsClient | None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("proxy ready" if client is None else "proxy started; waiting for config over ADS")
     await server.wait_stopped()
-    if xds_task is not None:
-        xds_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await xds_task
+    for task in (xds_task, identity_task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await server.shutdown(drain=draining)
     log.info("proxy stopped")
     return 0
+
+
+def _certs(identity: CertificateManager) -> dict[str, object]:
+    status = identity.status()
+    return certs_json([status] if status is not None else [], time.time())

@@ -43,7 +43,7 @@ class AdminServer:
         self._routes: dict[tuple[str, str], Callable[[dict[str, list[str]]], Response]] = {
             ("GET", "/ready"): self._ready,
             ("GET", "/healthz/ready"): self._ready,
-            ("GET", "/stats/prometheus"): lambda q: (200, _PROM, target.prometheus().encode()),
+            ("GET", "/stats/prometheus"): lambda q: (200, _PROM, self._prometheus().encode()),
             ("GET", "/stats"): lambda q: (200, _TEXT, target.stats_text().encode()),
             ("GET", "/config_dump"): lambda q: (200, _JSON, _json(target.config_dump())),
             ("GET", "/clusters"): lambda q: (200, _TEXT, target.clusters_text().encode()),
@@ -53,6 +53,18 @@ class AdminServer:
             ("POST", "/logging"): self._logging,
             ("GET", "/help"): self._help,
         }
+        self._prometheus_sources: list[Callable[[], str]] = []
+
+    def add_prometheus_source(self, render: Callable[[], str]) -> None:
+        """More families for `/stats/prometheus`, rendered at scrape time (e.g. cert expiry)."""
+        self._prometheus_sources.append(render)
+
+    def add_json_route(self, path: str, render: Callable[[], object]) -> None:
+        """Another `GET` endpoint answering JSON (e.g. Envoy's `/certs`)."""
+        self._routes[("GET", path)] = lambda q: (200, _JSON, _json(render()))
+
+    def _prometheus(self) -> str:
+        return self.target.prometheus() + "".join(render() for render in self._prometheus_sources)
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._serve, host, port, reuse_address=True)

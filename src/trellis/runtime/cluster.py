@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,6 +18,8 @@ from trellis.core.circuit import ResourceLimits
 from trellis.core.config import Cluster, Endpoint
 from trellis.core.outlier import Outcome, OutlierDetector, choose_available
 from trellis.core.prometheus import StatsRegistry
+from trellis.core.tls import san_allowed, upstream_tls_for
+from trellis.runtime.secrets import SecretStore, peer_sans
 from trellis.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("trellis.upstream")
@@ -34,12 +37,22 @@ class PoolWaiter(Protocol):
 class HostRuntime:
     """One endpoint of a cluster: its address, counters and pool."""
 
-    __slots__ = ("address", "cluster", "cx_connect_fail", "cx_total", "index", "pool", "stats")
+    __slots__ = (
+        "address",
+        "cluster",
+        "cx_connect_fail",
+        "cx_total",
+        "endpoint",
+        "index",
+        "pool",
+        "stats",
+    )
 
     def __init__(self, cluster: ClusterRuntime, index: int, endpoint: Endpoint) -> None:
         self.cluster = cluster
         self.index = index
         self.address = endpoint.address
+        self.endpoint = endpoint
         self.stats = HostStats()
         self.pool = HostPool(self)
         self.cx_total = 0
@@ -54,17 +67,51 @@ class HostRuntime:
         self.cx_total += 1
         loop = asyncio.get_running_loop()
         address = self.address
+        config = self.cluster.config
+        tls = upstream_tls_for(
+            config.transport_socket,
+            config.transport_socket_matches,
+            self.endpoint.transport_metadata,
+        )
+        context = None
+        if tls is not None:
+            secrets = self.cluster.secrets
+            context = secrets.client_context(tls) if secrets is not None else None
+            if context is None:
+                return self._failed("TLS error: the certificate or trusted CAs are not ready")
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(factory, address.host, address.port),
-                self.cluster.config.connect_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            self.cx_connect_fail += 1
-            self.stats.connect_failures += 1
+            if context is None:
+                connecting = loop.create_connection(factory, address.host, address.port)
+            else:
+                assert tls is not None
+                connecting = loop.create_connection(
+                    factory,
+                    address.host,
+                    address.port,
+                    ssl=context,
+                    server_hostname=tls.sni,  # "": no SNI
+                    ssl_handshake_timeout=config.connect_timeout,
+                )
+            transport, protocol = await asyncio.wait_for(connecting, config.connect_timeout)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.debug("connect to %s failed: %s", address, exc)
-            return "connection timeout" if isinstance(exc, TimeoutError) else "connection failure"
+            if isinstance(exc, TimeoutError):
+                return self._failed("connection timeout")
+            if context is not None and isinstance(exc, ssl.SSLError):
+                return self._failed(f"TLS error: {exc.reason or exc}")
+            return self._failed("connection failure")
+        if tls is not None and tls.common.san_matchers:
+            sans = peer_sans(transport.get_extra_info("peercert"))
+            if not san_allowed(tls.common.san_matchers, sans):
+                transport.close()
+                log.debug("upstream %s: certificate SANs %s are not expected", address, sans)
+                return self._failed("TLS error: the peer's certificate SAN does not match")
         return protocol
+
+    def _failed(self, reason: str) -> str:
+        self.cx_connect_fail += 1
+        self.stats.connect_failures += 1
+        return reason
 
 
 class HostPool:
@@ -169,11 +216,27 @@ class ClusterRuntime:
     """A cluster's live state. A config change updates it in place: hosts that stay
     keep their pools and counters, requests in flight keep the hosts they hold."""
 
-    __slots__ = ("balancer", "buffer_limit", "config", "hosts", "limits", "outlier", "rng")
+    __slots__ = (
+        "balancer",
+        "buffer_limit",
+        "config",
+        "hosts",
+        "limits",
+        "outlier",
+        "rng",
+        "secrets",
+    )
 
-    def __init__(self, config: Cluster, rng: random.Random, buffer_limit: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        config: Cluster,
+        rng: random.Random,
+        buffer_limit: int = 1 << 20,
+        secrets: SecretStore | None = None,
+    ) -> None:
         self.config = config
         self.rng = rng
+        self.secrets = secrets
         self.buffer_limit = buffer_limit
         self.limits = ResourceLimits(config.thresholds)
         self.hosts = [HostRuntime(self, i, ep) for i, ep in enumerate(config.endpoints)]
@@ -186,6 +249,13 @@ class ClusterRuntime:
         if config == self.config:
             return
         old_config, self.config = self.config, config
+        if (old_config.transport_socket, old_config.transport_socket_matches) != (
+            config.transport_socket,
+            config.transport_socket_matches,
+        ):
+            now = time.monotonic()
+            for old_host in self.hosts:  # idle connections may use the old transport
+                old_host.pool.close_idle(now)
         self.limits.thresholds = config.thresholds
         previous = {host.address: host for host in self.hosts}
         hosts = []
@@ -195,6 +265,9 @@ class ClusterRuntime:
             kept.append(None if host is None else host.index)
             if host is None:
                 host = HostRuntime(self, index, endpoint)
+            elif host.endpoint.transport_metadata != endpoint.transport_metadata:
+                host.pool.close_idle(time.monotonic())  # they may use another transport
+            host.endpoint = endpoint
             host.index = index
             hosts.append(host)
         for gone in previous.values():
@@ -273,14 +346,19 @@ class ClusterRuntime:
 
 
 class ClusterManager:
-    __slots__ = ("clusters",)
+    __slots__ = ("clusters", "secrets")
 
-    def __init__(self, clusters: dict[str, ClusterRuntime]) -> None:
+    def __init__(
+        self, clusters: dict[str, ClusterRuntime], secrets: SecretStore | None = None
+    ) -> None:
         self.clusters = clusters
+        self.secrets = secrets
 
     @classmethod
-    def build(cls, configs: tuple[Cluster, ...], rng: random.Random) -> ClusterManager:
-        return cls({c.name: ClusterRuntime(c, rng) for c in configs})
+    def build(
+        cls, configs: tuple[Cluster, ...], rng: random.Random, secrets: SecretStore | None = None
+    ) -> ClusterManager:
+        return cls({c.name: ClusterRuntime(c, rng, secrets=secrets) for c in configs}, secrets)
 
     def sweep_idle(self, now: float) -> None:
         for cluster in self.clusters.values():

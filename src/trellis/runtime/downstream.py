@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from trellis.core.authz_match import AuthzRequest, IPAddress, parse_ip
 from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
@@ -40,6 +41,7 @@ class RequestRejectedError(Exception):
 
 class DownstreamHttp1(asyncio.Protocol):
     __slots__ = (
+        "_addresses",
         "_beginning",
         "_header_bytes",
         "_headers",
@@ -56,6 +58,7 @@ class DownstreamHttp1(asyncio.Protocol):
         "http11",
         "last_activity",
         "listener",
+        "peer_principal",
         "remote_ip",
         "scheme",
         "streams",
@@ -81,10 +84,35 @@ class DownstreamHttp1(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.scheme = b"http"
         self.remote_ip = ""
+        self.peer_principal: str | None = None  # set by the listener on mTLS connections
+        self._addresses: tuple[IPAddress | None, IPAddress | None] | None = None
         self.http11 = True
         self.draining = False
         self.header_timer: Deadline | None = None
         self.last_activity = 0.0
+
+    def authz_request(self, stream: Stream) -> AuthzRequest:
+        """What the RBAC filters look at for `stream` (addresses parsed once per connection)."""
+        addresses = self._addresses
+        if addresses is None:
+            transport = self.transport
+            local = transport.get_extra_info("sockname") if transport is not None else None
+            addresses = self._addresses = (
+                parse_ip(self.remote_ip),
+                parse_ip(local[0]) if isinstance(local, tuple) else None,
+            )
+        path = stream.path
+        query = path.find("?")
+        return AuthzRequest(
+            principal=self.peer_principal,
+            source_ip=addresses[0],
+            destination_ip=addresses[1],
+            destination_port=self.listener.config.address.port,
+            method=stream.method.decode("latin-1"),
+            path=path if query < 0 else path[:query],
+            authority=stream.authority,
+            headers=stream.headers,
+        )
 
     # -- asyncio.Protocol ----------------------------------------------------------
 

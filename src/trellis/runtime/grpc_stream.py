@@ -1,9 +1,11 @@
-"""One bidirectional gRPC call over plaintext HTTP/2, built on h2.
+"""gRPC calls over plaintext HTTP/2, built on h2.
 
-The proxy needs exactly one gRPC call, the ADS stream. grpcio would add ~9 MB
-of resident memory to every sidecar (DESIGN.md §8 budgets 40 MB); h2 adds ~1 MB.
-This speaks the gRPC wire format (length-prefixed messages, `te: trailers`,
-`grpc-status` trailers) over an h2c prior-knowledge connection.
+The proxy needs two gRPC calls: the ADS stream and the CA's CreateCertificate
+(`unary_call`). grpcio would add ~9 MB of resident memory to every sidecar
+(DESIGN.md §8 budgets 40 MB); h2 adds ~1 MB. This speaks the gRPC wire format
+(length-prefixed messages, `te: trailers`, `grpc-status` trailers, custom
+metadata as headers) over an h2c prior-knowledge connection, one call per
+connection.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections.abc import Sequence
 
 import h2.config
 import h2.connection
@@ -20,6 +23,9 @@ import h2.exceptions
 _READ_SIZE = 65536
 _MAX_MESSAGE = 64 * 1024 * 1024
 _WINDOW = 16 * 1024 * 1024
+OK = 0
+Metadata = Sequence[tuple[str, str]]
+"""Custom call metadata: lowercase ASCII names (`authorization`), printable values."""
 
 
 class GrpcError(Exception):
@@ -48,15 +54,19 @@ class GrpcStream:
         self._closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int, path: str, connect_timeout: float) -> GrpcStream:
+    async def open(
+        cls, host: str, port: int, path: str, connect_timeout: float, metadata: Metadata = ()
+    ) -> GrpcStream:
+        """Connect and start the call; ValueError (before connecting) for unsendable metadata."""
+        extra = _headers(metadata)
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port), connect_timeout
         )
         stream = cls(reader, writer)
-        stream._start(f"{host}:{port}", path)
+        stream._start(f"{host}:{port}", path, extra)
         return stream
 
-    def _start(self, authority: str, path: str) -> None:
+    def _start(self, authority: str, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         conn = self._conn
         conn.initiate_connection()
         conn.increment_flow_control_window(_WINDOW)
@@ -71,6 +81,7 @@ class GrpcStream:
                 (b"content-type", b"application/grpc"),
                 (b"te", b"trailers"),
                 (b"user-agent", b"trellis-proxy"),
+                *extra,
             ],
         )
         conn.increment_flow_control_window(_WINDOW, stream_id=self._stream_id)
@@ -101,6 +112,14 @@ class GrpcStream:
             chunk, payload = payload[:window], payload[window:]
             conn.send_data(self._stream_id, chunk)
             self._flush()
+        await self._writer.drain()
+
+    async def close_send(self) -> None:
+        """Half-close: no more messages from this side (a unary call after its request)."""
+        if self._closed:
+            raise GrpcError(14, "stream closed")
+        self._conn.end_stream(self._stream_id)
+        self._flush()
         await self._writer.drain()
 
     async def recv(self) -> bytes:
@@ -180,6 +199,54 @@ class GrpcStream:
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
+
+
+def _headers(metadata: Metadata) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for name, value in metadata:
+        if not name or name != name.lower() or name.startswith((":", "grpc-")) or name == "te":
+            raise ValueError(f"{name!r} cannot be sent as gRPC metadata")
+        if any(ord(char) < 0x20 or ord(char) > 0x7E for char in value):
+            raise ValueError(f"the value of metadata {name!r} is not printable ASCII")
+        headers.append((name.encode("ascii"), value.encode("ascii")))
+    return headers
+
+
+async def unary_call(
+    host: str,
+    port: int,
+    path: str,
+    request: bytes,
+    *,
+    metadata: Metadata = (),
+    call_timeout: float = 10.0,
+) -> bytes:
+    """One request, one response (serialized messages) on a connection of its own.
+
+    Raises GrpcError with the server's status (or UNAVAILABLE, 14, when the
+    connection fails) and TimeoutError after `call_timeout` seconds in all.
+    """
+    async with asyncio.timeout(call_timeout):
+        stream = await GrpcStream.open(host, port, path, call_timeout, metadata)
+        try:
+            await stream.send(request)
+            await stream.close_send()
+            try:
+                response = await stream.recv()
+            except GrpcError as end:
+                if end.status == OK:
+                    raise GrpcError(13, f"{path} ended without a response") from None
+                raise
+            try:
+                await stream.recv()
+            except GrpcError as end:
+                if end.status != OK:
+                    raise
+            else:
+                raise GrpcError(12, f"{path} answered more than one message")
+            return response
+        finally:
+            await stream.close()
 
 
 def _status(headers: dict[bytes, bytes]) -> GrpcError:

@@ -195,6 +195,7 @@ class HttpContext:
 
     __slots__ = (
         "_routes",
+        "authz",
         "buffer_limit",
         "clusters",
         "config",
@@ -231,6 +232,7 @@ class HttpContext:
         self.buffer_limit = buffer_limit
         self.record = record
         self.note_retry = note_retry
+        self.authz = config.authz  # None: no RBAC filter, nothing to evaluate
         route_config = config.route_config
         assert route_config is not None, "RDS routes are resolved before a context is built"
         self.table = RouteTable(route_config)

@@ -26,6 +26,7 @@ from trellis.core.config import (
 )
 from trellis.core.labels import peer_labels, service_from_cluster
 from trellis.core.metrics import IstioMetrics, StatsRegistry
+from trellis.core.tls import CommonTls, Secret, SecretSource
 from trellis.errors import ConfigError
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
 from trellis.runtime.deadline import Deadlines
@@ -151,7 +152,7 @@ class ConfigManager:
         context = self.context_for(listener)
         if context is None:
             return False  # warming: starts when its route configuration arrives
-        runtime = ListenerRuntime(listener, context, self.budget, self.stats)
+        runtime = ListenerRuntime(listener, context, self.budget, self.stats, self.clusters.secrets)
         await runtime.start()
         self.listeners[listener.name] = runtime
         log.info("listener %s on %s", listener.name, listener.address)
@@ -194,8 +195,7 @@ class ConfigManager:
         if context is None:
             return
         if current is not None and current.config.address == listener.address:
-            current.config = listener
-            current.context = context
+            await current.reconfigure(listener, context)
             return
         if current is not None:
             self.listeners.pop(name).drain()
@@ -223,7 +223,7 @@ class ConfigManager:
             if name in live:
                 live[name].update(effective)
             else:
-                live[name] = ClusterRuntime(effective, self.rng)
+                live[name] = ClusterRuntime(effective, self.rng, secrets=self.clusters.secrets)
         self.refresh()
         return {c.eds_name for c in clusters.values() if c.eds_name is not None}
 
@@ -233,6 +233,33 @@ class ConfigManager:
         for name, cluster in self._dynamic_clusters.items():
             if cluster.eds_name is not None:
                 live[name].update(self._with_endpoints(cluster))
+
+    # -- secrets -----------------------------------------------------------------------------
+
+    def apply_secrets(self, secrets: Mapping[str, Secret]) -> None:
+        """SDS: the secrets (trusted CAs) that listeners and clusters name."""
+        store = self.clusters.secrets
+        if store is None:
+            raise ConfigError("this proxy does not use TLS secrets")
+        store.set_ads(secrets)
+
+    def ads_secret_names(self) -> set[str]:
+        """The SDS secrets the current listeners and clusters take over ADS."""
+        tls: list[CommonTls] = []
+        for cluster in self.clusters.clusters.values():
+            config = cluster.config
+            sockets = [config.transport_socket, *(m.tls for m in config.transport_socket_matches)]
+            tls.extend(s.common for s in sockets if s is not None)
+        for listener in self._wanted_listeners.values():
+            tls.extend(chain.tls.common for chain in listener.chains if chain.tls is not None)
+        for runtime in self.listeners.values():
+            tls.extend(c.tls.common for c in runtime.config.chains if c.tls is not None)
+        return {
+            ref.name
+            for common in tls
+            for ref in (common.certificate, common.validation)
+            if ref is not None and ref.source is SecretSource.ADS
+        }
 
     def _with_endpoints(self, cluster: Cluster) -> Cluster:
         if cluster.eds_name is None:

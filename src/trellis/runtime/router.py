@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from trellis.core.authz import DENIED_BODY, DENIED_STATUS, AuthzDecision
 from trellis.core.config import ClusterAction, DirectResponseAction, RedirectAction
 from trellis.core.metrics import ResponseFlag
 from trellis.core.outlier import Outcome, outcome_for_status
@@ -37,6 +38,7 @@ class Stream:
         "_global_timer",
         "_try_timer",
         "authority",
+        "authz",
         "begun",
         "body",
         "body_bytes",
@@ -75,6 +77,7 @@ class Stream:
         "upgrade",
         "upstream",
         "upstream_keep_alive",
+        "upstream_principal",
         "upstream_start",
     )
 
@@ -104,11 +107,13 @@ class Stream:
         self.start = time.monotonic()
         self.upstream_start = 0.0
         self.upstream_keep_alive = True
+        self.upstream_principal: str | None = None  # the upstream's SPIFFE ID over mTLS
         self.route: RouteRuntime | None = None
         self.cluster: ClusterRuntime | None = None
         self.host: HostRuntime | None = None
         self.last_host: HostRuntime | None = None
         self.request_id: str | None = None
+        self.authz: AuthzDecision | None = None  # the RBAC filters' decision, if any
         self.upstream: UpstreamConnection | None = None
         self.pending_on: HostRuntime | None = None
         self.head = b""
@@ -142,6 +147,11 @@ class Stream:
         """Route the request and act on the route's action."""
         self.begun = True
         ctx = self.ctx
+        if ctx.authz is not None:
+            decision = self.authz = ctx.authz.decide(self.conn.authz_request(self))
+            if not decision.allowed:
+                self.local_reply(DENIED_STATUS, DENIED_BODY, ResponseFlag.NONE)
+                return
         route = ctx.select(self)
         if route is None:
             self.local_reply(404, b"", ResponseFlag.NO_ROUTE_FOUND)
@@ -274,6 +284,7 @@ class Stream:
             return
         conn.listener = self
         self.upstream = conn
+        self.upstream_principal = conn.peer_principal
         self.bound = True
         self.upstream_start = time.monotonic()
         if self.body:

@@ -17,6 +17,7 @@ from trellis.runtime.admin import AdminServer
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime, publish_outlier_stats
 from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
 from trellis.runtime.manager import ConfigManager
+from trellis.runtime.secrets import SecretStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +44,8 @@ class ProxyServer:
         self.rng = rng or random.Random()
         self.metrics = IstioMetrics()
         self.stats = StatsRegistry()
-        self.clusters = ClusterManager.build(config.clusters, self.rng)
+        self.secrets = SecretStore(config.secrets)
+        self.clusters = ClusterManager.build(config.clusters, self.rng, self.secrets)
         self.budget = ConnectionBudget(config.max_downstream_connections)
         self.manager = ConfigManager(
             config.node,

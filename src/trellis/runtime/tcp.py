@@ -98,6 +98,7 @@ class TcpDownstream(asyncio.Protocol):
         "host",
         "last_activity",
         "listener",
+        "peer_principal",
         "received",
         "remote",
         "sent",
@@ -122,6 +123,7 @@ class TcpDownstream(asyncio.Protocol):
         self.closed = False
         self.start = self.last_activity = time.monotonic()
         self.remote: str | None = None
+        self.peer_principal: str | None = None  # set by the listener on mTLS connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import IO, TYPE_CHECKING
@@ -77,7 +78,7 @@ class HttpRecorder:
         self.metrics = metrics
         self.stats = stats
         self.logs = logs
-        self._peers: dict[tuple[str, str], PeerLabels] = {}
+        self._peers: dict[tuple[str, str, str | None], PeerLabels] = {}
         labels = (("envoy_http_conn_manager_prefix", stat_prefix),)
         self._cx_rq = stats.counter("envoy_http_downstream_rq_total", labels)
         self._rq_by_class = [
@@ -89,18 +90,31 @@ class HttpRecorder:
             for c in range(6)
         ]
 
-    def peer(self, cluster_name: str, authority: str) -> PeerLabels:
-        key = (cluster_name, authority)
+    def peer(self, cluster_name: str, authority: str, principal: str | None) -> PeerLabels:
+        """Labels for a request to `cluster_name`/`authority` whose peer proved `principal`
+        over mTLS (the client, inbound; the upstream, outbound), else None."""
+        key = (cluster_name, authority, principal)
         peer = self._peers.get(key)
         if peer is None:
             host = service_from_cluster(cluster_name) or strip_port(authority).lower()
             if len(self._peers) >= _MAX_PEER_CACHE:
                 host = "unknown"
-                key = ("", "")
+                key = ("", "", principal)
                 peer = self._peers.get(key)
                 if peer is not None:
                     return peer
-            peer = peer_labels(self.node, self.direction, host)
+            inbound = self.direction is TrafficDirection.INBOUND
+            security = "unknown"
+            if inbound:
+                security = "mutual_tls" if principal is not None else "none"
+            peer = peer_labels(self.node, self.direction, host, security=security)
+            if principal is not None:
+                own = self.node.principal
+                peer = dataclasses.replace(
+                    peer,
+                    source_principal=principal if inbound else own,
+                    destination_principal=own if inbound else principal,
+                )
             self._peers[key] = peer
         return peer
 
@@ -112,9 +126,14 @@ class HttpRecorder:
         flags = "-" if stream.flags is ResponseFlag.NONE else format_flags(stream.flags)
         cluster = stream.cluster
         cluster_name = cluster.config.name if cluster is not None else ""
-        peer = self._peers.get((cluster_name, stream.authority))
+        principal = (
+            stream.conn.peer_principal
+            if self.direction is TrafficDirection.INBOUND
+            else stream.upstream_principal
+        )
+        peer = self._peers.get((cluster_name, stream.authority, principal))
         self.metrics.record_http(
-            peer if peer is not None else self.peer(cluster_name, stream.authority),
+            peer if peer is not None else self.peer(cluster_name, stream.authority, principal),
             code,
             flags,
             duration_ms,
@@ -134,6 +153,8 @@ class HttpRecorder:
         headers = dict((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
         route = stream.route
         host = stream.last_host
+        decision = stream.authz
+        allowed = decision is not None and decision.allowed
         return AccessLogEntry(
             start_time=time.time() - (now - stream.start),
             method=stream.method.decode("latin-1"),
@@ -153,4 +174,13 @@ class HttpRecorder:
             user_agent=headers.get("user-agent"),
             x_forwarded_for=headers.get("x-forwarded-for"),
             request_headers=headers,
+            downstream_peer_uri_san=stream.conn.peer_principal,
+            upstream_peer_uri_san=stream.upstream_principal,
+            rbac_result=None if decision is None else "allowed" if allowed else "denied",
+            rbac_policy=(
+                None
+                if decision is None
+                else decision.policy or (None if allowed else decision.reason)
+            ),
+            response_code_details=None if decision is None or allowed else decision.details,
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
+from trellis.runtime.secrets import peer_principal, peer_sans
 from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         "host",
         "idle_since",
         "listener",
+        "peer_principal",
         "transport",
         "tunnel",
     )
@@ -69,12 +71,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.idle_since = 0.0
+        self.peer_principal: str | None = None  # the upstream's SPIFFE ID over mTLS
 
     # -- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        peercert = transport.get_extra_info("peercert")
+        if peercert:
+            self.peer_principal = peer_principal(peer_sans(peercert))
 
     def data_received(self, data: bytes) -> None:
         listener = self.listener

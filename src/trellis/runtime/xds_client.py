@@ -25,7 +25,13 @@ from trellis.runtime.grpc_stream import GrpcError, GrpcStream
 from trellis.runtime.manager import ConfigManager
 from trellis.xds import compile_dynamic
 from trellis.xds.ads_client import AdsClientState, Update
-from trellis.xds.compile_dynamic import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from trellis.xds.compile_dynamic import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
 
 log = logging.getLogger("trellis.xds")
 
@@ -59,13 +65,15 @@ class XdsClient:
         self.manager = manager
         self.on_initialized = on_initialized
         self.rng = rng or random.Random()
-        types = [CLUSTER_TYPE, ENDPOINT_TYPE] if ads.cds else []
+        types = [SECRET_TYPE]
+        types += [CLUSTER_TYPE, ENDPOINT_TYPE] if ads.cds else []
         types += [LISTENER_TYPE, ROUTE_TYPE] if ads.lds else []
         self.state = AdsClientState(node, types)
         self.status: dict[str, TypeStatus] = {t: TypeStatus() for t in types}
         self.connected = False
         self._initialized = False
         self._stream: GrpcStream | None = None
+        self._follow_up: discovery_pb2.DiscoveryRequest | None = None  # SDS names changed
 
     async def run(self) -> None:
         """Keep an ADS stream up until cancelled."""
@@ -127,6 +135,9 @@ class XdsClient:
         requests = [self.state.ack(update)]
         if follow_up is not None:
             requests.append(follow_up)
+        if self._follow_up is not None:
+            requests.append(self._follow_up)
+            self._follow_up = None
         await self._maybe_initialized()
         return requests
 
@@ -135,9 +146,16 @@ class XdsClient:
         manager = self.manager
         kind = update.type_url
         resources = self._held_after(update)
+        if kind == SECRET_TYPE:
+            manager.apply_secrets(
+                {n: compile_dynamic.secret_resource(m) for n, m in resources.items()}
+            )
+            return None
         if kind == CLUSTER_TYPE:
             clusters = {n: compile_dynamic.cluster_resource(m) for n, m in resources.items()}
-            return self.state.want(ENDPOINT_TYPE, manager.apply_clusters(clusters))
+            names = manager.apply_clusters(clusters)
+            self._follow_up = self.state.want(SECRET_TYPE, manager.ads_secret_names())
+            return self.state.want(ENDPOINT_TYPE, names)
         if kind == ENDPOINT_TYPE:
             manager.apply_endpoints(
                 {n: compile_dynamic.endpoint_resource(m) for n, m in resources.items()}
@@ -149,6 +167,7 @@ class XdsClient:
                 names = await manager.apply_listeners(listeners)
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
+            self._follow_up = self.state.want(SECRET_TYPE, manager.ads_secret_names())
             return self.state.want(ROUTE_TYPE, names)
         routes = {n: compile_dynamic.route_resource(m) for n, m in resources.items()}
         manager.apply_routes(routes)
@@ -166,6 +185,8 @@ class XdsClient:
         """
         if update.type_url in (LISTENER_TYPE, CLUSTER_TYPE):
             return dict(update.resources)
+        if update.type_url not in self.status:
+            return {}
         wanted = self.state.names(update.type_url)
         held = {**self.status[update.type_url].resources, **update.resources}
         return {name: message for name, message in held.items() if name in wanted}

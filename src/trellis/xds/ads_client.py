@@ -17,18 +17,26 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from trellis.errors import ConfigError
-from trellis.xds.compile_dynamic import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from trellis.xds.compile_dynamic import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
 
 _MESSAGES: Mapping[str, type[Message]] = {
     LISTENER_TYPE: listener_pb2.Listener,
     ROUTE_TYPE: route_pb2.RouteConfiguration,
     CLUSTER_TYPE: cluster_pb2.Cluster,
     ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
+    SECRET_TYPE: secret_pb2.Secret,
 }
 _NAME_FIELD = {ENDPOINT_TYPE: "cluster_name"}
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)  # asked for all; the others by name
@@ -63,7 +71,7 @@ class AdsClientState:
     def start(self) -> list[discovery_pb2.DiscoveryRequest]:
         """The first requests of a (re)connected stream: wildcard types, then named ones."""
         requests = []
-        for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
+        for type_url in (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
             state = self._types.get(type_url)
             if state is None:
                 continue
@@ -109,7 +117,7 @@ class AdsClientState:
         """Subscribe to exactly `names` of a named type; None when nothing changed."""
         state = self._types.get(type_url)
         wanted = frozenset(names)
-        if state is None or (state.subscribed and wanted == state.names):
+        if state is None or (wanted == state.names and (state.subscribed or not wanted)):
             return None
         state.names = wanted
         state.subscribed = True

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.overload.v3 import overload_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import struct_pb2
 
 from trellis.core.config import (
@@ -34,10 +35,12 @@ from trellis.core.config import (
     ProxyConfig,
     SocketAddress,
 )
+from trellis.core.tls import NamedSecret
 from trellis.xds.bootstrap import load_bootstrap
 from trellis.xds.compile_cluster import clusters as compile_clusters
 from trellis.xds.compile_dynamic import ads_config
 from trellis.xds.compile_listener import listener as compile_listener
+from trellis.xds.compile_tls import secret
 from trellis.xds.convert import socket_address
 from trellis.xds.protos import bootstrap_pb2, downstream_connections_pb2, listener_pb2
 from trellis.xds.supported import DOWNSTREAM_CONNECTIONS_NAME, check_supported
@@ -73,7 +76,18 @@ def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyC
             bootstrap.overload_manager, where.at("overload_manager")
         ),
         ads=ads,
+        secrets=_static_secrets(bootstrap.static_resources.secrets, static.at("secrets")),
     )
+
+
+def _static_secrets(secrets: Sequence[secret_pb2.Secret], where: Where) -> tuple[NamedSecret, ...]:
+    result: dict[str, NamedSecret] = {}
+    for i, item in enumerate(secrets):
+        named = secret(item, where.item(i))
+        if named[0] in result:
+            raise where.item(i).at("name").error(f"secret {named[0]!r} is defined twice")
+        result[named[0]] = named
+    return tuple(result.values())
 
 
 def _check_static_only(

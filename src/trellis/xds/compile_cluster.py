@@ -17,6 +17,7 @@ from trellis.core.config import (
     LbPolicy,
     OutlierDetection,
 )
+from trellis.xds.compile_tls import endpoint_metadata, socket_matches, upstream_transport
 from trellis.xds.convert import (
     check_ads_source,
     duration,
@@ -91,6 +92,14 @@ def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
         http2=http2,
         outlier_detection=_outlier_detection(config, where),
         healthy_panic_threshold=_panic_threshold(config, where),
+        transport_socket=(
+            upstream_transport(config.transport_socket, where.at("transport_socket"))
+            if config.HasField("transport_socket")
+            else None
+        ),
+        transport_socket_matches=socket_matches(
+            config.transport_socket_matches, where.at("transport_socket_matches")
+        ),
     )
 
 
@@ -115,7 +124,8 @@ def endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, here: Where) -> tu
             weight = wrapped(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 raise at.at("load_balancing_weight").error("weight must be at least 1")
-            result.append(Endpoint(address, weight))
+            metadata = endpoint_metadata(lb_endpoint.metadata, at.at("metadata"))
+            result.append(Endpoint(address, weight, metadata))
     return tuple(result)
 
 

@@ -16,13 +16,16 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
 from trellis.core.config import AdsConfig, Cluster, Endpoint, Listener, RouteConfig
+from trellis.core.tls import Secret
 from trellis.xds.compile_cluster import cluster as compile_cluster
 from trellis.xds.compile_cluster import endpoints as compile_endpoints
 from trellis.xds.compile_listener import listener as compile_listener
 from trellis.xds.compile_route import route_config as compile_route_config
+from trellis.xds.compile_tls import secret as compile_secret
 from trellis.xds.convert import check_ads_source, duration
 from trellis.xds.supported import check_supported
 from trellis.xds.where import Where
@@ -31,6 +34,7 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def ads_config(
@@ -111,3 +115,10 @@ def endpoint_resource(message: Message) -> tuple[Endpoint, ...]:
     source = f"EDS load assignment {message.cluster_name!r}"
     check_supported(message, source)
     return compile_endpoints(message, Where(source))
+
+
+def secret_resource(message: Message) -> Secret:
+    assert isinstance(message, secret_pb2.Secret)
+    source = f"SDS secret {message.name!r}"
+    check_supported(message, source)
+    return compile_secret(message, Where(source))[1]

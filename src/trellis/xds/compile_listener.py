@@ -19,7 +19,9 @@ from trellis.core.config import (
     TrafficDirection,
 )
 from trellis.errors import ConfigError
+from trellis.xds.compile_rbac import http_filter_chain
 from trellis.xds.compile_route import route_config
+from trellis.xds.compile_tls import filter_chains
 from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
 from trellis.xds.protos import (
     file_pb2,
@@ -31,14 +33,13 @@ from trellis.xds.protos import (
 from trellis.xds.supported import (
     FILE_LOG_TYPE,
     HCM_TYPE,
-    ROUTER_TYPE,
     STDOUT_LOG_TYPE,
     TCP_PROXY_TYPE,
     unpack_any,
 )
+from trellis.xds.supported_tls import TLS_INSPECTOR_TYPE
 from trellis.xds.where import Where
 
-ROUTER_NAME = "envoy.filters.http.router"
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 MAX_REQUEST_HEADERS_KB = 8192
@@ -50,15 +51,30 @@ _ACCESS_LOGGERS = frozenset({FILE_LOG_TYPE, STDOUT_LOG_TYPE})
 def listener(
     config: listener_pb2.Listener, clusters: frozenset[str] | None, where: Where
 ) -> Listener:
-    """Convert a listener with exactly one filter chain holding exactly one filter."""
+    """Convert a listener; its filter chains may differ only in match and transport socket."""
     if not config.HasField("address"):
         raise where.at("address").error("address is required")
     address = socket_address(config.address, where.at("address"))
     chains = config.filter_chains
-    if len(chains) != 1:
-        raise where.at("filter_chains").error(
-            f"exactly one filter chain is required, got {len(chains)}"
-        )
+    if not chains:
+        raise where.at("filter_chains").error("at least one filter chain is required")
+    for i, item in enumerate(config.listener_filters):
+        here = where.at("listener_filters").item(i).at("typed_config")
+        if not item.HasField("typed_config"):
+            raise here.error("typed_config is required (only the TLS inspector is supported)")
+        unpack_any(item.typed_config, frozenset({TLS_INSPECTOR_TYPE}), here)
+    first = chains[0].filters
+    for i, chain in enumerate(chains):
+        if chain.filters != first:
+            raise (
+                where.at("filter_chains")
+                .item(i)
+                .at("filters")
+                .error(
+                    "every filter chain of a listener must carry the same filters "
+                    "(chains may differ in filter_chain_match and transport_socket only)"
+                )
+            )
     return Listener(
         name=config.name or f"{address.host}_{address.port}",
         address=address,
@@ -67,6 +83,7 @@ def listener(
         per_connection_buffer_limit_bytes=wrapped(
             config, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
+        chains=filter_chains(chains, where.at("filter_chains")),
     )
 
 
@@ -107,7 +124,7 @@ def http_connection_manager(
             raise where.at("rds").at("route_config_name").error("route_config_name is required")
     else:
         raise where.at("route_config").error("route_config or rds is required")
-    _check_http_filters(hcm.http_filters, where.at("http_filters"))
+    authz = http_filter_chain(hcm.http_filters, where.at("http_filters"))
     max_headers_kb = wrapped(hcm, "max_request_headers_kb", DEFAULT_MAX_REQUEST_HEADERS_KB)
     if not 0 < max_headers_kb <= MAX_REQUEST_HEADERS_KB:
         raise where.at("max_request_headers_kb").error(
@@ -140,6 +157,7 @@ def http_connection_manager(
         proxy_100_continue=hcm.proxy_100_continue,
         accept_http_10=hcm.http_protocol_options.accept_http_10,
         upgrade_types=_upgrade_types(hcm, where.at("upgrade_configs")),
+        authz=authz,
     )
 
 
@@ -157,24 +175,6 @@ def _upgrade_types(
         if wrapped_bool(config, "enabled", True):
             allowed.add(upgrade_type)
     return frozenset(allowed)
-
-
-def _check_http_filters(
-    filters: Sequence[http_connection_manager_pb2.HttpFilter], where: Where
-) -> None:
-    if not filters:
-        raise where.error(f"at least one HTTP filter is required; the last must be {ROUTER_NAME}")
-    for i, http_filter in enumerate(filters):
-        if http_filter.HasField("typed_config"):
-            is_router = http_filter.typed_config.TypeName() == ROUTER_TYPE
-        else:
-            is_router = http_filter.name == ROUTER_NAME
-        if not is_router:
-            raise where.item(i).error(
-                f"HTTP filter {http_filter.name!r} is not supported (only {ROUTER_NAME})"
-            )
-        if i != len(filters) - 1:
-            raise where.item(i).error(f"{ROUTER_NAME} must be the last HTTP filter")
 
 
 def tcp_proxy(

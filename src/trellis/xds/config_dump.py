@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
@@ -11,6 +11,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
 from google.protobuf import any_pb2, json_format, timestamp_pb2
+
+from trellis.xds.secret_dump import CertificateView, secrets_config_dump
 
 _HCM = http_connection_manager_pb2.HttpConnectionManager
 
@@ -38,13 +40,15 @@ def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def config_dump(
-    bootstrap: Bootstrap, loaded_at: float, dynamic: Mapping[str, DynamicState] | None = None
+    bootstrap: Bootstrap,
+    loaded_at: float,
+    dynamic: Mapping[str, DynamicState] | None = None,
+    *,
+    secrets: Sequence[CertificateView] = (),
 ) -> dict[str, Any]:
     """Bootstrap, static and dynamic listeners, clusters, routes and endpoints, as Envoy
-    dumps them (`envoy.admin.v3.ConfigDump`), with the version of each xDS resource.
-
-    Nothing secret is in the config today; secrets (SDS) arrive with the security
-    issue and must be redacted here.
+    dumps them (`envoy.admin.v3.ConfigDump`), with the version of each xDS resource,
+    and the proxy's certificates (`secrets`) as a `SecretsConfigDump`, keys redacted.
     """
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(loaded_at * 1e9))
@@ -71,6 +75,8 @@ def config_dump(
     dump = config_dump_pb2.ConfigDump()
     for part in (boot, listeners, clusters, routes, endpoints):
         dump.configs.append(_pack(part))
+    if secrets:
+        dump.configs.append(_pack(secrets_config_dump(secrets)))
     result: dict[str, Any] = json_format.MessageToDict(dump, preserving_proto_field_name=True)
     return result
 

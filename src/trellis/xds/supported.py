@@ -16,6 +16,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from trellis.xds import protos  # noqa: F401 - registers the types `Any` may name
+from trellis.xds.supported_rbac import RBAC_SUPPORTED_FIELDS, RBAC_TYPE
+from trellis.xds.supported_tls import (
+    TLS_SUPPORTED_ANY_TYPES,
+    TLS_SUPPORTED_FIELDS,
+    TLS_SUPPORTED_VALUES,
+)
 from trellis.xds.where import Where
 
 _CORE = "envoy.config.core.v3."
@@ -60,12 +66,16 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         ),
         _CORE + "GrpcService": frozenset({"envoy_grpc", "timeout"}),
         _CORE + "GrpcService.EnvoyGrpc": frozenset({"cluster_name"}),
-        _CORE + "ConfigSource": frozenset({"ads", "resource_api_version", "initial_fetch_timeout"}),
+        _CORE + "ConfigSource": frozenset(
+            {"ads", "api_config_source", "resource_api_version", "initial_fetch_timeout"}
+        ),
         _CORE + "AggregatedConfigSource": frozenset(),
         "envoy.config.overload.v3.OverloadManager": frozenset({"resource_monitors"}),
         "envoy.config.overload.v3.ResourceMonitor": frozenset({"name", "typed_config"}),
         DOWNSTREAM_CONNECTIONS_TYPE: frozenset({"max_active_downstream_connections"}),
-        "envoy.config.bootstrap.v3.Bootstrap.StaticResources": frozenset({"listeners", "clusters"}),
+        "envoy.config.bootstrap.v3.Bootstrap.StaticResources": frozenset(
+            {"listeners", "clusters", "secrets"}
+        ),
         "envoy.config.bootstrap.v3.Admin": frozenset({"address"}),
         _CORE + "Node": frozenset({"id", "cluster", "metadata"}),
         _CORE + "Address": frozenset({"socket_address"}),
@@ -79,9 +89,12 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "traffic_direction",
                 "per_connection_buffer_limit_bytes",
                 "stat_prefix",
+                "listener_filters",
             }
         ),
-        "envoy.config.listener.v3.FilterChain": frozenset({"name", "filters"}),
+        "envoy.config.listener.v3.FilterChain": frozenset(
+            {"name", "filters", "filter_chain_match", "transport_socket"}
+        ),
         "envoy.config.listener.v3.Filter": frozenset({"name", "typed_config"}),
         HCM_TYPE: frozenset(
             {
@@ -214,6 +227,8 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "typed_extension_protocol_options",
                 "outlier_detection",
                 "common_lb_config",
+                "transport_socket",
+                "transport_socket_matches",
             }
         ),
         _CLUSTER + "Cluster.LeastRequestLbConfig": frozenset({"choice_count"}),
@@ -248,13 +263,15 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"lb_endpoints", "locality", "load_balancing_weight"}
         ),
         _CORE + "Locality": frozenset({"region", "zone", "sub_zone"}),
-        _ENDPOINT + "LbEndpoint": frozenset({"endpoint", "load_balancing_weight"}),
+        _ENDPOINT + "LbEndpoint": frozenset({"endpoint", "load_balancing_weight", "metadata"}),
         _ENDPOINT + "Endpoint": frozenset({"address"}),
         _UPSTREAM_HTTP: frozenset({"common_http_protocol_options", "explicit_http_config"}),
         _UPSTREAM_HTTP + ".ExplicitHttpConfig": frozenset(
             {"http_protocol_options", "http2_protocol_options"}
         ),
         _CLUSTER + "Cluster.EdsClusterConfig": frozenset({"eds_config", "service_name"}),
+        **RBAC_SUPPORTED_FIELDS,
+        **TLS_SUPPORTED_FIELDS,
     }
 )
 
@@ -269,6 +286,7 @@ SUPPORTED_ENUM_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyTy
         (_CORE + "ConfigSource", "resource_api_version"): frozenset({"V3"}),
         (_CLUSTER + "Cluster", "lb_policy"): frozenset({"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}),
         (_CLUSTER + "CircuitBreakers.Thresholds", "priority"): frozenset({"DEFAULT"}),
+        **TLS_SUPPORTED_VALUES,
     }
 )
 
@@ -276,7 +294,7 @@ SUPPORTED_ENUM_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyTy
 SUPPORTED_ANY_TYPES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {
         ("envoy.config.listener.v3.Filter", "typed_config"): frozenset({HCM_TYPE, TCP_PROXY_TYPE}),
-        (_HCM + "HttpFilter", "typed_config"): frozenset({ROUTER_TYPE}),
+        (_HCM + "HttpFilter", "typed_config"): frozenset({ROUTER_TYPE, RBAC_TYPE}),
         ("envoy.config.accesslog.v3.AccessLog", "typed_config"): frozenset(
             {FILE_LOG_TYPE, STDOUT_LOG_TYPE}
         ),
@@ -289,6 +307,7 @@ SUPPORTED_ANY_TYPES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType
         (_CLUSTER + "Cluster", "typed_extension_protocol_options"): frozenset(
             {UPSTREAM_HTTP_OPTIONS_TYPE}
         ),
+        **TLS_SUPPORTED_ANY_TYPES,
     }
 )
 

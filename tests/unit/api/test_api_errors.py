@@ -334,7 +334,8 @@ def test_envelope_errors() -> None:
         "mixed.yaml: document 2 (Gateway default/gw): kind: kind Gateway is not supported by "
         "Trellis yet",
         "mixed.yaml: document 3 (Service default/svc): kind: unknown kind 'Service' "
-        "(supported: DestinationRule, ServiceEntry, VirtualService, WorkloadEntry)",
+        "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, "
+        "VirtualService, WorkloadEntry)",
         "mixed.yaml: document 4 (default/nokind): kind: required field is missing",
         "mixed.yaml: document 5 (WorkloadEntry shop/<no name>): metadata.name: required field "
         "is missing",

@@ -67,7 +67,8 @@ def test_all_problems_of_all_files_are_collected(tmp_path: Path) -> None:
         f"{tmp_path / 'a.yaml'}: document 2 (VirtualService default/payment): "
         "spec.http[0].route[0].weight: must be >= 0",
         f"{tmp_path / 'b.json'}: document 1 (Nope default/<no name>): kind: unknown kind "
-        "'Nope' (supported: DestinationRule, ServiceEntry, VirtualService, WorkloadEntry)",
+        "'Nope' (supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
+        "ServiceEntry, VirtualService, WorkloadEntry)",
         f"{tmp_path / 'missing.yaml'}: No such file or directory",
     ]
 

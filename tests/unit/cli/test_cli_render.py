@@ -64,6 +64,10 @@ def test_table_keeps_long_cells_on_one_line_without_trailing_space() -> None:
         ("serviceentry", "ServiceEntry"),
         ("we", "WorkloadEntry"),
         ("workloadentries", "WorkloadEntry"),
+        ("pa", "PeerAuthentication"),
+        ("peerauthentications.security.istio.io", "PeerAuthentication"),
+        ("ap", "AuthorizationPolicy"),
+        ("AuthorizationPolicy", "AuthorizationPolicy"),
     ],
 )
 def test_kind_names(typed: str, kind: str) -> None:
@@ -76,7 +80,8 @@ def test_unknown_kind_lists_the_known_ones() -> None:
     with pytest.raises(UnknownKindError):
         resolve_kind("vs.security.istio.io")
     assert {info.plural for info in KINDS} == {
-        "virtualservices", "destinationrules", "serviceentries", "workloadentries"
+        "virtualservices", "destinationrules", "serviceentries", "workloadentries",
+        "peerauthentications", "authorizationpolicies",
     }  # fmt: skip
 
 

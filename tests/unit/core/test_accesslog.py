@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -210,7 +211,10 @@ def test_json_format_for_tcp_and_escaping() -> None:
     ("text_format", "message"),
     [
         ("%FOO_BAR%", "%FOO_BAR%"),
-        ("[%START_TIME%] %DYNAMIC_METADATA(istio.mixer:status)%", "%DYNAMIC_METADATA%"),
+        (
+            "[%START_TIME%] %DYNAMIC_METADATA(istio.mixer:status)%",
+            "unsupported %DYNAMIC_METADATA(istio.mixer:status)% (supported: envoy.filters",
+        ),
         ("100% done", "no command at 3"),
         ("%REQ%", "needs a header name"),
         ("%REQ(A?B?C)%", "invalid header operator"),
@@ -218,7 +222,7 @@ def test_json_format_for_tcp_and_escaping() -> None:
     ],
 )
 def test_bad_text_formats_are_config_errors(text_format: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         AccessLogFormatter.from_config(text_format)
 
 
@@ -230,3 +234,26 @@ def test_unknown_operator_in_json_is_a_config_error() -> None:
 def test_text_and_json_together_are_rejected() -> None:
     with pytest.raises(ConfigError, match="not both"):
         AccessLogFormatter.from_config("%PROTOCOL%", (("p", "%PROTOCOL%"),))
+
+
+def test_rbac_metadata_and_peer_identities_are_logged() -> None:
+    formatter = AccessLogFormatter.from_config(
+        json_format=(
+            ("result", "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%"),
+            ("policy", "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%"),
+            ("client", "%DOWNSTREAM_PEER_URI_SAN%"),
+            ("server", "%UPSTREAM_PEER_URI_SAN%"),
+        )
+    )
+    entry = AccessLogEntry(
+        start_time=0,
+        rbac_result="denied",
+        rbac_policy="no ALLOW policy matched",
+        downstream_peer_uri_san="spiffe://cluster.local/ns/a/sa/b",
+    )
+    assert json.loads(formatter.format(entry)) == {
+        "result": "denied",
+        "policy": "no ALLOW policy matched",
+        "client": "spiffe://cluster.local/ns/a/sa/b",
+        "server": None,
+    }

@@ -104,10 +104,23 @@ CASES: list[tuple[str, Mutation, str, str]] = [
     ),
     ("no address", lambda d: [listener(d).pop("address")], f"{L0}.address", "required"),
     (
-        "two filter chains",
+        "two filter chains with the same match",
         lambda d: [listener(d)["filter_chains"].append(listener(d)["filter_chains"][0])],
-        f"{L0}.filter_chains",
-        "exactly one filter chain",
+        f"{L0}.filter_chains[1].filter_chain_match",
+        "filter chains 0 and 1 have the same match",
+    ),
+    (
+        "filter chains with different filters",
+        lambda d: [
+            listener(d)["filter_chains"].append(
+                {
+                    "filter_chain_match": {"transport_protocol": "tls"},
+                    **listener(d, 1)["filter_chains"][0],
+                }
+            )
+        ],
+        f"{L0}.filter_chains[1].filters",
+        "must carry the same filters",
     ),
     (
         "two filters",

@@ -75,9 +75,9 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
         f"{LISTENER0}.address.socket_address.protocol",
     ),
     (
-        "listener filters",
-        _set(lambda d: d["static_resources"]["listeners"][0], "listener_filters", [{"name": "x"}]),
-        f"{LISTENER0}.listener_filters",
+        "listener filters timeout",
+        _set(lambda d: d["static_resources"]["listeners"][0], "listener_filters_timeout", "1s"),
+        f"{LISTENER0}.listener_filters_timeout",
     ),
     (
         "filter chain match",
@@ -86,7 +86,7 @@ UNSUPPORTED: list[tuple[str, Mutation, str]] = [
             "filter_chain_match",
             {"server_names": ["a"]},
         ),
-        f"{LISTENER0}.filter_chains[0].filter_chain_match",
+        f"{LISTENER0}.filter_chains[0].filter_chain_match.server_names",
     ),
     ("codec HTTP2", _set(_hcm, "codec_type", "HTTP2"), f"{HCM}.codec_type"),
     ("hcm server_name", _set(_hcm, "server_name", "trellis"), f"{HCM}.server_name"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from trellis.xds.mesh import (
     ROUTE_TYPE,
     CaptureMode,
     MeshConfig,
+    MeshTls,
     ProxyIdentity,
     Resources,
     TranslateOptions,
@@ -49,7 +50,14 @@ def load_case(name: str) -> Case:
     directory = GOLDEN / name
     config = load_config((directory / "config.yaml").read_text(), f"{name}/config.yaml")
     node: dict[str, Any] = yaml.safe_load((directory / "node.yaml").read_text())
+    tls = node.get("mesh_tls")  # {root_ca_pem, trust_domain?}: the mesh has a CA
+    if tls is not None:
+        config = replace(config, tls=MeshTls(tls["root_ca_pem"].encode(), **_trust_domain(tls)))
     return Case(name, config, _proxy(node["proxy"], config), _options(node.get("options") or {}))
+
+
+def _trust_domain(tls: dict[str, Any]) -> dict[str, str]:
+    return {"trust_domain": tls["trust_domain"]} if "trust_domain" in tls else {}
 
 
 def _proxy(data: dict[str, Any], config: MeshConfig) -> ProxyIdentity:

@@ -47,6 +47,12 @@ def test_golden_cases_exist() -> None:
         "inbound",
         "two_namespaces",
         "transparent",
+        "authz",
+        "mtls_strict",
+        "mtls_permissive",
+        "mtls_port_disable",
+        "mtls_mixed",
+        "mtls_transparent",
     } <= set(case_names())
 
 
@@ -61,9 +67,11 @@ def test_output_does_not_depend_on_input_order(name: str) -> None:
             *case.config.workload_entries,
             *case.config.virtual_services,
             *case.config.destination_rules,
+            *case.config.peer_authentications,
+            *case.config.authorization_policies,
         ]
         rng.shuffle(shuffled)
-        again = translate(MeshConfig.of(shuffled), case.proxy, case.options)
+        again = translate(MeshConfig.of(shuffled, case.config.tls), case.proxy, case.options)
         assert _render(to_dicts(again)) == _render(to_dicts(first))
         for type_url, by_name in again.items():
             assert list(by_name) == sorted(by_name), type_url

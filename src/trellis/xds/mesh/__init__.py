@@ -8,19 +8,28 @@ from __future__ import annotations
 
 from trellis.xds.mesh.errors import InconsistentSnapshotError, UnsupportedConfigError
 from trellis.xds.mesh.grpc import GrpcTranslator, is_grpc_node, translate_grpc
-from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.model import (
+    CaptureMode,
+    MeshConfig,
+    MeshTls,
+    ProxyIdentity,
+    TranslateOptions,
+)
 from trellis.xds.mesh.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     RESOURCE_TYPES,
     ROUTE_TYPE,
+    SECRET_TYPE,
     inbound_cluster,
     outbound_cluster,
     parse_cluster,
 )
 from trellis.xds.mesh.translate import (
+    ProxyResources,
     Resources,
+    SharedOutbound,
     Translator,
     check_consistent,
     referenced_names,
@@ -34,12 +43,16 @@ __all__ = [
     "LISTENER_TYPE",
     "RESOURCE_TYPES",
     "ROUTE_TYPE",
+    "SECRET_TYPE",
     "CaptureMode",
     "GrpcTranslator",
     "InconsistentSnapshotError",
     "MeshConfig",
+    "MeshTls",
     "ProxyIdentity",
+    "ProxyResources",
     "Resources",
+    "SharedOutbound",
     "TranslateOptions",
     "Translator",
     "UnsupportedConfigError",

@@ -8,14 +8,18 @@ behaviour that is not there — above all mTLS that is not happening.
 
 from __future__ import annotations
 
-from trellis.api.networking import DestinationRule, ServiceEntry, VirtualService
+from trellis.api.networking import DestinationRule, ServiceEntry, TLSMode, VirtualService
 from trellis.xds.mesh.errors import UnsupportedConfigError, unsupported
 from trellis.xds.mesh.model import MeshConfig
 from trellis.xds.re2 import Re2SyntaxError, compile_re2
 
 
-def first_uncarried(config: MeshConfig) -> UnsupportedConfigError | None:
-    """The first setting in `config` that Trellis proxies cannot carry out, if any."""
+def first_uncarried(config: MeshConfig, *, mtls: bool = False) -> UnsupportedConfigError | None:
+    """The first setting in `config` that Trellis proxies cannot carry out, if any.
+
+    `mtls`: the proxies get mesh mTLS (sidecars of a mesh with a CA), so a
+    DestinationRule may ask for ISTIO_MUTUAL.
+    """
     for entry in config.service_entries:
         problem = _service_entry(entry)
         if problem is not None:
@@ -25,7 +29,7 @@ def first_uncarried(config: MeshConfig) -> UnsupportedConfigError | None:
         if problem is not None:
             return problem
     for rule in config.destination_rules:
-        problem = _destination_rule(rule)
+        problem = _destination_rule(rule, mtls)
         if problem is not None:
             return problem
     return None
@@ -59,7 +63,7 @@ def _virtual_service(service: VirtualService) -> UnsupportedConfigError | None:
     return None
 
 
-def _destination_rule(rule: DestinationRule) -> UnsupportedConfigError | None:
+def _destination_rule(rule: DestinationRule, mtls: bool) -> UnsupportedConfigError | None:
     policies = [("spec.trafficPolicy", rule.spec.traffic_policy)]
     policies += [
         (f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
@@ -74,11 +78,12 @@ def _destination_rule(rule: DestinationRule) -> UnsupportedConfigError | None:
             for i, port in enumerate(policy.port_level_settings)
         ]
         for where, tls in settings:
-            if tls is not None and tls.mode.value != "DISABLE":
+            if tls is not None and tls.mode is not TLSMode.DISABLE and not mtls:
                 return unsupported(
                     rule,
                     f"{where}.mode",
-                    f"{tls.mode.value}: mTLS between proxies is not "
-                    "implemented yet; traffic would be plaintext",
+                    f"{tls.mode.value}: these proxies get no mesh mTLS (no certificate "
+                    "authority root was given to the translation, or the client is a "
+                    "proxyless gRPC application); traffic would be plaintext",
                 )
     return None

@@ -6,25 +6,27 @@ every circuit-breaker limit 2^32-1 (`getDefaultCircuitBreakerThresholds`).
 
 `outlierDetection` is carried the way Istio writes it (success-rate ejection
 off, 100% enforcement of the consecutive-error rules, `minHealthPercent` as
-the panic threshold); the Trellis proxy does not act on it yet. `tls` is not
-translated yet: the proxy has no mTLS, so ISTIO_MUTUAL and DISABLE both give
-plaintext until the certificate authority lands.
+the panic threshold). `tls` and Istio's auto mTLS are applied by
+`trellis.xds.mesh.mtls` when the mesh has a CA (`MeshConfig.tls`); without
+one, clusters are plaintext and ISTIO_MUTUAL is refused (`carried`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import outlier_detection_pb2
 from envoy.type.v3 import percent_pb2
 
-from trellis.api.networking import DestinationRule, OutlierDetection, SimpleLB
+from trellis.api.networking import DestinationRule, OutlierDetection, ServicePort, SimpleLB, Subset
 from trellis.xds.mesh.build import MAX_UINT32, ads_source, duration, pack, socket_address, u32
 from trellis.xds.mesh.endpoints import load_assignment
 from trellis.xds.mesh.errors import unsupported
+from trellis.xds.mesh.mtls import AutoMtls, sni
 from trellis.xds.mesh.names import inbound_cluster, outbound_cluster
 from trellis.xds.mesh.policy import EffectivePolicy, effective_policy
-from trellis.xds.mesh.registry import Registry
+from trellis.xds.mesh.registry import Instance, Registry, Service, subset_instances
 from trellis.xds.protos import cluster_pb2, http_protocol_options_pb2
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # Istio's MeshConfig.connectTimeout
@@ -36,29 +38,73 @@ _LB_POLICIES = {
 }
 
 
-def outbound_policies(
-    registry: Registry,
-) -> Iterator[tuple[str, EffectivePolicy, DestinationRule | None]]:
-    """(cluster name, its policy, its DestinationRule) for `outbound|PORT||HOST` of every
-    service port, plus one per subset."""
+@dataclass(frozen=True, slots=True)
+class OutboundTarget:
+    """One outbound cluster: a service port, or one DestinationRule subset of it."""
+
+    name: str
+    policy: EffectivePolicy
+    rule: DestinationRule | None
+    service: Service
+    port: ServicePort
+    subset: Subset | None = None
+
+
+def outbound_targets(registry: Registry) -> Iterator[OutboundTarget]:
+    """`outbound|PORT||HOST` of every service port, plus one per subset."""
     for service in registry.services:
         rule = registry.destination_rule(service)
         rule_policy = rule.spec.traffic_policy if rule is not None else None
         for port in service.ports:
             policy = effective_policy(rule_policy, None, port.number)
-            yield outbound_cluster(service.host, port.number), policy, rule
+            name = outbound_cluster(service.host, port.number)
+            yield OutboundTarget(name, policy, rule, service, port)
             if rule is None:
                 continue
             for i, subset in enumerate(rule.spec.subsets):
                 path = f"spec.subsets[{i}].trafficPolicy"
                 policy = effective_policy(rule_policy, subset.traffic_policy, port.number, path)
-                yield outbound_cluster(service.host, port.number, subset.name), policy, rule
+                name = outbound_cluster(service.host, port.number, subset.name)
+                yield OutboundTarget(name, policy, rule, service, port, subset)
 
 
-def outbound_clusters(registry: Registry) -> Iterator[cluster_pb2.Cluster]:
-    """The sidecar's outbound clusters (see `outbound_policies`)."""
-    for name, policy, rule in outbound_policies(registry):
-        yield _eds_cluster(name, policy, rule)
+def outbound_policies(
+    registry: Registry,
+) -> Iterator[tuple[str, EffectivePolicy, DestinationRule | None]]:
+    """(cluster name, its policy, its DestinationRule) of every `outbound_targets` cluster."""
+    for target in outbound_targets(registry):
+        yield target.name, target.policy, target.rule
+
+
+def outbound_clusters(
+    registry: Registry, mtls: AutoMtls | None = None
+) -> Iterator[cluster_pb2.Cluster]:
+    """The sidecar's outbound clusters (see `outbound_targets`); with `mtls`, secured
+    as the DestinationRule's `tls` or auto mTLS says."""
+    by_port: dict[int, tuple[Instance, ...]] = {}
+    service_endpoints: list[Instance] = []
+    current: Service | None = None
+    for target in outbound_targets(registry):
+        cluster = _eds_cluster(target.name, target.policy, target.rule)
+        if mtls is not None:
+            service = target.service
+            if service is not current:
+                current = service
+                by_port = {port.number: registry.instances(service, port) for port in service.ports}
+                service_endpoints = [item for items in by_port.values() for item in items]
+            endpoints = by_port[target.port.number]
+            subset_name = ""
+            if target.subset is not None:
+                subset_name = target.subset.name
+                endpoints = subset_instances(endpoints, target.subset.labels)
+            mtls.secure_cluster(
+                cluster,
+                target.policy.tls,
+                sni(service.host, target.port.number, subset_name),
+                endpoints,
+                service_endpoints,
+            )
+        yield cluster
 
 
 def eds_cluster(

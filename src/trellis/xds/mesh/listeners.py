@@ -5,12 +5,21 @@ Explicit mode (what `trellis proxy` runs today):
   absolute-form HTTP_PROXY requests, its routes over RDS (`outbound`);
 - `inbound_<PORT>` on the workload's address and each of its ports: HTTP ports
   get a connection manager with one inline virtual host `*` forwarding to
-  `inbound|PORT||`, other ports a TCP proxy to that cluster.
+  `inbound|PORT||` (after the RBAC filters of the AuthorizationPolicies that
+  apply, `trellis.xds.mesh.authz`), other ports a TCP proxy to that cluster.
 
 Transparent mode (Istio's `virtualOutbound`/`virtualInbound` on 0.0.0.0:15001
 and :15006 with `use_original_dst`, one inbound filter chain per destination
 port) is produced for Envoy-compatible proxies; `trellis proxy` does not
 implement original destinations or filter-chain matching yet and rejects it.
+
+With mesh mTLS (`trellis.xds.mesh.mtls.InboundMtls`) each inbound port's
+PeerAuthentication mode decides its chains: STRICT one TLS chain
+(`transport_protocol: tls`), PERMISSIVE a TLS and a plaintext
+(`raw_buffer`) chain, both behind the TLS inspector, DISABLE the single
+plaintext chain of before. In transparent mode these matches are added to the
+port's `destination_port` match (chains `inbound|PORT||` and
+`inbound|PORT||mtls`), which only Envoy can consume.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from envoy.config.route.v3 import route_pb2
 
 from trellis.xds.mesh.build import ads_source, boolean, duration, pack, socket_address, u32
 from trellis.xds.mesh.model import CaptureMode, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.mtls import InboundMtls
 from trellis.xds.mesh.names import (
     DEFAULT_ROUTE_NAME,
     OUTBOUND_ROUTE_NAME,
@@ -50,17 +60,25 @@ _INBOUND = core_base_pb2.TrafficDirection.INBOUND
 
 
 def listeners(
-    proxy: ProxyIdentity, options: TranslateOptions, ports: Sequence[InboundPort]
+    proxy: ProxyIdentity,
+    options: TranslateOptions,
+    ports: Sequence[InboundPort],
+    authz: Sequence[http_connection_manager_pb2.HttpFilter] = (),
+    mtls: InboundMtls | None = None,
 ) -> list[listener_pb2.Listener]:
-    """The outbound listener and the inbound listener(s) for `ports`."""
+    """The outbound listener and the inbound listener(s) for `ports`.
+
+    `authz`: the RBAC filters inbound HTTP goes through before the router;
+    `mtls`: with mesh mTLS, how each port terminates it (None: plaintext).
+    """
     if options.capture_mode is CaptureMode.TRANSPARENT:
         result = [_virtual_outbound(options)]
         if ports:
-            result.append(_virtual_inbound(options, ports))
+            result.append(_virtual_inbound(options, ports, authz, mtls))
         return result
     result = [_explicit_outbound(options)]
     address = options.inbound_address or proxy.address
-    result += [_explicit_inbound(address, item) for item in ports]
+    result += [_explicit_inbound(address, item, authz, mtls) for item in ports]
     return result
 
 
@@ -109,7 +127,9 @@ def inbound_route_config(port: int) -> route_pb2.RouteConfiguration:
     return config
 
 
-def _inbound_filter(address: str, item: InboundPort) -> listener_components_pb2.Filter:
+def _inbound_filter(
+    address: str, item: InboundPort, authz: Sequence[http_connection_manager_pb2.HttpFilter]
+) -> listener_components_pb2.Filter:
     stat_prefix = f"inbound_{address}_{item.port}"
     if not item.http:
         return _filter(
@@ -117,19 +137,28 @@ def _inbound_filter(address: str, item: InboundPort) -> listener_components_pb2.
         )
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
-        http_filters=[_router()],
+        http_filters=[*authz, _router()],
         route_config=inbound_route_config(item.port),
     )
     return _filter(hcm)
 
 
-def _explicit_inbound(address: str, item: InboundPort) -> listener_pb2.Listener:
+def _explicit_inbound(
+    address: str,
+    item: InboundPort,
+    authz: Sequence[http_connection_manager_pb2.HttpFilter],
+    mtls: InboundMtls | None,
+) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=inbound_listener(item.port),
         address=socket_address(address, item.port),
         traffic_direction=_INBOUND,
     )
-    listener.filter_chains.add().filters.append(_inbound_filter(address, item))
+    network_filter = _inbound_filter(address, item, authz)
+    if mtls is None:
+        listener.filter_chains.add().filters.append(network_filter)
+    else:
+        mtls.add_chains(listener, network_filter, item.port, name="")
     return listener
 
 
@@ -147,7 +176,10 @@ def _virtual_outbound(options: TranslateOptions) -> listener_pb2.Listener:
 
 
 def _virtual_inbound(
-    options: TranslateOptions, ports: Sequence[InboundPort]
+    options: TranslateOptions,
+    ports: Sequence[InboundPort],
+    authz: Sequence[http_connection_manager_pb2.HttpFilter],
+    mtls: InboundMtls | None,
 ) -> listener_pb2.Listener:
     address = options.inbound_address or WILDCARD
     listener = listener_pb2.Listener(
@@ -157,7 +189,12 @@ def _virtual_inbound(
         use_original_dst=boolean(True),
     )
     for item in ports:
-        chain = listener.filter_chains.add(name=inbound_cluster(item.port))
+        network_filter = _inbound_filter(WILDCARD, item, authz)
+        name = inbound_cluster(item.port)
+        if mtls is not None:
+            mtls.add_chains(listener, network_filter, item.port, name, destination_port=item.port)
+            continue
+        chain = listener.filter_chains.add(name=name)
         chain.filter_chain_match.destination_port.CopyFrom(u32(item.port))
-        chain.filters.append(_inbound_filter(WILDCARD, item))
+        chain.filters.append(network_filter)
     return listener

@@ -15,6 +15,7 @@ from trellis.api.networking import (
     VirtualService,
     WorkloadEntry,
 )
+from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 from trellis.errors import ConfigError
 
 
@@ -22,22 +23,47 @@ def _key(resource: Resource) -> tuple[str, str]:
     return (resource.metadata.namespace, resource.metadata.name)
 
 
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshTls:
+    """The mesh's certificate authority as translation needs it; mTLS is on when given.
+
+    `root_ca_pem` is the trust anchor proxies verify peers against (public,
+    delivered as the `ROOTCA` secret); `trust_domain` forms the peers'
+    SPIFFE IDs, `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    """
+
+    root_ca_pem: bytes = field(repr=False)
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
-    """The validated resources one translation reads; sorted by namespace and name."""
+    """The validated resources one translation reads; sorted by namespace and name.
+
+    `tls`: the mesh CA; None (no CA) leaves every proxy's traffic plaintext.
+    """
 
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    tls: MeshTls | None = None
 
     @classmethod
-    def of(cls, resources: Iterable[Resource]) -> MeshConfig:
-        """Sort resources of the four kinds into a bundle; any other kind is an error."""
+    def of(cls, resources: Iterable[Resource], tls: MeshTls | None = None) -> MeshConfig:
+        """Sort resources of the kinds Trellis implements into a bundle; any other kind
+        is an error."""
         entries: list[ServiceEntry] = []
         workloads: list[WorkloadEntry] = []
         routes: list[VirtualService] = []
         rules: list[DestinationRule] = []
+        peer_authentications: list[PeerAuthentication] = []
+        authorization_policies: list[AuthorizationPolicy] = []
         for resource in resources:
             if isinstance(resource, ServiceEntry):
                 entries.append(resource)
@@ -47,9 +73,13 @@ class MeshConfig:
                 routes.append(resource)
             elif isinstance(resource, DestinationRule):
                 rules.append(resource)
+            elif isinstance(resource, PeerAuthentication):
+                peer_authentications.append(resource)
+            elif isinstance(resource, AuthorizationPolicy):
+                authorization_policies.append(resource)
             else:
                 raise ConfigError(
-                    f"{resource.kind} is not a networking kind the translator reads",
+                    f"{resource.kind} is not a kind the translator reads",
                     source=f"{resource.kind} {resource.display_name}",
                 )
         return cls(
@@ -57,6 +87,9 @@ class MeshConfig:
             workload_entries=tuple(sorted(workloads, key=_key)),
             virtual_services=tuple(sorted(routes, key=_key)),
             destination_rules=tuple(sorted(rules, key=_key)),
+            peer_authentications=tuple(sorted(peer_authentications, key=_key)),
+            authorization_policies=tuple(sorted(authorization_policies, key=_key)),
+            tls=tls,
         )
 
 

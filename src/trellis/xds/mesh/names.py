@@ -16,8 +16,9 @@ LISTENER_TYPE = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE_TYPE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-# In the order a management server sends them (CDS before EDS, LDS before RDS).
-RESOURCE_TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SECRET_TYPE = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# In the order a management server sends them (SDS first, CDS before EDS, LDS before RDS).
+RESOURCE_TYPES = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 
 OUTBOUND_ROUTE_NAME = "outbound"
 DEFAULT_ROUTE_NAME = "default"  # Istio's name for the route built without a VirtualService

@@ -57,12 +57,14 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One endpoint of a service port."""
+    """One endpoint of a service port; `namespace` and `service_account` are its workload's."""
 
     address: str
     port: int
     weight: int
     labels: tuple[tuple[str, str], ...]
+    namespace: str = ""
+    service_account: str = "default"
 
     def has_labels(self, wanted: dict[str, str]) -> bool:
         return labels_match(wanted, dict(self.labels))
@@ -120,7 +122,8 @@ class _HostIndex(Generic[T]):
 class Registry:
     """Indexes over one `MeshConfig` as proxies of one namespace (and labels) see it.
 
-    Never mutated after construction; shared by the proxies it was built for.
+    Never changed after construction but for a memo of `instances`; shared by
+    the proxies it was built for.
     """
 
     def __init__(self, config: MeshConfig, namespace: str, labels: Mapping[str, str]) -> None:
@@ -152,6 +155,7 @@ class Registry:
             for vs in config.virtual_services
             if vs.spec.http
         )
+        self._instances: dict[tuple[str, int], tuple[Instance, ...]] = {}
         # (namespace, label, value) -> the WorkloadEntries carrying it; ("ns", "", "") -> all
         self._workloads: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
         for workload in config.workload_entries:
@@ -208,6 +212,13 @@ class Registry:
 
     def instances(self, service: Service, port: ServicePort) -> tuple[Instance, ...]:
         """The endpoints of one service port, sorted by address and port."""
+        key = (service.host, port.number)
+        found = self._instances.get(key)
+        if found is None:
+            found = self._instances[key] = self._find_instances(service, port)
+        return found
+
+    def _find_instances(self, service: Service, port: ServicePort) -> tuple[Instance, ...]:
         entry = service.entry
         index = entry.spec.ports.index(port)
         found: list[Instance] = []
@@ -269,6 +280,8 @@ def _instance(spec: WorkloadEntrySpec, port: ServicePort, owner: Resource, path:
         port=spec.port_for(port),
         weight=spec.weight or 1,
         labels=tuple(sorted(spec.labels.items())),
+        namespace=owner.metadata.namespace,
+        service_account=spec.service_account or "default",
     )
 
 

@@ -8,7 +8,7 @@ proxies changed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
@@ -20,18 +20,21 @@ from trellis.api.services import labels_match
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
+from trellis.xds.mesh.authz import authz_filters, selected_policies
 from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
 from trellis.xds.mesh.endpoints import outbound_assignments
 from trellis.xds.mesh.errors import InconsistentSnapshotError
 from trellis.xds.mesh.listeners import listeners
 from trellis.xds.mesh.model import CaptureMode, MeshConfig, ProxyIdentity, TranslateOptions
+from trellis.xds.mesh.mtls import AutoMtls, InboundMtls, downstream_tls_socket, root_ca_secret
 from trellis.xds.mesh.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     RESOURCE_TYPES,
     ROUTE_TYPE,
+    SECRET_TYPE,
 )
 from trellis.xds.mesh.registry import InboundPort, Registry, inbound_ports
 from trellis.xds.mesh.routes import outbound_route_config
@@ -44,13 +47,44 @@ Resources = dict[str, dict[str, Message]]
 _DEFAULT_OPTIONS = TranslateOptions()
 
 
-@dataclass(frozen=True, slots=True)
-class _Outbound:
-    """What every proxy of one namespace (and the same relevant labels) gets alike."""
+@dataclass(frozen=True, slots=True, eq=False)
+class SharedOutbound:
+    """What every proxy of one namespace (and the same relevant labels) gets alike.
 
-    clusters: tuple[Message, ...]
+    One object per translation group: callers may cache what they derive from
+    it by identity for as long as they hold it.
+    """
+
+    clusters: dict[str, Message]
     assignments: dict[str, Message]
     routes: dict[str, Message]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResources:
+    """One proxy's resources: those shared with its group, and its own.
+
+    `secrets` (SDS: the mesh's `ROOTCA`, empty without mesh mTLS) are the same
+    objects for every proxy of one translation.
+    """
+
+    shared: SharedOutbound
+    inbound_clusters: dict[str, Message]
+    listeners: dict[str, Message]
+    secrets: Mapping[str, Message] = field(default_factory=dict)
+
+    def flatten(self) -> Resources:
+        """Type URL -> name -> message, every name sorted (no Secret type when none)."""
+        clusters = {**self.shared.clusters, **self.inbound_clusters}
+        resources: Resources = {
+            CLUSTER_TYPE: {name: clusters[name] for name in sorted(clusters)},
+            ENDPOINT_TYPE: dict(self.shared.assignments),
+            LISTENER_TYPE: dict(self.listeners),
+            ROUTE_TYPE: dict(self.shared.routes),
+        }
+        if self.secrets:
+            resources[SECRET_TYPE] = dict(self.secrets)
+        return resources
 
 
 def source_label_selectors(config: MeshConfig) -> tuple[dict[str, str], ...]:
@@ -78,14 +112,21 @@ class Translator:
     so they are built once per such group; listeners and inbound clusters
     are built per proxy. Proxies share message objects:
     treat the results as read-only. Build a new Translator when the config
-    changes.
+    changes. With `config.tls` (the mesh CA) sidecars get mTLS
+    (`trellis.xds.mesh.mtls`) and the `ROOTCA` secret.
     """
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
-        self.uncarried = first_uncarried(config)
+        tls = config.tls
+        self.uncarried = first_uncarried(config, mtls=tls is not None)
+        self._mtls = AutoMtls(tls, config.peer_authentications) if tls is not None else None
+        self._downstream_tls = downstream_tls_socket() if tls is not None else None
+        self.secrets: Mapping[str, Message] = (
+            {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
+        )
         self._selectors = source_label_selectors(config)
-        self._shared: dict[tuple[str, tuple[bool, ...]], _Outbound] = {}
+        self._shared: dict[tuple[str, tuple[bool, ...]], SharedOutbound] = {}
         # ServiceEntries with a workloadSelector, by namespace and by one of their
         # selector's labels: a proxy only looks at those its own labels can match.
         self._selecting: dict[tuple[str, str, str], list[ServiceEntry]] = {}
@@ -95,6 +136,21 @@ class Translator:
                 continue
             label = min(selector.labels.items(), default=("", ""))
             self._selecting.setdefault((entry.metadata.namespace, *label), []).append(entry)
+        # RBAC filters by the set of AuthorizationPolicies that apply (most proxies share one).
+        self._authz: dict[
+            tuple[tuple[str, str, str], ...], list[http_connection_manager_pb2.HttpFilter]
+        ] = {}
+
+    def _authz_filters(self, proxy: ProxyIdentity) -> list[http_connection_manager_pb2.HttpFilter]:
+        """The inbound RBAC filters of `proxy` ([] when no AuthorizationPolicy applies)."""
+        chosen = selected_policies(
+            self.config.authorization_policies, proxy.namespace, proxy.labels
+        )
+        key = tuple(policy.key for policy in chosen)
+        filters = self._authz.get(key)
+        if filters is None:
+            filters = self._authz[key] = authz_filters(chosen)
+        return filters
 
     def _selecting_entries(self, proxy: ProxyIdentity) -> list[ServiceEntry]:
         """The ServiceEntries whose selector may select the proxy (`inbound_ports` checks)."""
@@ -107,7 +163,13 @@ class Translator:
     def translate(
         self, proxy: ProxyIdentity, options: TranslateOptions = _DEFAULT_OPTIONS
     ) -> Resources:
-        """Build the LDS, RDS, CDS and EDS resources for `proxy`.
+        """Build the LDS, RDS, CDS and EDS resources for `proxy` (see `translate_parts`)."""
+        return self.translate_parts(proxy, options).flatten()
+
+    def translate_parts(
+        self, proxy: ProxyIdentity, options: TranslateOptions = _DEFAULT_OPTIONS
+    ) -> ProxyResources:
+        """Build the LDS, RDS, CDS and EDS resources for `proxy`, shared and own apart.
 
         Raises `UnsupportedConfigError` (a `ConfigError` naming the resource
         and field) for valid Istio config the Trellis proxy cannot carry out,
@@ -119,27 +181,40 @@ class Translator:
         outbound = self._outbound(proxy)
         ports = inbound_ports(self._selecting_entries(proxy), proxy)
         _check_ports(proxy, options, ports)
-        clusters = list(outbound.clusters)
-        clusters += [
-            inbound_cluster_for(item.port, options.app_address, options.app_port(item.port))
-            for item in ports
-        ]
-        return {
-            CLUSTER_TYPE: _by_name(clusters, lambda m: m.name),
-            ENDPOINT_TYPE: dict(outbound.assignments),
-            LISTENER_TYPE: _by_name(listeners(proxy, options, ports), lambda m: m.name),
-            ROUTE_TYPE: dict(outbound.routes),
-        }
+        inbound = _by_name(
+            (
+                inbound_cluster_for(item.port, options.app_address, options.app_port(item.port))
+                for item in ports
+            ),
+            lambda m: m.name,
+        )
+        clash = inbound.keys() & outbound.clusters.keys()
+        if clash:
+            raise TrellisError(f"bug: inbound and outbound clusters share names {sorted(clash)}")
+        mtls = None
+        if self._mtls is not None and self._downstream_tls is not None:
+            modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
+            mtls = InboundMtls(modes, self._downstream_tls)
+        built = listeners(proxy, options, ports, self._authz_filters(proxy), mtls)
+        return ProxyResources(
+            shared=outbound,
+            inbound_clusters=inbound,
+            listeners=_by_name(built, lambda m: m.name),
+            secrets=self.secrets,
+        )
 
-    def _outbound(self, proxy: ProxyIdentity) -> _Outbound:
+    def _outbound(self, proxy: ProxyIdentity) -> SharedOutbound:
         selected = tuple(labels_match(selector, proxy.labels) for selector in self._selectors)
         key = (proxy.namespace, selected)
         shared = self._shared.get(key)
         if shared is None:
             registry = Registry(self.config, proxy.namespace, dict(proxy.labels))
-            shared = _Outbound(
-                clusters=tuple(outbound_clusters(registry)),
-                assignments=_by_name(outbound_assignments(registry), lambda m: m.cluster_name),
+            mtls = self._mtls
+            shared = SharedOutbound(
+                clusters=_by_name(outbound_clusters(registry, mtls), lambda m: m.name),
+                assignments=_by_name(
+                    outbound_assignments(registry, mtls), lambda m: m.cluster_name
+                ),
                 routes=_by_name([outbound_route_config(registry)], lambda m: m.name),
             )
             self._shared[key] = shared

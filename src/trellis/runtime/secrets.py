@@ -1,0 +1,181 @@
+"""Secrets (certificates, trusted CAs) and the `ssl.SSLContext`s built from them.
+
+Secrets come from three places (`SecretSource`): the bootstrap, SDS over ADS
+(the mesh's `ROOTCA`), and the proxy's identity agent (its workload
+certificate `default`, whose key never leaves the process). A context is built
+once per TLS setting and set of secret versions; a rotation replaces the
+secret, so new connections use the new certificate while established ones
+keep theirs.
+
+Python's `ssl` loads a certificate and key only from a file: the PEM goes
+through an anonymous in-memory file (`memfd_create`), never the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from trellis.core.tls import (
+    CommonTls,
+    DownstreamTls,
+    NamedSecret,
+    Secret,
+    SecretRef,
+    SecretSource,
+    TlsCertificateSecret,
+    TlsVersion,
+    UpstreamTls,
+    ValidationSecret,
+)
+
+log = logging.getLogger("trellis.tls")
+
+_VERSIONS = {
+    TlsVersion.TLSv1_2: ssl.TLSVersion.TLSv1_2,
+    TlsVersion.TLSv1_3: ssl.TLSVersion.TLSv1_3,
+}
+# getpeercert() SAN types -> Envoy's SubjectAltNameMatcher.SanType names
+_SAN_TYPES = {"URI": "URI", "DNS": "DNS", "IP Address": "IP", "email": "EMAIL"}
+
+
+class SecretStore:
+    """The proxy's secrets by source and name, and SSL contexts cached per version."""
+
+    def __init__(self, static: tuple[NamedSecret, ...] = ()) -> None:
+        self._secrets: dict[SecretSource, dict[str, Secret]] = {
+            SecretSource.STATIC: dict(static),
+            SecretSource.ADS: {},
+            SecretSource.LOCAL: {},
+        }
+        self._contexts: dict[object, ssl.SSLContext] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self.version = 0
+
+    def get(self, ref: SecretRef) -> Secret | None:
+        return self._secrets[ref.source].get(ref.name)
+
+    def names(self, source: SecretSource) -> frozenset[str]:
+        return frozenset(self._secrets[source])
+
+    def set_local(self, name: str, secret: Secret) -> None:
+        """The identity agent's secret (a rotated workload certificate)."""
+        self._secrets[SecretSource.LOCAL][name] = secret
+        self._changed()
+
+    def set_ads(self, secrets: Mapping[str, Secret]) -> None:
+        """SDS state of the world for the secrets the proxy asked for."""
+        self._secrets[SecretSource.ADS] = dict(secrets)
+        self._changed()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._contexts.clear()
+        for listener in self._listeners:
+            listener()
+
+    # -- contexts ------------------------------------------------------------------------
+
+    def server_context(self, tls: DownstreamTls) -> ssl.SSLContext | None:
+        """The context terminating TLS for `tls`; None while a secret it needs is missing."""
+        found = self._contexts.get(tls)
+        if found is None:
+            found = self._build(tls.common, server=True, require=tls.require_client_certificate)
+            if found is not None:
+                self._contexts[tls] = found
+        return found
+
+    def client_context(self, tls: UpstreamTls) -> ssl.SSLContext | None:
+        """The context originating TLS for `tls`; None while a secret it needs is missing."""
+        found = self._contexts.get(tls)
+        if found is None:
+            found = self._build(tls.common, server=False, require=False)
+            if found is not None:
+                self._contexts[tls] = found
+        return found
+
+    def _build(self, common: CommonTls, *, server: bool, require: bool) -> ssl.SSLContext | None:
+        certificate: Secret | None = None
+        validation: Secret | None = None
+        if common.certificate is not None:
+            certificate = self.get(common.certificate)
+            if not isinstance(certificate, TlsCertificateSecret):
+                return None
+        if common.validation is not None:
+            validation = self.get(common.validation)
+            if not isinstance(validation, ValidationSecret):
+                return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = _VERSIONS[common.parameters.min_version]
+        context.maximum_version = _VERSIONS[common.parameters.max_version]
+        if not server:
+            context.check_hostname = False  # identities are SPIFFE URIs: checked by SAN matchers
+        try:
+            if isinstance(certificate, TlsCertificateSecret):
+                _load_certificate(context, certificate)
+            if isinstance(validation, ValidationSecret):
+                context.load_verify_locations(cadata=validation.trusted_ca.decode("ascii"))
+                context.verify_mode = (
+                    ssl.CERT_REQUIRED if require or not server else (ssl.CERT_OPTIONAL)
+                )
+            else:
+                context.verify_mode = ssl.CERT_NONE
+        except (ssl.SSLError, ValueError, UnicodeDecodeError) as error:
+            log.error("cannot use the TLS secrets %s: %s", _names(common), error)
+            return None
+        if common.alpn:
+            context.set_alpn_protocols(list(common.alpn))
+        return context
+
+
+def peer_sans(peercert: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """(type, value) pairs of a verified peer certificate's subjectAltName."""
+    if not peercert:
+        return ()
+    return tuple(
+        (_SAN_TYPES.get(kind, kind), value) for kind, value in peercert.get("subjectAltName", ())
+    )
+
+
+def peer_principal(sans: tuple[tuple[str, str], ...]) -> str | None:
+    """The peer's SPIFFE identity (its first `spiffe://` URI SAN), as Istio reports it."""
+    for kind, value in sans:
+        if kind == "URI" and value.startswith("spiffe://"):
+            return value
+    return None
+
+
+def _names(common: CommonTls) -> str:
+    refs = [r for r in (common.certificate, common.validation) if r is not None]
+    return ", ".join(f"{r.source.value}:{r.name}" for r in refs)
+
+
+def _load_certificate(context: ssl.SSLContext, secret: TlsCertificateSecret) -> None:
+    data = secret.certificate_chain.rstrip(b"\n") + b"\n" + secret.private_key
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        fd = memfd_create("trellis-certificate", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    handle, path = tempfile.mkstemp(prefix="trellis-cert-")  # created 0600
+    try:
+        try:
+            os.write(handle, data)
+        finally:
+            os.close(handle)
+        context.load_cert_chain(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

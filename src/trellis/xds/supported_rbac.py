@@ -1,0 +1,56 @@
+"""The Envoy RBAC fields Trellis implements (merged into `trellis.xds.supported`).
+
+The HTTP RBAC filter with enforcing `rules`, and the permission and principal
+kinds Istio emits for AuthorizationPolicy: and/or/not, any, headers, URL
+path, destination IP and port, authenticated principal, direct and remote
+client IP. Shadow rules, metadata, SNI, CEL conditions and custom matchers
+are rejected by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
+_RBAC = "envoy.config.rbac.v3."
+
+RBAC_SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        RBAC_TYPE: frozenset({"rules"}),
+        _RBAC + "RBAC": frozenset({"action", "policies"}),
+        _RBAC + "Policy": frozenset({"permissions", "principals"}),
+        _RBAC + "Permission": frozenset(
+            {
+                "and_rules",
+                "or_rules",
+                "any",
+                "header",
+                "url_path",
+                "destination_ip",
+                "destination_port",
+                "destination_port_range",
+                "not_rule",
+            }
+        ),
+        _RBAC + "Permission.Set": frozenset({"rules"}),
+        _RBAC + "Principal": frozenset(
+            {
+                "and_ids",
+                "or_ids",
+                "any",
+                "authenticated",
+                "direct_remote_ip",
+                "remote_ip",
+                "header",
+                "url_path",
+                "not_id",
+            }
+        ),
+        _RBAC + "Principal.Set": frozenset({"ids"}),
+        _RBAC + "Principal.Authenticated": frozenset({"principal_name"}),
+        "envoy.type.matcher.v3.PathMatcher": frozenset({"path"}),
+        "envoy.config.core.v3.CidrRange": frozenset({"address_prefix", "prefix_len"}),
+        "envoy.type.v3.Int32Range": frozenset({"start", "end"}),
+    }
+)
