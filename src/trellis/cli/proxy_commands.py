@@ -87,7 +87,9 @@ def _config_dump(
 
 @click.command("proxy-config")
 @click.argument("proxy")
-@click.argument("section", type=click.Choice(["listeners", "routes", "clusters", "endpoints"]))
+@click.argument(
+    "section", type=click.Choice(["listeners", "routes", "clusters", "endpoints", "secrets"])
+)
 @click.option("-o", "--output", type=click.Choice(["json"]), default=None, help="Raw resources.")
 @click.option(
     "--admin",
@@ -110,7 +112,7 @@ def proxy_config(
     server: str,
     token: str | None,
 ) -> None:
-    """Show a proxy's listeners, routes, clusters or endpoints (from its /config_dump).
+    """Show a proxy's listeners, routes, clusters, endpoints or secrets (from /config_dump).
 
     PROXY is the proxy's node id (or its workload name); the control plane fetches
     the dump when it knows the proxy's admin address, otherwise use --admin.

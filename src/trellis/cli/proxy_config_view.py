@@ -1,23 +1,25 @@
 """Summaries of an Envoy `/config_dump` (`envoy.admin.v3.ConfigDump` JSON) as table rows.
 
-Like `istioctl proxy-config`: listeners, routes, clusters and endpoints, static
-and dynamic, each as (headers, rows); the raw resources for `-o json`; and the
+Like `istioctl proxy-config`: listeners, routes, clusters, endpoints and
+secrets, static and dynamic, each as (headers, rows); the raw resources for `-o json`; and the
 updates the proxy rejected. Pure functions over the parsed JSON.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SECTIONS = ("listeners", "routes", "clusters", "endpoints")
+SECTIONS = ("listeners", "routes", "clusters", "endpoints", "secrets")
 
 _DUMP_TYPES = {
     "listeners": "ListenersConfigDump",
     "routes": "RoutesConfigDump",
     "clusters": "ClustersConfigDump",
     "endpoints": "EndpointsConfigDump",
+    "secrets": "SecretsConfigDump",
 }
 # (list field, path to the resource inside an entry) per section, static first.
 _ENTRIES = {
@@ -38,6 +40,10 @@ _ENTRIES = {
     "endpoints": (
         ("static_endpoint_configs", ("endpoint_config",)),
         ("dynamic_endpoint_configs", ("endpoint_config",)),
+    ),
+    "secrets": (
+        ("static_secrets", ("secret",)),
+        ("dynamic_active_secrets", ("secret",)),
     ),
 }
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -235,4 +241,45 @@ def endpoints(config_dump: Mapping[str, Any]) -> View:
     return View(("ENDPOINT", "STATUS", "CLUSTER"), rows)
 
 
-VIEWS = {"listeners": listeners, "routes": routes, "clusters": clusters, "endpoints": endpoints}
+def _pem(source: Any) -> bytes:
+    if not isinstance(source, Mapping):
+        return b""
+    if "inline_bytes" in source:
+        return base64.b64decode(str(source["inline_bytes"]))
+    return str(source.get("inline_string", "")).encode()
+
+
+def _first_certificate(pem: bytes) -> tuple[str, str]:
+    """(serial in hex, not-after in UTC) of the first certificate in `pem`, or blanks."""
+    from cryptography import x509  # noqa: PLC0415 - only this view needs it
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return "", ""
+    return f"{cert.serial_number:x}", cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def secrets(config_dump: Mapping[str, Any]) -> View:
+    """Certificates and trusted CAs, like `istioctl proxy-config secret` (never a key)."""
+    rows: list[tuple[str, ...]] = []
+    for secret in resources(config_dump, "secrets"):
+        name = str(secret.get("name", ""))
+        if "tls_certificate" in secret:
+            pem = _pem(_dig(secret, ("tls_certificate", "certificate_chain")))
+            kind = "Cert Chain"
+        else:
+            pem = _pem(_dig(secret, ("validation_context", "trusted_ca")))
+            kind = "CA"
+        serial, not_after = _first_certificate(pem)
+        rows.append((name, kind, serial, not_after))
+    return View(("RESOURCE NAME", "TYPE", "SERIAL NUMBER", "NOT AFTER"), rows)
+
+
+VIEWS = {
+    "listeners": listeners,
+    "routes": routes,
+    "clusters": clusters,
+    "endpoints": endpoints,
+    "secrets": secrets,
+}

@@ -12,7 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 
-from trellis.xds.secret_dump import CertificateView, secrets_config_dump
+from trellis.xds.secret_dump import REDACTED, CertificateView, redacted, secrets_config_dump
 
 _HCM = http_connection_manager_pb2.HttpConnectionManager
 
@@ -68,15 +68,25 @@ def config_dump(
         entry_c = clusters.static_clusters.add(cluster=_pack(cluster))
         entry_c.last_updated.CopyFrom(stamp)
     endpoints = config_dump_shared_pb2.EndpointsConfigDump()
+    secrets_dump = secrets_config_dump(secrets)
+    for secret in bootstrap.static_resources.secrets:
+        static = secrets_dump.static_secrets.add(name=secret.name)
+        static.secret.Pack(redacted(secret))
+        static.last_updated.CopyFrom(stamp)
     for type_url, state in (dynamic or {}).items():
-        _add_dynamic(type_url, state, listeners, clusters, routes, endpoints)
-    boot = config_dump_pb2.BootstrapConfigDump(bootstrap=bootstrap)
+        _add_dynamic(type_url, state, listeners, clusters, routes, endpoints, secrets_dump)
+    shown = Bootstrap()
+    shown.CopyFrom(bootstrap)
+    for secret in shown.static_resources.secrets:
+        if secret.HasField("tls_certificate"):
+            secret.tls_certificate.private_key.inline_bytes = REDACTED
+    boot = config_dump_pb2.BootstrapConfigDump(bootstrap=shown)
     boot.last_updated.CopyFrom(stamp)
     dump = config_dump_pb2.ConfigDump()
     for part in (boot, listeners, clusters, routes, endpoints):
         dump.configs.append(_pack(part))
-    if secrets:
-        dump.configs.append(_pack(secrets_config_dump(secrets)))
+    if secrets_dump.ListFields():
+        dump.configs.append(_pack(secrets_dump))
     result: dict[str, Any] = json_format.MessageToDict(dump, preserving_proto_field_name=True)
     return result
 
@@ -88,6 +98,7 @@ def _add_dynamic(
     clusters: config_dump_shared_pb2.ClustersConfigDump,
     routes: config_dump_shared_pb2.RoutesConfigDump,
     endpoints: config_dump_shared_pb2.EndpointsConfigDump,
+    secrets: config_dump_pb2.SecretsConfigDump,
 ) -> None:
     stamp = _stamp(state.last_updated)
     kind = type_url.rsplit(".", 1)[-1]
@@ -115,6 +126,10 @@ def _add_dynamic(
             entry = endpoints.dynamic_endpoint_configs.add(
                 version_info=version, endpoint_config=packed
             )
+            entry.last_updated.CopyFrom(stamp)
+        elif kind == "Secret":
+            entry = secrets.dynamic_active_secrets.add(name=name, version_info=version)
+            entry.secret.Pack(redacted(state.resources[name]))
             entry.last_updated.CopyFrom(stamp)
         else:
             continue

@@ -54,6 +54,15 @@ def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def redacted(secret: secret_pb2.Secret) -> secret_pb2.Secret:
+    """A copy of `secret` fit for a dump: a private key shows as `[redacted]`."""
+    shown = secret_pb2.Secret()
+    shown.CopyFrom(secret)
+    if shown.HasField("tls_certificate"):
+        shown.tls_certificate.private_key.inline_bytes = REDACTED
+    return shown
+
+
 def dynamic_secret(cert: CertificateView) -> config_dump_pb2.SecretsConfigDump.DynamicSecret:
     """The certificate as a dynamic active secret, its key redacted."""
     secret = secret_pb2.Secret(name=cert.name)

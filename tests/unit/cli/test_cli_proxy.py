@@ -8,12 +8,17 @@ update.
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from controlplane.pki_helpers import cert_pem, certificate, key_pem, new_key
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from trellis.controlplane.ads_status import Nack, ProxyNode, ProxyStatus, SyncState, TypeStatus
+from trellis.xds.config_dump import config_dump
 
 from .api_testing import DATA, make_api, table_rows
 
@@ -191,3 +196,33 @@ def test_a_proxy_is_found_by_workload_name(name: str) -> None:
     result = make_api(ads_status=_statuses, proxy_admin=admin).run("proxy-config", name, "routes")
     assert result.exit_code == 1
     assert asked == ["sidecar~web-1"]
+
+
+def test_secrets_show_serials_and_expiry_but_never_keys(tmp_path: Path) -> None:
+    root_key, leaf_key = new_key(), new_key()
+    root = certificate("root", root_key)
+    leaf = certificate("leaf", leaf_key, issuer=(root, root_key), ca=False, key_cert_sign=False)
+    boot = bootstrap_pb2.Bootstrap()
+    static = boot.static_resources.secrets.add(name="default")
+    static.tls_certificate.certificate_chain.inline_bytes = cert_pem(leaf, root)
+    static.tls_certificate.private_key.inline_bytes = key_pem(leaf_key)
+    ca = boot.static_resources.secrets.add(name="ROOTCA")
+    ca.validation_context.trusted_ca.inline_bytes = cert_pem(root)
+    path = tmp_path / "dump.json"
+    path.write_text(json.dumps(config_dump(boot, 1.0)))
+    code, out, err = _run("proxy-config", "p", "secrets", "--file", str(path))
+    assert code == 0, err
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    assert table_rows(out) == [
+        {
+            "RESOURCE NAME": name,
+            "TYPE": kind,
+            "SERIAL NUMBER": f"{cert.serial_number:x}",
+            "NOT AFTER": cert.not_valid_after_utc.strftime(stamp),
+        }
+        for name, kind, cert in (("default", "Cert Chain", leaf), ("ROOTCA", "CA", root))
+    ]
+    _, raw, _ = _run("proxy-config", "p", "secrets", "--file", str(path), "-o", "json")
+    assert "PRIVATE KEY" not in raw
+    shown = json.loads(raw)[0]["tls_certificate"]["private_key"]["inline_bytes"]
+    assert base64.b64decode(shown) == b"[redacted]"

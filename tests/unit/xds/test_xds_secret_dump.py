@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from trellis.xds.config_dump import config_dump
 from trellis.xds.secret_dump import certs_json
@@ -61,3 +62,36 @@ def test_certs_answers_envoys_shape() -> None:
     (root,) = entry["ca_cert"]
     assert root["serial_number"] == "99"
     assert int(root["days_until_expiration"]) > 2000
+
+
+@dataclass
+class _State:
+    version: str
+    resources: dict[str, Any]
+    last_updated: float = 1.0
+    rejected_version: str = ""
+    rejected_reason: str = ""
+
+
+def test_bootstrap_and_sds_secrets_are_dumped_without_private_keys() -> None:
+    key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n"
+    boot = bootstrap_pb2.Bootstrap()
+    static = boot.static_resources.secrets.add(name="server-cert")
+    static.tls_certificate.certificate_chain.inline_string = CHAIN
+    static.tls_certificate.private_key.inline_string = key
+    root = secret_pb2.Secret(name="ROOTCA")
+    root.validation_context.trusted_ca.inline_bytes = CHAIN.encode()
+    sds = {"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": _State(
+        "v7", {"ROOTCA": root})}  # fmt: skip
+    dump = config_dump(boot, 1.0, sds)
+    text = json.dumps(dump)
+    assert "PRIVATE KEY" not in text and "c2VjcmV0" not in text
+    assert static.tls_certificate.private_key.inline_string == key  # the proxy's copy is intact
+    (secrets,) = [c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump")]
+    (shown,) = secrets["static_secrets"]
+    assert shown["name"] == "server-cert"
+    assert shown["secret"]["tls_certificate"]["private_key"] == {"inline_bytes": "W3JlZGFjdGVkXQ=="}
+    (dynamic,) = secrets["dynamic_active_secrets"]
+    assert (dynamic["name"], dynamic["version_info"]) == ("ROOTCA", "v7")
+    trusted = dynamic["secret"]["validation_context"]["trusted_ca"]["inline_bytes"]
+    assert base64.b64decode(trusted).decode() == CHAIN
