@@ -8,7 +8,8 @@ principals, namespaces, hosts, methods and paths may start or end with `*`
 (suffix / prefix match) or be `*` (any non-empty value).
 
 Trellis implements the ALLOW, DENY and AUDIT actions on the sidecars'
-inbound HTTP traffic. CUSTOM (external authorization), `provider`,
+inbound traffic: HTTP requests, and TCP connections (where the HTTP-only
+fields cannot apply, as in Istio). CUSTOM (external authorization), `provider`,
 `targetRef(s)`, request principals (JWT, RequestAuthentication) and the
 `istio.io/dry-run` annotation are rejected by name rather than ignored.
 """

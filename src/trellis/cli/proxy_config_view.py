@@ -133,7 +133,11 @@ def listeners(config_dump: Mapping[str, Any]) -> View:
     rows: list[tuple[str, ...]] = []
     for listener in resources(config_dump, "listeners"):
         address, port = _socket(listener.get("address"))
-        summaries = [_filter_summary(item) for item in _filters(listener)]
+        summaries = [
+            _filter_summary(item)
+            for item in _filters(listener)
+            if item.get("name") != "envoy.filters.network.rbac"  # guards the TCP proxy after it
+        ]
         kinds = ",".join(dict.fromkeys(kind for kind, _ in summaries if kind))
         destinations = ",".join(dict.fromkeys(dest for _, dest in summaries if dest))
         rows.append((str(listener.get("name", "")), address, port, kinds, destinations))

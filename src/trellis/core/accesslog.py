@@ -117,6 +117,8 @@ _METADATA_FIELDS: Mapping[str, str] = MappingProxyType(
     {
         "envoy.filters.http.rbac:enforced_engine_result": "rbac_result",
         "envoy.filters.http.rbac:enforced_effective_policy_id": "rbac_policy",
+        "envoy.filters.network.rbac:enforced_engine_result": "rbac_result",
+        "envoy.filters.network.rbac:enforced_effective_policy_id": "rbac_policy",
     }
 )
 

@@ -1,8 +1,9 @@
-"""Authorization decisions: Envoy's RBAC HTTP filters, evaluated as Istio layers them.
+"""Authorization decisions: Envoy's RBAC filters, evaluated as Istio layers them.
 
-The inbound connection manager carries up to three RBAC filters, in this
-order (Istio's): AUDIT policies (Envoy action LOG: never blocks, marks the
-request audited), DENY policies, ALLOW policies. `AuthzConfig` holds them as
+An inbound connection manager carries up to three RBAC HTTP filters, and an
+inbound TCP proxy up to three RBAC network filters before it, in this order
+(Istio's): AUDIT policies (Envoy action LOG: never blocks, marks the request
+or connection audited), DENY policies, ALLOW policies. `AuthzConfig` holds them as
 `AuthzLayer`s, in filter order, and `decide` walks them:
 
 - a LOG layer notes its first matching policy and goes on;
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from trellis.core.authz_match import AuthzRequest, Matcher
 
 RBAC_FILTER_NAME = "envoy.filters.http.rbac"
+NETWORK_RBAC_FILTER_NAME = "envoy.filters.network.rbac"
 DENIED_BODY = b"RBAC: access denied"
 DENIED_STATUS = 403
 NO_ALLOW_MATCHED = "no ALLOW policy matched"
@@ -98,11 +100,16 @@ class AuthzPolicy:
 
 @dataclass(frozen=True, slots=True)
 class AuthzLayer:
-    """One RBAC HTTP filter: an action and its policies, in name order."""
+    """One RBAC filter: an action and its policies, in name order.
+
+    `stat_prefix` is a network RBAC filter's (its counters are
+    `<stat_prefix>rbac.allowed` / `.denied`); "" for the HTTP filter.
+    """
 
     action: AuthzAction
     policies: tuple[AuthzPolicy, ...]
     filter_name: str = RBAC_FILTER_NAME
+    stat_prefix: str = ""
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.policies, key=lambda policy: policy.name))
@@ -118,7 +125,7 @@ class AuthzLayer:
 
 @dataclass(frozen=True, slots=True)
 class AuthzConfig:
-    """The RBAC filters of one connection manager, in filter order."""
+    """The RBAC filters of one connection manager or TCP proxy, in filter order."""
 
     layers: tuple[AuthzLayer, ...]
 

@@ -348,6 +348,9 @@ class TcpProxy:
     cluster: str
     idle_timeout: float | None = 3600.0
     access_logs: tuple[AccessLogConfig, ...] = ()
+    # Network RBAC filters before the proxy, decided once per connection (after the
+    # TLS handshake); None: no RBAC filter.
+    authz: AuthzConfig | None = None
 
 
 NetworkFilter = HttpConnectionManager | TcpProxy

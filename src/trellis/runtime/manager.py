@@ -100,6 +100,8 @@ class ConfigManager:
                 self.metrics,
                 peer_labels(self.node, listener.direction, host, protocol="tcp"),
                 self._sinks_for(listener),
+                self.stats,
+                own_principal=self.node.principal,
             )
         assert isinstance(network_filter, HttpConnectionManager)
         if network_filter.route_config is None:

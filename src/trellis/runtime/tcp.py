@@ -2,18 +2,37 @@
 
 Half-close is honoured in both directions: an EOF from one side becomes a
 `write_eof` on the other, and the pair closes once both directions ended.
+
+With network RBAC filters (`TcpProxy.authz`) a connection is authorized once,
+when it is established (after the TLS handshake, so the peer's principal is
+known) and before any upstream is chosen: a denied connection is closed
+without contacting the upstream. (Envoy decides on the first bytes from the
+client; deciding at once also covers protocols where the server speaks
+first.) Decisions are counted as `<stat_prefix>rbac.allowed` / `.denied`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from typing import TYPE_CHECKING, cast
 
 from trellis.core.accesslog import AccessLogEntry
+from trellis.core.authz import AuthzConfig, AuthzDecision
+from trellis.core.authz_match import AuthzRequest, parse_ip
 from trellis.core.config import TcpProxy
-from trellis.core.metrics import IstioMetrics, PeerLabels, ResponseFlag, format_flags
+from trellis.core.metrics import (
+    CounterCell,
+    IstioMetrics,
+    PeerLabels,
+    ResponseFlag,
+    StatsRegistry,
+    format_flags,
+)
 from trellis.core.outlier import Outcome
+from trellis.runtime.secrets import peer_principal, peer_sans
 
 if TYPE_CHECKING:
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
@@ -21,10 +40,36 @@ if TYPE_CHECKING:
     from trellis.runtime.telemetry import AccessLogSink
 
 
+_NOT_METRIC_CHAR = re.compile(r"[^a-zA-Z0-9_]")
+_MAX_PRINCIPALS = 4096  # peers choose their certificates' names: bound what they can make us keep
+
+
+def _rbac_counter(stats: StatsRegistry | None, authz: AuthzConfig, outcome: str) -> CounterCell:
+    """Envoy's network RBAC counter `<stat_prefix>rbac.<outcome>` (`tcp.rbac.denied` is
+    `envoy_tcp_rbac_denied`), under the first filter's prefix: one count per connection."""
+    if stats is None:
+        return CounterCell()
+    prefix = authz.layers[0].stat_prefix if authz.layers else ""
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    stat = f"{prefix}rbac.{outcome}"
+    return stats.counter("envoy_" + _NOT_METRIC_CHAR.sub("_", stat), stat_name=stat)
+
+
 class TcpContext:
     """A TCP proxy filter, compiled for one listener."""
 
-    __slots__ = ("cluster", "config", "logs", "metrics", "peer")
+    __slots__ = (
+        "_by_principal",
+        "cluster",
+        "config",
+        "logs",
+        "metrics",
+        "own_principal",
+        "peer",
+        "rbac_allowed",
+        "rbac_denied",
+    )
 
     def __init__(
         self,
@@ -33,12 +78,60 @@ class TcpContext:
         metrics: IstioMetrics,
         peer: PeerLabels,
         logs: tuple[AccessLogSink, ...] = (),
+        stats: StatsRegistry | None = None,
+        own_principal: str = "unknown",
     ) -> None:
         self.config = config
         self.cluster = cluster
         self.metrics = metrics
         self.peer = peer
         self.logs = logs
+        self.own_principal = own_principal
+        self._by_principal: dict[str, PeerLabels] = {}
+        authz = config.authz
+        self.rbac_allowed: CounterCell | None = None
+        self.rbac_denied: CounterCell | None = None
+        if authz is not None:
+            self.rbac_allowed = _rbac_counter(stats, authz, "allowed")
+            self.rbac_denied = _rbac_counter(stats, authz, "denied")
+
+    def labels(self, principal: str | None) -> PeerLabels:
+        """The metric labels of a connection whose peer proved `principal` over mTLS
+        (the client, for the destination reporter; the upstream, for the source)."""
+        if principal is None:
+            return self.peer
+        found = self._by_principal.get(principal)
+        if found is None:
+            inbound = self.peer.reporter == "destination"
+            found = dataclasses.replace(
+                self.peer,
+                source_principal=principal if inbound else self.own_principal,
+                destination_principal=self.own_principal if inbound else principal,
+                connection_security_policy="mutual_tls" if inbound else "unknown",
+            )
+            if len(self._by_principal) < _MAX_PRINCIPALS:
+                self._by_principal[principal] = found
+        return found
+
+    def authorize(self, pipe: TcpDownstream, authz: AuthzConfig) -> AuthzDecision:
+        """Decide on `pipe`'s connection, count the outcome and remember it for the log."""
+        transport = pipe.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        request = AuthzRequest(
+            principal=pipe.peer_principal,
+            source_ip=parse_ip(peer[0]) if isinstance(peer, tuple) else None,
+            destination_ip=parse_ip(local[0]) if isinstance(local, tuple) else None,
+            destination_port=pipe.listener.config.address.port,
+            method="",
+            path="",
+            authority="",
+        )
+        decision = pipe.authz = authz.decide(request)
+        counter = self.rbac_allowed if decision.allowed else self.rbac_denied
+        if counter is not None:
+            counter.value += 1
+        return decision
 
     def log(self, pipe: TcpDownstream, flags: str) -> None:
         now = time.monotonic()
@@ -52,21 +145,35 @@ class TcpContext:
             upstream_host=str(host.address) if host is not None else None,
             upstream_cluster=self.config.cluster,
             downstream_remote_address=pipe.remote,
+            downstream_peer_uri_san=pipe.peer_principal,
         )
+        decision = pipe.authz
+        if decision is not None:
+            allowed = decision.allowed
+            entry = dataclasses.replace(
+                entry,
+                rbac_result="allowed" if allowed else "denied",
+                rbac_policy=decision.policy or (None if allowed else decision.reason),
+                connection_termination_details=None if allowed else decision.details,
+            )
         for sink in self.logs:
             sink.write(entry)
 
 
 class _UpstreamSide(asyncio.Protocol):
-    __slots__ = ("pipe", "transport")
+    __slots__ = ("peer_principal", "pipe", "transport")
 
     def __init__(self, pipe: TcpDownstream) -> None:
         self.pipe = pipe
         self.transport: asyncio.Transport | None = None
+        self.peer_principal: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        peercert = transport.get_extra_info("peercert")
+        if peercert:
+            self.peer_principal = peer_principal(peer_sans(peercert))
 
     def data_received(self, data: bytes) -> None:
         self.pipe.from_upstream(data)
@@ -92,6 +199,7 @@ class TcpDownstream(asyncio.Protocol):
         "_eof_down",
         "_eof_up",
         "_pending",
+        "authz",
         "closed",
         "ctx",
         "flags",
@@ -124,6 +232,14 @@ class TcpDownstream(asyncio.Protocol):
         self.start = self.last_activity = time.monotonic()
         self.remote: str | None = None
         self.peer_principal: str | None = None  # set by the listener on mTLS connections
+        self.authz: AuthzDecision | None = None  # the RBAC filters' decision, if any
+
+    def _labels(self, upstream: _UpstreamSide | None) -> PeerLabels:
+        inbound = self.ctx.peer.reporter == "destination"
+        principal = self.peer_principal if inbound else None
+        if not inbound and upstream is not None:
+            principal = upstream.peer_principal
+        return self.ctx.labels(principal)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
@@ -133,6 +249,10 @@ class TcpDownstream(asyncio.Protocol):
             self.remote = f"{peer[0]}:{peer[1]}"
         self.listener.connection_opened(self)
         if self.closed:  # refused: the connection limit, or a draining listener
+            return
+        authz = self.ctx.config.authz
+        if authz is not None and not self.ctx.authorize(self, authz).allowed:
+            self._close()  # before any upstream is chosen: it never sees the connection
             return
         cluster = self.ctx.cluster
         if cluster is None or not cluster.hosts:
@@ -170,7 +290,7 @@ class TcpDownstream(asyncio.Protocol):
                 upstream.transport.close()
             return
         host.stats.active_connections += 1
-        self.ctx.metrics.tcp_opened(self.ctx.peer)
+        self.ctx.metrics.tcp_opened(self._labels(upstream))
         self.upstream = upstream
         if self._pending and upstream.transport is not None:
             upstream.transport.write(b"".join(self._pending))
@@ -276,10 +396,11 @@ class TcpDownstream(asyncio.Protocol):
             cluster.limits.release_connection()
         flags = format_flags(self.flags)
         metrics = self.ctx.metrics
+        labels = self._labels(self.upstream)
         if self.upstream is None:  # never connected: count it opened with its failure flags
-            metrics.tcp_opened(self.ctx.peer, flags)
-        metrics.tcp_bytes(self.ctx.peer, self.sent, self.received, flags)
-        metrics.tcp_closed(self.ctx.peer, flags)
+            metrics.tcp_opened(labels, flags)
+        metrics.tcp_bytes(labels, self.sent, self.received, flags)
+        metrics.tcp_closed(labels, flags)
         if self.ctx.logs:
             self.ctx.log(self, flags)
         self.listener.connection_closed(self)

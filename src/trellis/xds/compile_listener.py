@@ -1,4 +1,5 @@
-"""Listeners and their one network filter: HTTP connection manager or TCP proxy."""
+"""Listeners and their network filters: an HTTP connection manager, or a TCP proxy
+after any number of network RBAC filters."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 
 from trellis.core.accesslog import AccessLogFormatter
+from trellis.core.authz import AuthzConfig
 from trellis.core.config import (
     AccessLogConfig,
     HttpConnectionManager,
@@ -19,7 +21,7 @@ from trellis.core.config import (
     TrafficDirection,
 )
 from trellis.errors import ConfigError
-from trellis.xds.compile_rbac import http_filter_chain
+from trellis.xds.compile_rbac import http_filter_chain, network_filter_chain
 from trellis.xds.compile_route import route_config
 from trellis.xds.compile_tls import filter_chains
 from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
@@ -37,6 +39,7 @@ from trellis.xds.supported import (
     TCP_PROXY_TYPE,
     unpack_any,
 )
+from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE
 from trellis.xds.supported_tls import TLS_INSPECTOR_TYPE
 from trellis.xds.where import Where
 
@@ -90,17 +93,40 @@ def listener(
 def _network_filter(
     chain: listener_components_pb2.FilterChain, clusters: frozenset[str] | None, where: Where
 ) -> NetworkFilter:
+    """The chain's last filter (the connection manager or the TCP proxy), with the
+    network RBAC filters before it (TCP proxy only)."""
     filters = chain.filters
-    if len(filters) != 1:
+    if not filters:
         raise where.at("filters").error(
-            f"exactly one network filter is required, got {len(filters)}"
+            "a network filter is required (http_connection_manager or tcp_proxy)"
         )
-    here = where.at("filters").item(0).at("typed_config")
-    if not filters[0].HasField("typed_config"):
+    last = len(filters) - 1
+    for i, item in enumerate(filters[:last]):
+        if item.HasField("typed_config") and item.typed_config.TypeName() != NETWORK_RBAC_TYPE:
+            raise (
+                where.at("filters")
+                .item(i)
+                .error(
+                    "only envoy.filters.network.rbac filters may come before the last "
+                    "network filter (the http_connection_manager or tcp_proxy)"
+                )
+            )
+    here = where.at("filters").item(last).at("typed_config")
+    if not filters[last].HasField("typed_config"):
         raise here.error("typed_config is required")
-    inner = unpack_any(filters[0].typed_config, _NETWORK_FILTERS, here)
+    inner = unpack_any(filters[last].typed_config, _NETWORK_FILTERS, here)
     if isinstance(inner, tcp_proxy_pb2.TcpProxy):
-        return tcp_proxy(inner, clusters, here)
+        authz = network_filter_chain(filters[:last], where.at("filters"))
+        return tcp_proxy(inner, clusters, here, authz)
+    if last:
+        raise (
+            where.at("filters")
+            .item(0)
+            .error(
+                "envoy.filters.network.rbac is supported before tcp_proxy only "
+                "(an HTTP connection manager takes envoy.filters.http.rbac in http_filters)"
+            )
+        )
     return http_connection_manager(inner, clusters, here)
 
 
@@ -178,9 +204,12 @@ def _upgrade_types(
 
 
 def tcp_proxy(
-    proxy: tcp_proxy_pb2.TcpProxy, clusters: frozenset[str] | None, where: Where
+    proxy: tcp_proxy_pb2.TcpProxy,
+    clusters: frozenset[str] | None,
+    where: Where,
+    authz: AuthzConfig | None = None,
 ) -> TcpProxy:
-    """Convert a TCP proxy to one known cluster."""
+    """Convert a TCP proxy to one known cluster (`authz`: the RBAC filters before it)."""
     if not proxy.stat_prefix:
         raise where.at("stat_prefix").error("stat_prefix is required")
     if not proxy.cluster:
@@ -192,6 +221,7 @@ def tcp_proxy(
         cluster=proxy.cluster,
         idle_timeout=duration(proxy, "idle_timeout", where, DEFAULT_IDLE_TIMEOUT),
         access_logs=access_logs(proxy.access_log, where.at("access_log")),
+        authz=authz,
     )
 
 

@@ -1,8 +1,11 @@
-"""HTTP filter chains with RBAC: Envoy's RBAC filter configs -> `trellis.core.authz`.
+"""Filter chains with RBAC: Envoy's RBAC filter configs -> `trellis.core.authz`.
 
 An HTTP connection manager's filters are any number of
 `envoy.filters.http.rbac` filters (typed `extensions.filters.http.rbac.v3.RBAC`)
-followed by the router. Each RBAC filter with `rules` becomes one
+followed by the router; a TCP proxy may follow any number of
+`envoy.filters.network.rbac` filters (`extensions.filters.network.rbac.v3.RBAC`,
+which see the connection only: header and URL path matchers are refused
+there). Each RBAC filter with `rules` becomes one
 `AuthzLayer` (a filter without `rules` enforces nothing, as in Envoy, and
 is left out). Permissions and principals compile to the matchers of
 `trellis.core.authz_match`, regexes compiled here once. Supported fields are
@@ -18,11 +21,19 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import string_pb2
 
-from trellis.core.authz import RBAC_FILTER_NAME, AuthzAction, AuthzConfig, AuthzLayer, AuthzPolicy
+from trellis.core.authz import (
+    NETWORK_RBAC_FILTER_NAME,
+    RBAC_FILTER_NAME,
+    AuthzAction,
+    AuthzConfig,
+    AuthzLayer,
+    AuthzPolicy,
+)
 from trellis.core.authz_match import (
     MATCH_ANY,
     AddressSource,
@@ -44,13 +55,15 @@ from trellis.core.authz_match import (
 from trellis.core.config import StringMatchKind
 from trellis.xds.compile_route import header_matcher
 from trellis.xds.convert import string_matcher
-from trellis.xds.protos import http_connection_manager_pb2, http_rbac_pb2
+from trellis.xds.protos import http_connection_manager_pb2, http_rbac_pb2, network_rbac_pb2
 from trellis.xds.supported import ROUTER_TYPE, unpack_any
-from trellis.xds.supported_rbac import RBAC_TYPE
+from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE, RBAC_TYPE
 from trellis.xds.where import Where
 
 ROUTER_NAME = "envoy.filters.http.router"
 _HTTP_FILTERS = frozenset({ROUTER_TYPE, RBAC_TYPE})
+_NETWORK_RBAC = frozenset({NETWORK_RBAC_TYPE})
+_HTTP_ONLY = "is HTTP-only: the network RBAC filter sees the connection, not requests"
 _PSEUDO = MappingProxyType(
     {
         ":method": HeaderSource.METHOD,
@@ -102,32 +115,65 @@ def http_filter_chain(
     return AuthzConfig(tuple(layers)) if layers else None
 
 
+def network_filter_chain(
+    filters: Sequence[listener_components_pb2.Filter], where: Where
+) -> AuthzConfig | None:
+    """The network RBAC filters before a TCP proxy (`where`: the chain's `filters`)."""
+    layers: list[AuthzLayer] = []
+    for i, network_filter in enumerate(filters):
+        here = where.item(i).at("typed_config")
+        if not network_filter.HasField("typed_config"):
+            raise here.error(f"typed_config is required for {NETWORK_RBAC_FILTER_NAME}")
+        config = unpack_any(network_filter.typed_config, _NETWORK_RBAC, here)
+        assert isinstance(config, network_rbac_pb2.RBAC)
+        if not config.stat_prefix:
+            raise here.at("stat_prefix").error("stat_prefix is required")
+        if config.HasField("rules"):
+            layers.append(
+                _layer(
+                    config.rules,
+                    here.at("rules"),
+                    network_filter.name or NETWORK_RBAC_FILTER_NAME,
+                    config.stat_prefix,
+                )
+            )
+    return AuthzConfig(tuple(layers)) if layers else None
+
+
 def rbac_layer(
     config: http_rbac_pb2.RBAC, where: Where, filter_name: str = RBAC_FILTER_NAME
 ) -> AuthzLayer | None:
-    """One RBAC filter config as a layer; None when it has no `rules` (enforces nothing)."""
+    """One RBAC HTTP filter config as a layer; None when it has no `rules` (enforces nothing)."""
     if not config.HasField("rules"):
         return None
-    rules = config.rules
-    here = where.at("rules")
+    return _layer(config.rules, where.at("rules"), filter_name or RBAC_FILTER_NAME)
+
+
+def _layer(
+    rules: rbac_pb2.RBAC, where: Where, filter_name: str, stat_prefix: str | None = None
+) -> AuthzLayer:
+    """`stat_prefix`: a network filter's (None: an HTTP filter)."""
+    network = stat_prefix is not None
     action = AuthzAction(rbac_pb2.RBAC.Action.Name(rules.action))
     policies = []
     for name in sorted(rules.policies):
-        policies.append(_policy(name, rules.policies[name], here.at("policies").key(name)))
-    return AuthzLayer(action, tuple(policies), filter_name or RBAC_FILTER_NAME)
+        here = where.at("policies").key(name)
+        policies.append(_policy(name, rules.policies[name], here, network))
+    return AuthzLayer(action, tuple(policies), filter_name, stat_prefix or "")
 
 
-def _policy(name: str, policy: rbac_pb2.Policy, where: Where) -> AuthzPolicy:
+def _policy(name: str, policy: rbac_pb2.Policy, where: Where, network: bool) -> AuthzPolicy:
     if not policy.permissions:
         raise where.at("permissions").error("at least one permission is required")
     if not policy.principals:
         raise where.at("principals").error("at least one principal is required")
     permissions = any_of(
-        permission(item, where.at("permissions").item(i))
+        permission(item, where.at("permissions").item(i), network=network)
         for i, item in enumerate(policy.permissions)
     )
     principals = any_of(
-        principal(item, where.at("principals").item(i)) for i, item in enumerate(policy.principals)
+        principal(item, where.at("principals").item(i), network=network)
+        for i, item in enumerate(policy.principals)
     )
     return AuthzPolicy(name, permissions, principals)
 
@@ -137,17 +183,22 @@ def _members(items: Sequence[object], where: Where) -> None:
         raise where.error("at least one entry is required")
 
 
-def permission(config: rbac_pb2.Permission, where: Where) -> Matcher:
-    """Compile an RBAC `Permission` (what the request asks for)."""
+def permission(config: rbac_pb2.Permission, where: Where, *, network: bool = False) -> Matcher:
+    """Compile an RBAC `Permission` (what the request asks for; `network`: of a network filter)."""
     kind = config.WhichOneof("rule")
     here = where.at(kind) if kind else where
+    if network and kind in ("header", "url_path"):
+        raise here.error(f"{kind} {_HTTP_ONLY}")
     if kind in ("and_rules", "or_rules"):
         rules = getattr(config, kind).rules
         _members(rules, here.at("rules"))
-        items = [permission(item, here.at("rules").item(i)) for i, item in enumerate(rules)]
+        items = [
+            permission(item, here.at("rules").item(i), network=network)
+            for i, item in enumerate(rules)
+        ]
         return all_of(items) if kind == "and_rules" else any_of(items)
     if kind == "not_rule":
-        return negate(permission(config.not_rule, here))
+        return negate(permission(config.not_rule, here, network=network))
     if kind == "any":
         return _any(config.any, here)
     if kind == "header":
@@ -170,17 +221,21 @@ def permission(config: rbac_pb2.Permission, where: Where) -> Matcher:
     raise where.error("a permission rule is required (and_rules, or_rules, any, header, ...)")
 
 
-def principal(config: rbac_pb2.Principal, where: Where) -> Matcher:
-    """Compile an RBAC `Principal` (who sends the request)."""
+def principal(config: rbac_pb2.Principal, where: Where, *, network: bool = False) -> Matcher:
+    """Compile an RBAC `Principal` (who sends the request; `network`: of a network filter)."""
     kind = config.WhichOneof("identifier")
     here = where.at(kind) if kind else where
+    if network and kind in ("header", "url_path"):
+        raise here.error(f"{kind} {_HTTP_ONLY}")
     if kind in ("and_ids", "or_ids"):
         ids = getattr(config, kind).ids
         _members(ids, here.at("ids"))
-        items = [principal(item, here.at("ids").item(i)) for i, item in enumerate(ids)]
+        items = [
+            principal(item, here.at("ids").item(i), network=network) for i, item in enumerate(ids)
+        ]
         return all_of(items) if kind == "and_ids" else any_of(items)
     if kind == "not_id":
-        return negate(principal(config.not_id, here))
+        return negate(principal(config.not_id, here, network=network))
     if kind == "any":
         return _any(config.any, here)
     if kind == "authenticated":

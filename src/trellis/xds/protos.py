@@ -20,6 +20,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
@@ -39,6 +40,7 @@ __all__ = [
     "http_protocol_options_pb2",
     "http_rbac_pb2",
     "listener_pb2",
+    "network_rbac_pb2",
     "previous_hosts_pb2",
     "raw_buffer_pb2",
     "rbac_pb2",

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from trellis.xds import protos  # noqa: F401 - registers the types `Any` may name
-from trellis.xds.supported_rbac import RBAC_SUPPORTED_FIELDS, RBAC_TYPE
+from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE, RBAC_SUPPORTED_FIELDS, RBAC_TYPE
 from trellis.xds.supported_tls import (
     TLS_SUPPORTED_ANY_TYPES,
     TLS_SUPPORTED_FIELDS,
@@ -293,7 +293,9 @@ SUPPORTED_ENUM_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyTy
 # `Any` fields: (message, field) -> message types they may hold.
 SUPPORTED_ANY_TYPES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {
-        ("envoy.config.listener.v3.Filter", "typed_config"): frozenset({HCM_TYPE, TCP_PROXY_TYPE}),
+        ("envoy.config.listener.v3.Filter", "typed_config"): frozenset(
+            {HCM_TYPE, TCP_PROXY_TYPE, NETWORK_RBAC_TYPE}
+        ),
         (_HCM + "HttpFilter", "typed_config"): frozenset({ROUTER_TYPE, RBAC_TYPE}),
         ("envoy.config.accesslog.v3.AccessLog", "typed_config"): frozenset(
             {FILE_LOG_TYPE, STDOUT_LOG_TYPE}

@@ -129,8 +129,8 @@ CASES: list[tuple[str, Mutation, str, str]] = [
                 listener(d, 1)["filter_chains"][0]["filters"][0]
             )
         ],
-        f"{L0}.filter_chains[0].filters",
-        "exactly one network filter",
+        f"{L0}.filter_chains[0].filters[0]",
+        "only envoy.filters.network.rbac filters may come before",
     ),
     # http connection manager
     ("no stat_prefix", lambda d: [hcm(d).pop("stat_prefix")], f"{HCM}.stat_prefix", "required"),

@@ -13,7 +13,7 @@ from mesh_support import inline_bootstrap, load_case, load_config
 
 from trellis.core.authz import AuthzConfig, AuthzDecision
 from trellis.core.authz_match import AuthzRequest
-from trellis.core.config import HttpConnectionManager
+from trellis.core.config import HttpConnectionManager, TcpProxy
 from trellis.xds.compile import compile_bootstrap
 from trellis.xds.mesh import MeshConfig, ProxyIdentity, translate
 from trellis.xds.mesh.authz import selected_policies, workload_authz_filters
@@ -314,7 +314,8 @@ def test_golden_case_compiles_in_the_proxy() -> None:
     http, tcp = by_name["inbound_18080"], by_name["inbound_19090"]
     assert isinstance(http, HttpConnectionManager) and http.authz is not None
     assert [layer.action.value for layer in http.authz.layers] == ["LOG", "DENY", "ALLOW"]
-    assert not isinstance(tcp, HttpConnectionManager)  # TCP ports: no RBAC yet
+    assert isinstance(tcp, TcpProxy) and tcp.authz is not None
+    assert [layer.action.value for layer in tcp.authz.layers] == ["LOG", "DENY", "ALLOW"]
     outbound = by_name["outbound"]
     assert isinstance(outbound, HttpConnectionManager) and outbound.authz is None
     canary = request(

@@ -48,6 +48,7 @@ def test_golden_cases_exist() -> None:
         "two_namespaces",
         "transparent",
         "authz",
+        "authz_tcp",
         "mtls_strict",
         "mtls_permissive",
         "mtls_port_disable",

@@ -13,6 +13,13 @@ Value forms: `*` (any non-empty value), `prefix*`, `*suffix`, or exact.
 Principals get the `spiffe://` prefix; namespaces match the principal with
 the regex `.*/ns/NS/.*`; hosts are case-insensitive; a `request.headers`
 condition matches one value of a comma-joined header (Istio's regex).
+
+For a TCP port (the network RBAC filter) the HTTP-only fields (hosts,
+methods, paths and their `not*` forms, `request.headers` conditions) cannot
+be evaluated; `rule_policy(rule, tcp=True)` leaves them out, which widens
+the rule. Istio does that for DENY and AUDIT rules (they deny or audit
+more); an ALLOW rule that uses them is dropped instead (`uses_http_only`),
+so it allows nothing on TCP.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from trellis.api.security import Condition, Rule, header_of_key
 from trellis.xds.mesh.build import u32
 
 _SPIFFE = "spiffe://"
+_HTTP_OPERATION_FIELDS = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
 _RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 
 
@@ -168,14 +176,15 @@ _PERMISSION_KEYS: Mapping[str, Callable[[str], Permission]] = MappingProxyType(
 )
 
 
-def _when(conditions: Sequence[Condition]) -> tuple[list[Principal], list[Permission]]:
+def _when(conditions: Sequence[Condition], tcp: bool) -> tuple[list[Principal], list[Permission]]:
     principals: list[Principal] = []
     permissions: list[Permission] = []
     for condition in conditions:
         values, not_values = condition.values, condition.not_values
         header = header_of_key(condition.key)
         if header is not None:
-            principals += _principal_field(_header_principal(header), values, not_values)
+            if not tcp:
+                principals += _principal_field(_header_principal(header), values, not_values)
         elif condition.key in _PRINCIPAL_KEYS:
             principals += _principal_field(_PRINCIPAL_KEYS[condition.key], values, not_values)
         else:
@@ -191,9 +200,20 @@ def _and_rules(rules: list[Permission]) -> Permission:
     return Permission(and_rules=Permission.Set(rules=rules or [Permission(any=True)]))
 
 
-def rule_policy(rule: Rule) -> rbac_pb2.Policy:
-    """The Envoy RBAC policy of one (validated) rule."""
-    when_principals, when_permissions = _when(rule.when)
+def uses_http_only(rule: Rule) -> bool:
+    """Whether `rule` sets a field only HTTP requests have (hosts, methods, paths,
+    `request.headers` conditions), so it cannot be evaluated on a TCP connection."""
+    for target in rule.to or ():
+        operation = target.operation
+        if any(getattr(operation, name) for name in _HTTP_OPERATION_FIELDS):
+            return True
+    return any(header_of_key(condition.key) is not None for condition in rule.when)
+
+
+def rule_policy(rule: Rule, *, tcp: bool = False) -> rbac_pb2.Policy:
+    """The Envoy RBAC policy of one (validated) rule; `tcp`: for the network RBAC
+    filter, without the HTTP-only fields."""
+    when_principals, when_permissions = _when(rule.when, tcp)
     principals = []
     for entry in rule.from_ or ():
         source = entry.source
@@ -209,9 +229,11 @@ def rule_policy(rule: Rule) -> rbac_pb2.Policy:
     methods = _header_permission(":method", ignore_case=False)
     for target in rule.to or ():
         operation = target.operation
-        rules = _permission_field(hosts, operation.hosts, operation.not_hosts)
-        rules += _permission_field(methods, operation.methods, operation.not_methods)
-        rules += _permission_field(_path, operation.paths, operation.not_paths)
+        rules = []
+        if not tcp:
+            rules += _permission_field(hosts, operation.hosts, operation.not_hosts)
+            rules += _permission_field(methods, operation.methods, operation.not_methods)
+            rules += _permission_field(_path, operation.paths, operation.not_paths)
         rules += _permission_field(_port, operation.ports, operation.not_ports)
         permissions.append(_and_rules(rules + when_permissions))
     if not rule.to:

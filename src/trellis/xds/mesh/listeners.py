@@ -5,8 +5,9 @@ Explicit mode (what `trellis proxy` runs today):
   absolute-form HTTP_PROXY requests, its routes over RDS (`outbound`);
 - `inbound_<PORT>` on the workload's address and each of its ports: HTTP ports
   get a connection manager with one inline virtual host `*` forwarding to
-  `inbound|PORT||` (after the RBAC filters of the AuthorizationPolicies that
-  apply, `trellis.xds.mesh.authz`), other ports a TCP proxy to that cluster.
+  `inbound|PORT||` (after the RBAC HTTP filters of the AuthorizationPolicies
+  that apply, `trellis.xds.mesh.authz`), other ports a TCP proxy to that
+  cluster (after the policies' RBAC network filters).
 
 Transparent mode (Istio's `virtualOutbound`/`virtualInbound` on 0.0.0.0:15001
 and :15006 with `use_original_dst`, one inbound filter chain per destination
@@ -31,6 +32,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
+from trellis.xds.mesh.authz import NO_AUTHZ, InboundAuthz
 from trellis.xds.mesh.build import ads_source, boolean, duration, pack, socket_address, u32
 from trellis.xds.mesh.model import CaptureMode, ProxyIdentity, TranslateOptions
 from trellis.xds.mesh.mtls import InboundMtls
@@ -63,13 +65,14 @@ def listeners(
     proxy: ProxyIdentity,
     options: TranslateOptions,
     ports: Sequence[InboundPort],
-    authz: Sequence[http_connection_manager_pb2.HttpFilter] = (),
+    authz: InboundAuthz = NO_AUTHZ,
     mtls: InboundMtls | None = None,
 ) -> list[listener_pb2.Listener]:
     """The outbound listener and the inbound listener(s) for `ports`.
 
-    `authz`: the RBAC filters inbound HTTP goes through before the router;
-    `mtls`: with mesh mTLS, how each port terminates it (None: plaintext).
+    `authz`: the RBAC filters inbound HTTP goes through before the router, and
+    inbound TCP before the TCP proxy; `mtls`: with mesh mTLS, how each port
+    terminates it (None: plaintext).
     """
     if options.capture_mode is CaptureMode.TRANSPARENT:
         result = [_virtual_outbound(options)]
@@ -127,26 +130,25 @@ def inbound_route_config(port: int) -> route_pb2.RouteConfiguration:
     return config
 
 
-def _inbound_filter(
-    address: str, item: InboundPort, authz: Sequence[http_connection_manager_pb2.HttpFilter]
-) -> listener_components_pb2.Filter:
+def _inbound_filters(
+    address: str, item: InboundPort, authz: InboundAuthz
+) -> list[listener_components_pb2.Filter]:
     stat_prefix = f"inbound_{address}_{item.port}"
     if not item.http:
-        return _filter(
-            tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=inbound_cluster(item.port))
-        )
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=inbound_cluster(item.port))
+        return [*authz.tcp, _filter(proxy)]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
-        http_filters=[*authz, _router()],
+        http_filters=[*authz.http, _router()],
         route_config=inbound_route_config(item.port),
     )
-    return _filter(hcm)
+    return [_filter(hcm)]
 
 
 def _explicit_inbound(
     address: str,
     item: InboundPort,
-    authz: Sequence[http_connection_manager_pb2.HttpFilter],
+    authz: InboundAuthz,
     mtls: InboundMtls | None,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
@@ -154,11 +156,11 @@ def _explicit_inbound(
         address=socket_address(address, item.port),
         traffic_direction=_INBOUND,
     )
-    network_filter = _inbound_filter(address, item, authz)
+    network_filters = _inbound_filters(address, item, authz)
     if mtls is None:
-        listener.filter_chains.add().filters.append(network_filter)
+        listener.filter_chains.add().filters.extend(network_filters)
     else:
-        mtls.add_chains(listener, network_filter, item.port, name="")
+        mtls.add_chains(listener, network_filters, item.port, name="")
     return listener
 
 
@@ -178,7 +180,7 @@ def _virtual_outbound(options: TranslateOptions) -> listener_pb2.Listener:
 def _virtual_inbound(
     options: TranslateOptions,
     ports: Sequence[InboundPort],
-    authz: Sequence[http_connection_manager_pb2.HttpFilter],
+    authz: InboundAuthz,
     mtls: InboundMtls | None,
 ) -> listener_pb2.Listener:
     address = options.inbound_address or WILDCARD
@@ -189,12 +191,12 @@ def _virtual_inbound(
         use_original_dst=boolean(True),
     )
     for item in ports:
-        network_filter = _inbound_filter(WILDCARD, item, authz)
+        network_filters = _inbound_filters(WILDCARD, item, authz)
         name = inbound_cluster(item.port)
         if mtls is not None:
-            mtls.add_chains(listener, network_filter, item.port, name, destination_port=item.port)
+            mtls.add_chains(listener, network_filters, item.port, name, destination_port=item.port)
             continue
         chain = listener.filter_chains.add(name=name)
         chain.filter_chain_match.destination_port.CopyFrom(u32(item.port))
-        chain.filters.append(network_filter)
+        chain.filters.extend(network_filters)
     return listener

@@ -251,12 +251,12 @@ class InboundMtls:
     def add_chains(
         self,
         listener: listener_pb2.Listener,
-        network_filter: listener_components_pb2.Filter,
+        network_filters: Sequence[listener_components_pb2.Filter],
         port: int,
         name: str,
         destination_port: int | None = None,
     ) -> None:
-        """The filter chains of `port` as its mode says, all with `network_filter`.
+        """The filter chains of `port` as its mode says, all with `network_filters`.
 
         `name`: the plaintext chain's name (the TLS chain's gets `mtls`);
         `destination_port`: match it too (transparent capture).
@@ -279,6 +279,6 @@ class InboundMtls:
                 chain.filter_chain_match.transport_protocol = protocol
             if secure:
                 chain.transport_socket.CopyFrom(self.socket)
-            chain.filters.append(network_filter)
+            chain.filters.extend(network_filters)
         if mode is not MtlsMode.DISABLE and not listener.listener_filters:
             listener.listener_filters.append(tls_inspector())

@@ -20,7 +20,7 @@ from trellis.api.services import labels_match
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
-from trellis.xds.mesh.authz import authz_filters, selected_policies
+from trellis.xds.mesh.authz import InboundAuthz, inbound_authz, selected_policies
 from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
 from trellis.xds.mesh.endpoints import outbound_assignments
@@ -137,20 +137,18 @@ class Translator:
             label = min(selector.labels.items(), default=("", ""))
             self._selecting.setdefault((entry.metadata.namespace, *label), []).append(entry)
         # RBAC filters by the set of AuthorizationPolicies that apply (most proxies share one).
-        self._authz: dict[
-            tuple[tuple[str, str, str], ...], list[http_connection_manager_pb2.HttpFilter]
-        ] = {}
+        self._authz: dict[tuple[tuple[str, str, str], ...], InboundAuthz] = {}
 
-    def _authz_filters(self, proxy: ProxyIdentity) -> list[http_connection_manager_pb2.HttpFilter]:
-        """The inbound RBAC filters of `proxy` ([] when no AuthorizationPolicy applies)."""
+    def _inbound_authz(self, proxy: ProxyIdentity) -> InboundAuthz:
+        """The inbound RBAC filters of `proxy` (none when no AuthorizationPolicy applies)."""
         chosen = selected_policies(
             self.config.authorization_policies, proxy.namespace, proxy.labels
         )
         key = tuple(policy.key for policy in chosen)
-        filters = self._authz.get(key)
-        if filters is None:
-            filters = self._authz[key] = authz_filters(chosen)
-        return filters
+        authz = self._authz.get(key)
+        if authz is None:
+            authz = self._authz[key] = inbound_authz(chosen)
+        return authz
 
     def _selecting_entries(self, proxy: ProxyIdentity) -> list[ServiceEntry]:
         """The ServiceEntries whose selector may select the proxy (`inbound_ports` checks)."""
@@ -195,7 +193,7 @@ class Translator:
         if self._mtls is not None and self._downstream_tls is not None:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
-        built = listeners(proxy, options, ports, self._authz_filters(proxy), mtls)
+        built = listeners(proxy, options, ports, self._inbound_authz(proxy), mtls)
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,
