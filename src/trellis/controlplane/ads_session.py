@@ -100,10 +100,10 @@ def _changed(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) 
     return not wanted.isdisjoint(resources.changed_since(sent))
 
 
-def _entries(resources: ResourceSet, wanted: frozenset[str]) -> bytes:
+def _entries(resources: ResourceSet, wanted: frozenset[str]) -> tuple[bytes, ...]:
     if wanted is resources.names:
-        return resources.encoded()
-    return b"".join(resources.by_name[name].encoded for name in sorted(wanted))
+        return resources.encoded_parts()
+    return tuple(resources.by_name[name].encoded for name in sorted(wanted))
 
 
 class AdsSession:
@@ -222,7 +222,7 @@ class AdsSession:
         state.sent_names = wanted
         state.outstanding = True
         state.responses += 1
-        data = head + self._control_plane + _entries(resources, wanted)
+        data = b"".join((head, self._control_plane, *_entries(resources, wanted)))
         return Outgoing(state.type_url, version, nonce, len(wanted), data)
 
     def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:

@@ -244,14 +244,20 @@ class ResourceSet:
         return cls(type_url, by_name)
 
     def encoded(self) -> bytes:
-        """Every resource as `DiscoveryResponse.resources` entries, joined once per set."""
+        """Every resource as `DiscoveryResponse.resources` entries (see `encoded_parts`)."""
+        return b"".join(self.encoded_parts())
+
+    def encoded_parts(self) -> tuple[bytes, ...]:
+        """The entries in pieces to join: the shared base's bytes are stored once, for all
+        the proxies whose sets extend it, and an extended set keeps only its own."""
         if not self._blob:
             if self._base is None:
                 self._blob.append(b"".join(r.encoded for r in self.by_name.values()))
             else:
-                own = b"".join(r.encoded for r in self._own.values())
-                self._blob.append(self._base.encoded() + own)
-        return self._blob[0]
+                self._blob.append(b"".join(r.encoded for r in self._own.values()))
+        if self._base is None:
+            return (self._blob[0],)
+        return (*self._base.encoded_parts(), self._blob[0])
 
     def changed_since(self, older: ResourceSet) -> frozenset[str]:
         """Names added or modified since `older`; remembered for the last few `older` sets."""
