@@ -54,7 +54,18 @@ def _tls_chain(*, match: str = "tls") -> Json:
                 "require_client_certificate": True,
                 "common_tls_context": {
                     "tls_certificate_sds_secret_configs": [{"name": "server-cert"}],
-                    "validation_context_sds_secret_config": {"name": "root"},
+                    # As the control plane builds it: any identity of the mesh's trust domain.
+                    "combined_validation_context": {
+                        "default_validation_context": {
+                            "match_typed_subject_alt_names": [
+                                {
+                                    "san_type": "URI",
+                                    "matcher": {"prefix": "spiffe://cluster.local/"},
+                                }
+                            ]
+                        },
+                        "validation_context_sds_secret_config": {"name": "root"},
+                    },
                 },
             },
         },
@@ -249,6 +260,9 @@ def test_strict_refuses_every_unauthenticated_attempt(
         assert _tls_handshake(port, ca, foreign, tmp_path).startswith("refused")
         expired = ca.issue(CLIENT_ID, expired=True)
         assert _tls_handshake(port, ca, expired, tmp_path).startswith("refused")
+        # Signed by the mesh's CA, but for another trust domain.
+        stranger = ca.issue("spiffe://other.example/ns/default/sa/web-sa")
+        assert _tls_handshake(port, ca, stranger, tmp_path).startswith("refused")
     assert len(upstream.requests) == 1
     assert server.alive()
 
@@ -300,6 +314,9 @@ def test_rbac_allows_the_principal_and_denies_plaintext(
     assert len(upstream.requests) == 1
     samples = server.samples()
     assert metric_sum(samples, "istio_requests_total", response_code="403") == 1
+    exposition = server.metrics_text()
+    assert 'envoy_http_rbac_allowed{envoy_http_conn_manager_prefix="inbound"} 1' in exposition
+    assert 'envoy_http_rbac_denied{envoy_http_conn_manager_prefix="inbound"} 1' in exposition
     lines = _log_lines(log, 2)
     assert lines[0] == {
         "code": 200,

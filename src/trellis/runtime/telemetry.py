@@ -11,6 +11,7 @@ from trellis.core.accesslog import AccessLogEntry, AccessLogFormatter
 from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
 from trellis.core.labels import peer_labels, service_from_cluster
 from trellis.core.metrics import (
+    CounterCell,
     IstioMetrics,
     PeerLabels,
     ResponseFlag,
@@ -56,6 +57,8 @@ class HttpRecorder:
     __slots__ = (
         "_cx_rq",
         "_peers",
+        "_prefix",
+        "_rbac",
         "_rq_by_class",
         "direction",
         "logs",
@@ -89,6 +92,10 @@ class HttpRecorder:
             )
             for c in range(6)
         ]
+        # Envoy's RBAC filter counters, `http.<prefix>.rbac.denied` and `.allowed`,
+        # created when a request is first decided (listeners without RBAC show none).
+        self._rbac: dict[bool, CounterCell] = {}
+        self._prefix = stat_prefix
 
     def peer(self, cluster_name: str, authority: str, principal: str | None) -> PeerLabels:
         """Labels for a request to `cluster_name`/`authority` whose peer proved `principal`
@@ -142,10 +149,23 @@ class HttpRecorder:
         )
         self._cx_rq.value += 1
         self._rq_by_class[code // 100 if 0 < code < 600 else 0].value += 1
+        if stream.authz is not None:
+            self._rbac_counter(stream.authz.allowed).value += 1
         if self.logs:
             entry = self._entry(stream, code, flags, duration_ms, now)
             for sink in self.logs:
                 sink.write(entry)
+
+    def _rbac_counter(self, allowed: bool) -> CounterCell:
+        cell = self._rbac.get(allowed)
+        if cell is None:
+            outcome = "allowed" if allowed else "denied"
+            cell = self._rbac[allowed] = self.stats.counter(
+                f"envoy_http_rbac_{outcome}",
+                (("envoy_http_conn_manager_prefix", self._prefix),),
+                stat_name=f"http.{self._prefix}.rbac.{outcome}",
+            )
+        return cell
 
     def _entry(
         self, stream: Stream, code: int, flags: str, duration_ms: float, now: float

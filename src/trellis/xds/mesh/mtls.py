@@ -109,23 +109,29 @@ def upstream_template() -> tls_pb2.CommonTlsContext:
 
 
 def _validating(
-    base: tls_pb2.CommonTlsContext, identities: Sequence[str]
+    base: tls_pb2.CommonTlsContext,
+    identities: Sequence[str],
+    *,
+    trust_domain: str | None = None,
 ) -> tls_pb2.CommonTlsContext:
-    """A copy of `base` that trusts the mesh root and wants a peer SAN in `identities`
-    (any certificate of the mesh CA when empty)."""
+    """A copy of `base` that trusts the mesh root and wants a peer URI SAN in
+    `identities`, or else one in `trust_domain` (any certificate of the mesh CA
+    when neither is given)."""
     common = tls_pb2.CommonTlsContext()
     common.CopyFrom(base)
-    if not identities:
+    matchers = [string_pb2.StringMatcher(exact=identity) for identity in identities]
+    if not matchers and trust_domain is not None:
+        matchers.append(string_pb2.StringMatcher(prefix=f"spiffe://{trust_domain}/"))
+    if not matchers:
         common.validation_context_sds_secret_config.CopyFrom(_root_ca())
         return common
     combined = common.combined_validation_context
     combined.validation_context_sds_secret_config.CopyFrom(_root_ca())
     combined.default_validation_context.match_typed_subject_alt_names.extend(
         common_pb2.SubjectAltNameMatcher(
-            san_type=common_pb2.SubjectAltNameMatcher.URI,
-            matcher=string_pb2.StringMatcher(exact=identity),
+            san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher
         )
-        for identity in identities
+        for matcher in matchers
     )
     return common
 
@@ -144,10 +150,12 @@ def upstream_tls_socket(
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
 
 
-def downstream_tls_socket() -> base_pb2.TransportSocket:
-    """mTLS termination: our certificate, a client certificate of the mesh CA required."""
+def downstream_tls_socket(trust_domain: str) -> base_pb2.TransportSocket:
+    """mTLS termination: our certificate; the client's must come from the mesh CA and
+    name a SPIFFE identity of the mesh's trust domain (a CA shared with another
+    mesh cannot vouch for its workloads here)."""
     context = tls_pb2.DownstreamTlsContext(
-        common_tls_context=_validating(_base(DOWNSTREAM_ALPN), ()),
+        common_tls_context=_validating(_base(DOWNSTREAM_ALPN), (), trust_domain=trust_domain),
         require_client_certificate=boolean(True),
     )
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))

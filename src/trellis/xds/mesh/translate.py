@@ -121,7 +121,7 @@ class Translator:
         tls = config.tls
         self.uncarried = first_uncarried(config, mtls=tls is not None)
         self._mtls = AutoMtls(tls, config.peer_authentications) if tls is not None else None
-        self._downstream_tls = downstream_tls_socket() if tls is not None else None
+        self._downstream_tls = downstream_tls_socket(tls.trust_domain) if tls is not None else None
         self.secrets: Mapping[str, Message] = (
             {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
         )
