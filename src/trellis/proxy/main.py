@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -22,20 +23,15 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from trellis.core.config import HttpConnectionManager, ProxyConfig
 from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
-from trellis.runtime.ca_client import IdentityError
-from trellis.runtime.identity import (
-    CertificateManager,
-    IdentitySettings,
-    TokenSource,
-    token_from_file,
-    token_value,
-)
 from trellis.runtime.server import ProxyServer
-from trellis.runtime.xds_client import XdsClient
 from trellis.xds.bootstrap import load_bootstrap, parse_bootstrap, with_ads
 from trellis.xds.compile import compile_bootstrap
 from trellis.xds.config_dump import config_dump
 from trellis.xds.secret_dump import certs_json
+
+if TYPE_CHECKING:  # imported when used: a static proxy needs neither h2 nor the CA client
+    from trellis.runtime.identity import CertificateManager
+    from trellis.runtime.xds_client import XdsClient
 
 log = logging.getLogger("trellis.proxy")
 
@@ -122,6 +118,8 @@ def run(
 
     server = ProxyServer(config, dump, drain_time=drain_time)
     if config.ads is not None:
+        from trellis.runtime.xds_client import XdsClient  # noqa: PLC0415 - h2 only with ADS
+
         client.append(XdsClient(config.ads, message.node, server.manager, server.set_live))
     return uvloop.run(_serve(server, client[0] if client else None, identity))
 
@@ -130,6 +128,14 @@ def _identity(
     ca: tuple[str, int] | None, token_file: Path | None, token: str | None
 ) -> CertificateManager | str | None:
     """The certificate manager when a join token is given; a problem as text."""
+    from trellis.runtime.identity import (  # noqa: PLC0415 - only with a join token
+        CertificateManager,
+        IdentitySettings,
+        TokenSource,
+        token_from_file,
+        token_value,
+    )
+
     source: TokenSource
     if token_file is not None:
         source = token_from_file(token_file)
@@ -144,6 +150,8 @@ def _identity(
 
 async def _first_certificate(identity: CertificateManager) -> asyncio.Task[None] | None:
     """Start renewing; wait for the first certificate. None (after saying why) if none came."""
+    from trellis.runtime.ca_client import IdentityError  # noqa: PLC0415
+
     task = asyncio.get_running_loop().create_task(identity.run(), name="certificate manager")
     try:
         cert = await identity.wait_first(FIRST_CERTIFICATE_TIMEOUT)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import ssl
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -169,6 +168,8 @@ def _load_certificate(context: ssl.SSLContext, secret: TlsCertificateSecret) -> 
         finally:
             os.close(fd)
         return
+    import tempfile  # noqa: PLC0415 - only without memfd_create; it costs ~1 MiB to import
+
     handle, path = tempfile.mkstemp(prefix="trellis-cert-")  # created 0600
     try:
         try:

@@ -1,0 +1,162 @@
+"""`trellis proxy`'s command line, parsed without click.
+
+The sidecar's memory is budgeted (DESIGN.md §8) and click with the other
+commands of `trellis` costs ~2 MiB of it, so the console script hands
+`trellis proxy ...` straight to this argparse parser (`trellis.cli.entry`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"Error: {message}\nTry 'trellis proxy --help' for help.\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    found = _Parser(
+        prog="trellis proxy",
+        description="Run the sidecar proxy from a bootstrap file and/or a control plane.",
+    )
+    add = found.add_argument
+    add(
+        "-c",
+        "--bootstrap",
+        type=Path,
+        metavar="FILE",
+        help="Envoy v3 Bootstrap (YAML or JSON). Required unless --xds is given.",
+    )
+    add("--xds", metavar="HOST:PORT", help="Take listeners and clusters from this control plane.")
+    add("--node-id", metavar="ID", help="The node id sent to the control plane.")
+    add("--node-cluster", metavar="NAME", help="The node cluster (Envoy's service cluster).")
+    add(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Node metadata, e.g. WORKLOAD_NAME=web NAMESPACE=shop SERVICE_ACCOUNT=web "
+        "(repeatable).",
+    )
+    add("--label", action="append", default=[], metavar="KEY=VALUE", help="Workload label.")
+    add("--admin-port", type=_port, metavar="PORT", help="Admin port on 127.0.0.1.")
+    add(
+        "--ca-address",
+        metavar="HOST:PORT",
+        help="The CA's certificate service (default: the --xds address).",
+    )
+    add(
+        "--join-token-file",
+        type=Path,
+        metavar="FILE",
+        default=os.environ.get("TRELLIS_JOIN_TOKEN_FILE") or None,
+        help="Join token (from `trellis join-token`) to obtain the workload certificate "
+        "with; read on every renewal. Or the token itself in TRELLIS_JOIN_TOKEN. "
+        "(env: TRELLIS_JOIN_TOKEN_FILE)",
+    )
+    add(
+        "--drain-time-s",
+        dest="drain_time",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="How long SIGTERM waits for in-flight requests "
+        "(default: the longest HCM drain_timeout, 5s if none).",
+    )
+    add("-l", "--log-level", choices=LEVELS, default="info", help="(default: info)")
+    return found
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def host_port(value: str | None) -> tuple[str, int] | None:
+    """HOST:PORT as a pair; ValueError naming the problem."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def node_fields(
+    node_id: str | None, cluster: str | None, metadata: Sequence[str], labels: Sequence[str]
+) -> dict[str, object]:
+    """The `node` of the bootstrap from flags; ValueError naming a bad KEY=VALUE."""
+    node: dict[str, object] = {}
+    if node_id:
+        node["id"] = node_id
+    if cluster:
+        node["cluster"] = cluster
+    meta: dict[str, object] = {}
+    workload_labels: dict[str, str] = {}
+    for flag, items in (("--metadata", metadata), ("--label", labels)):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"{flag}: expected KEY=VALUE, got {item!r}")
+            if flag == "--label":
+                workload_labels[key] = value
+            else:
+                meta[key] = value
+    if workload_labels:
+        meta["LABELS"] = workload_labels
+    if meta:
+        node["metadata"] = meta
+    return node
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse `argv` (after `proxy`) and run the proxy; returns the exit status."""
+    args_parser = parser()
+    args = args_parser.parse_args(list(argv))
+    if args.bootstrap is None and args.xds is None:
+        args_parser.error("give --bootstrap FILE, --xds HOST:PORT, or both")
+    try:
+        control_plane = host_port(args.xds)
+        ca = host_port(args.ca_address) or control_plane
+        node = node_fields(args.node_id, args.node_cluster, args.metadata, args.label)
+    except ValueError as exc:
+        args_parser.error(str(exc))
+    join_token = os.environ.get("TRELLIS_JOIN_TOKEN") if args.join_token_file is None else None
+    if (args.join_token_file is not None or join_token) and ca is None:
+        args_parser.error("a join token needs --ca-address HOST:PORT (or --xds)")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from trellis.proxy.main import run  # noqa: PLC0415 - parse (and --help) before the imports
+
+    return run(
+        args.bootstrap,
+        drain_time=args.drain_time,
+        xds=control_plane,
+        node=node,
+        admin_port=args.admin_port,
+        ca=ca,
+        join_token_file=args.join_token_file,
+        join_token=join_token,
+    )
