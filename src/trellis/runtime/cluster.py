@@ -131,6 +131,12 @@ class HostPool:
         self.connecting = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def fail_waiters(self, reason: str) -> None:
+        """Fail the requests queued here beyond the connections being opened for them
+        (the host left its cluster: nothing else would ever serve them)."""
+        while len(self.waiters) > self.connecting:
+            self.waiters.pop().on_pool_failure(reason)
+
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
         while idle:
@@ -272,6 +278,7 @@ class ClusterRuntime:
             hosts.append(host)
         for gone in previous.values():
             gone.pool.close_idle(float("inf"))
+            gone.pool.fail_waiters("upstream host removed")
         self.hosts = hosts
         self.balancer = make_balancer(config, [h.stats for h in hosts], self.rng)
         self._update_outlier(old_config, kept)
