@@ -57,6 +57,11 @@ CASES: tuple[Case, ...] = (
     ),
     _case("single-header-over-limit", _get_with(b"X-Big: " + b"b" * 20_000 + b"\r\n"), 431),
     _case(
+        "too-many-headers",  # Envoy's default max_headers_count is 100; each is tiny
+        _get_with(b"".join(b"X-%d: 1\r\n" % i for i in range(150))),
+        431,
+    ),
+    _case(
         "url-over-limit",
         b"GET /" + b"u" * 20_000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
         400,

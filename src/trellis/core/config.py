@@ -328,6 +328,7 @@ class HttpConnectionManager:
     use_remote_address: bool = False
     skip_xff_append: bool = False
     max_request_headers_bytes: int = 60 * 1024
+    max_request_headers_count: int = 100  # common_http_protocol_options.max_headers_count
     idle_timeout: float | None = 3600.0  # downstream connection idle timeout
     request_headers_timeout: float | None = None
     stream_idle_timeout: float | None = 300.0

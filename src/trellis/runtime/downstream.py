@@ -202,12 +202,16 @@ class DownstreamHttp1(asyncio.Protocol):
         if self._in_body:
             return  # trailers are dropped, as Envoy does for HTTP/1.1 by default
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.ctx.config.max_request_headers_bytes:
+        config = self.ctx.config
+        if self._header_bytes > config.max_request_headers_bytes:
             self._too_large()
-        self._headers.append((name.lower(), value))
+        headers = self._headers
+        if len(headers) >= config.max_request_headers_count:
+            self._too_large("too many request headers")
+        headers.append((name.lower(), value))
 
-    def _too_large(self) -> None:
-        self._reject = RequestRejectedError(431, "request header block too large")
+    def _too_large(self, detail: str = "request header block too large") -> None:
+        self._reject = RequestRejectedError(431, detail)
         raise self._reject
 
     def on_headers_complete(self) -> None:

@@ -175,7 +175,12 @@ def _protocol_options(config: cluster_pb2.Cluster, where: Where) -> tuple[float 
 
 
 def _common_idle(options: protocol_pb2.HttpProtocolOptions, where: Where) -> float | None:
-    return duration(options, "idle_timeout", where.at("common_http_protocol_options"), 3600.0)
+    here = where.at("common_http_protocol_options")
+    if options.HasField("max_headers_count"):
+        raise here.at("max_headers_count").error(
+            "is supported on the HTTP connection manager (requests), not on clusters"
+        )
+    return duration(options, "idle_timeout", here, 3600.0)
 
 
 def _check_explicit_config(

@@ -45,6 +45,7 @@ from trellis.xds.where import Where
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+DEFAULT_MAX_HEADERS_COUNT = 100  # Envoy's default
 MAX_REQUEST_HEADERS_KB = 8192
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 _NETWORK_FILTERS = frozenset({HCM_TYPE, TCP_PROXY_TYPE})
@@ -157,13 +158,14 @@ def http_connection_manager(
             f"must be 1-{MAX_REQUEST_HEADERS_KB}, got {max_headers_kb}"
         )
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    max_headers = DEFAULT_MAX_HEADERS_COUNT
     if hcm.HasField("common_http_protocol_options"):
-        idle_timeout = duration(
-            hcm.common_http_protocol_options,
-            "idle_timeout",
-            where.at("common_http_protocol_options"),
-            DEFAULT_IDLE_TIMEOUT,
-        )
+        common = hcm.common_http_protocol_options
+        here = where.at("common_http_protocol_options")
+        idle_timeout = duration(common, "idle_timeout", here, DEFAULT_IDLE_TIMEOUT)
+        max_headers = wrapped(common, "max_headers_count", DEFAULT_MAX_HEADERS_COUNT)
+        if max_headers < 1:
+            raise here.at("max_headers_count").error(f"must be at least 1, got {max_headers}")
     drain_timeout = duration(hcm, "drain_timeout", where, 5.0)
     return HttpConnectionManager(
         stat_prefix=hcm.stat_prefix,
@@ -174,6 +176,7 @@ def http_connection_manager(
         use_remote_address=wrapped_bool(hcm, "use_remote_address", False),
         skip_xff_append=hcm.skip_xff_append,
         max_request_headers_bytes=max_headers_kb * 1024,
+        max_request_headers_count=max_headers,
         idle_timeout=idle_timeout,
         request_headers_timeout=duration(hcm, "request_headers_timeout", where, None),
         stream_idle_timeout=duration(hcm, "stream_idle_timeout", where, 300.0),

@@ -122,7 +122,7 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         _HCM + "HttpConnectionManager.UpgradeConfig": frozenset({"upgrade_type", "enabled"}),
         _HCM + "HttpFilter": frozenset({"name", "typed_config"}),
         ROUTER_TYPE: frozenset(),
-        _CORE + "HttpProtocolOptions": frozenset({"idle_timeout"}),
+        _CORE + "HttpProtocolOptions": frozenset({"idle_timeout", "max_headers_count"}),
         _CORE + "Http1ProtocolOptions": frozenset({"allow_absolute_url", "accept_http_10"}),
         TCP_PROXY_TYPE: frozenset({"stat_prefix", "cluster", "idle_timeout", "access_log"}),
         # access logs

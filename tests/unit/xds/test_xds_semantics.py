@@ -104,6 +104,18 @@ CASES: list[tuple[str, Mutation, str, str]] = [
     ),
     ("no address", lambda d: [listener(d).pop("address")], f"{L0}.address", "required"),
     (
+        "zero max headers count",
+        lambda d: [hcm(d).update(common_http_protocol_options={"max_headers_count": 0})],
+        f"{HCM}.common_http_protocol_options.max_headers_count",
+        "at least 1",
+    ),
+    (
+        "max headers count on a cluster",
+        lambda d: [cluster(d).update(common_http_protocol_options={"max_headers_count": 10})],
+        f"{C0}.common_http_protocol_options.max_headers_count",
+        "not on clusters",
+    ),
+    (
         "two filter chains with the same match",
         lambda d: [listener(d)["filter_chains"].append(listener(d)["filter_chains"][0])],
         f"{L0}.filter_chains[1].filter_chain_match",
@@ -328,3 +340,11 @@ def test_semantic_error_names_the_field(
     assert info.value.path == path
     assert info.value.source == "test.yaml"
     assert message in str(info.value)
+
+
+def test_max_headers_count_is_read(minimal_dict: dict[str, Any], compile_dict: Compile) -> None:
+    default = compile_dict(minimal_dict).listeners[0].filter
+    hcm(minimal_dict)["common_http_protocol_options"] = {"max_headers_count": 7}
+    configured = compile_dict(minimal_dict).listeners[0].filter
+    assert getattr(default, "max_request_headers_count", None) == 100  # Envoy's default
+    assert getattr(configured, "max_request_headers_count", None) == 7
