@@ -11,6 +11,7 @@ from trellis.cli.config_commands import analyze, apply, delete, get
 from trellis.cli.controlplane_command import control_plane
 from trellis.cli.join_token_command import join_token
 from trellis.cli.proxy_commands import proxy_config, proxy_status
+from trellis.cli.run_command import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,7 @@ cli.add_command(analyze)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
 cli.add_command(join_token)
+cli.add_command(run)
 
 
 def main() -> None:

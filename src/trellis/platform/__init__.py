@@ -1,1 +1,1 @@
-"""Platform integrations (local launcher, Kubernetes); arrive with later issues."""
+"""Platforms: the local launcher (`trellis run`, `trellis.platform.launcher`); Kubernetes later."""
