@@ -42,6 +42,8 @@ def proxy_json(status: ProxyStatus) -> dict[str, Any]:
         "labels": dict(node.labels),
         "userAgent": node.user_agent,
         "peer": status.peer,
+        # Where its admin endpoints are (`trellis proxy --admin-port` announces it).
+        "adminAddress": node.metadata.get("TRELLIS_ADMIN_ADDRESS") or None,
         "connectedSince": status.connected_since,
         "snapshotVersion": status.snapshot_version,
         "types": {item.short_name: _type_json(item) for item in status.types},

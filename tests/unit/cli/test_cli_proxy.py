@@ -226,3 +226,16 @@ def test_secrets_show_serials_and_expiry_but_never_keys(tmp_path: Path) -> None:
     assert "PRIVATE KEY" not in raw
     shown = json.loads(raw)[0]["tls_certificate"]["private_key"]["inline_bytes"]
     assert base64.b64decode(shown) == b"[redacted]"
+
+
+def test_the_proxies_api_shows_where_a_proxy_serves_its_admin_endpoints() -> None:
+    from trellis.controlplane.api_proxies import proxy_json  # noqa: PLC0415
+
+    announced = ProxyNode(
+        "web-1", metadata=MappingProxyType({"TRELLIS_ADMIN_ADDRESS": "127.0.0.1:15000"})
+    )
+    silent = ProxyNode("db-1")
+    assert proxy_json(ProxyStatus("c1", announced, "p", 1.0, "v", ()))["adminAddress"] == (
+        "127.0.0.1:15000"
+    )
+    assert proxy_json(ProxyStatus("c2", silent, "p", 1.0, "v", ()))["adminAddress"] is None
