@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-bench
 
-.PHONY: demo test lint typecheck imports unit integration bench deps clean
+.PHONY: demo demo-proxy test lint typecheck imports unit integration bench deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ integration: $(STAMP)
 test: lint typecheck imports
 	$(BIN)/pytest -q
 
+# The shop on the mesh, live; DURATION=seconds to stop by itself (else Ctrl-C).
 demo: $(STAMP)
+	$(BIN)/python examples/shop/demo.py
+
+# One proxy in front of sample services, from a static bootstrap (no control plane).
+demo-proxy: $(STAMP)
 	$(BIN)/python examples/proxy_demo.py
 
 bench: $(STAMP) $(APT_STAMP)

@@ -198,6 +198,9 @@ class ShopServer(ThreadingHTTPServer):
 
 class _ShopHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: with Nagle on, the body waits
+    # for the client's delayed ACK (~40 ms) on every keep-alive request.
+    disable_nagle_algorithm = True
     server: ShopServer
 
     def do_GET(self) -> None:
