@@ -176,6 +176,8 @@ class ControlPlane:
         self.api_port, self.xds_port = self._lease.ports
         command = trellis("control-plane", "--data-dir", str(self.data_dir))
         command += ["--api-port", str(self.api_port), "--xds-address", self.xds]
+        # Sidecars log every request as JSON to their stdout (the launchers' sidecar logs).
+        command += ["--access-log-file", "/dev/stdout"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,

@@ -71,6 +71,20 @@ import click
     "(PEM, like Istio's cert-chain.pem).",
 )
 @click.option(
+    "--access-log-file",
+    metavar="PATH",
+    help="Every sidecar logs each request and TCP connection here (Istio's "
+    "meshConfig.accessLogFile; /dev/stdout for its standard output). Default: no access log.",
+)
+@click.option(
+    "--access-log-encoding",
+    type=click.Choice(("json", "text")),
+    default="json",
+    show_default=True,
+    help="JSON lines with Istio's fields plus peer identities and the authorization decision, "
+    "or Envoy's default text format.",
+)
+@click.option(
     "--log-level",
     "-l",
     type=click.Choice(("debug", "info", "warning", "error")),
@@ -88,6 +102,8 @@ def control_plane(
     ca_cert: Path | None,
     ca_key: Path | None,
     ca_chain: Path | None,
+    access_log_file: str | None,
+    access_log_encoding: str,
     log_level: str,
 ) -> None:
     """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
@@ -134,6 +150,8 @@ def control_plane(
         ca_cert=ca_cert,
         ca_key=ca_key,
         ca_chain=ca_chain,
+        access_log_file=access_log_file or None,
+        access_log_json=access_log_encoding == "json",
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)

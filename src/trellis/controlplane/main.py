@@ -31,7 +31,7 @@ from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.controlplane.sqlite_store import SqliteConfigStore
 from trellis.controlplane.store import ConfigStore, WatchEventType, WatchExpiredError
 from trellis.errors import TrellisError
-from trellis.xds.mesh import MeshTls
+from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
 
 log = logging.getLogger("trellis.controlplane")
 
@@ -51,6 +51,8 @@ class ControlPlaneSettings:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     ca_chain: Path | None = None
+    access_log_file: str | None = None  # every sidecar's access log; None: none
+    access_log_json: bool = True
 
 
 class ControlPlane:
@@ -151,6 +153,9 @@ async def serve(
         plane.state.set_tls(
             MeshTls(plane.ca.root_bundle_pem.encode(), trust_domain=plane.ca.trust_domain)
         )
+        if settings.access_log_file is not None:
+            encoding = LogEncoding.JSON if settings.access_log_json else LogEncoding.TEXT
+            plane.state.set_access_log(MeshAccessLog(settings.access_log_file, encoding))
         plane.join_tokens = JoinTokens.load_or_create(settings.data_dir)
         certificates = CertificateService(
             plane.ca, JoinTokenAuthenticator(plane.join_tokens), cert_ttl=settings.cert_ttl

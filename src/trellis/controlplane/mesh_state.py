@@ -40,6 +40,7 @@ from trellis.xds.mesh import (
     SECRET_TYPE,
     CaptureMode,
     GrpcTranslator,
+    MeshAccessLog,
     MeshConfig,
     MeshTls,
     ProxyIdentity,
@@ -94,8 +95,9 @@ class MeshState:
     `ROOTCA` secret; without it their traffic is plaintext.
     """
 
-    def __init__(self, tls: MeshTls | None = None) -> None:
+    def __init__(self, tls: MeshTls | None = None, access_log: MeshAccessLog | None = None) -> None:
         self._tls = tls
+        self._access_log = access_log
         self._resources: dict[Key, Resource] = {}
         self._translator: Translator | None = None
         self._grpc: GrpcTranslator | None = None
@@ -132,6 +134,11 @@ class MeshState:
         self._tls = tls
         self._changed()
 
+    def set_access_log(self, access_log: MeshAccessLog | None) -> None:
+        """Where every sidecar logs requests (None: no access log); every proxy changes."""
+        self._access_log = access_log
+        self._changed()
+
     def _changed(self) -> None:
         self._translator = None
         self._grpc = None
@@ -142,7 +149,9 @@ class MeshState:
     @property
     def translator(self) -> Translator:
         if self._translator is None:
-            self._translator = Translator(MeshConfig.of(self._resources.values(), self._tls))
+            self._translator = Translator(
+                MeshConfig.of(self._resources.values(), self._tls, self._access_log)
+            )
         return self._translator
 
     def resources(self) -> list[Resource]:

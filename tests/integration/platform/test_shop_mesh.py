@@ -25,6 +25,7 @@ to the `payment` service as a whole (both versions, by endpoint).
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -80,7 +81,9 @@ spec:
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path / "cp").start()
+    # Every sidecar writes its access log (JSON) to its standard output: the launcher's
+    # --sidecar-log file.
+    plane = ControlPlane(tmp_path / "cp", "--access-log-file", "/dev/stdout").start()
     yield plane
     plane.stop()
 
@@ -190,6 +193,13 @@ def test_the_shop_on_the_mesh(
     assert total(db_samples, RBAC_DENIED) == denied_before + 1
     assert total(db_samples, REQUESTS, response_code="403", source_principal=WEB) == 1
     assert "ns[shop]-policy[db-only-from-cart]-rule[0]" in config_dump(db)
+    denial = until(
+        lambda: _log_line(launched["db"].sidecar_log, '"authz":"denied"'), 5, "db's denial"
+    )
+    assert denial is not None  # `until` returns only a true value
+    assert denial["authz_policy"] == "ns[shop]-policy[db-only-from-cart]-rule[0]"
+    assert denial["downstream_peer_principal"] == WEB
+    assert denial["response_code"] == 403
     status, body = send(client, "POST", "http://payment/pay", {"user": "x", "amount_cents": 1})
     assert (status, body) == (403, b"RBAC: access denied")
 
@@ -251,3 +261,13 @@ class Background:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+def _log_line(path: Path, needle: str) -> dict[str, object] | None:
+    """The last JSON access-log line of a sidecar log that contains `needle`."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    for line in reversed(text.splitlines()):
+        if needle in line and line.startswith("{"):
+            found: dict[str, object] = json.loads(line)
+            return found
+    return None

@@ -6,6 +6,7 @@ process must never import this package.
 
 from __future__ import annotations
 
+from trellis.xds.mesh.access_log import LogEncoding, MeshAccessLog
 from trellis.xds.mesh.errors import InconsistentSnapshotError, UnsupportedConfigError
 from trellis.xds.mesh.grpc import GrpcTranslator, is_grpc_node, translate_grpc
 from trellis.xds.mesh.model import (
@@ -47,6 +48,8 @@ __all__ = [
     "CaptureMode",
     "GrpcTranslator",
     "InconsistentSnapshotError",
+    "LogEncoding",
+    "MeshAccessLog",
     "MeshConfig",
     "MeshTls",
     "ProxyIdentity",

@@ -17,6 +17,7 @@ from trellis.api.networking import (
 )
 from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 from trellis.errors import ConfigError
+from trellis.xds.mesh.access_log import MeshAccessLog
 
 
 def _key(resource: Resource) -> tuple[str, str]:
@@ -53,9 +54,15 @@ class MeshConfig:
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     tls: MeshTls | None = None
+    access_log: MeshAccessLog | None = None  # meshConfig.accessLogFile; None: no access log
 
     @classmethod
-    def of(cls, resources: Iterable[Resource], tls: MeshTls | None = None) -> MeshConfig:
+    def of(
+        cls,
+        resources: Iterable[Resource],
+        tls: MeshTls | None = None,
+        access_log: MeshAccessLog | None = None,
+    ) -> MeshConfig:
         """Sort resources of the kinds Trellis implements into a bundle; any other kind
         is an error."""
         entries: list[ServiceEntry] = []
@@ -90,6 +97,7 @@ class MeshConfig:
             peer_authentications=tuple(sorted(peer_authentications, key=_key)),
             authorization_policies=tuple(sorted(authorization_policies, key=_key)),
             tls=tls,
+            access_log=access_log,
         )
 
 

@@ -20,6 +20,7 @@ from trellis.api.services import labels_match
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
+from trellis.xds.mesh.access_log import with_access_logs
 from trellis.xds.mesh.authz import InboundAuthz, inbound_authz, selected_policies
 from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
@@ -194,6 +195,8 @@ class Translator:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
         built = listeners(proxy, options, ports, self._inbound_authz(proxy), mtls)
+        if self.config.access_log is not None:
+            built = with_access_logs(built, self.config.access_log)
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,

@@ -1,0 +1,120 @@
+"""The mesh-wide access log (Istio's `meshConfig.accessLogFile`): one line per request
+or TCP connection on every sidecar listener, to a file or stdout.
+
+JSON lines carry Istio's default JSON fields plus what Trellis adds for
+security: the peer identities and the RBAC decision with the policy and rule
+that made it (`no ALLOW policy matched` when none did). TEXT uses Envoy's
+default format. The filter is added to every HTTP connection manager and TCP
+proxy a translation emits, so listener code stays unaware of it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import struct_pb2
+
+from trellis.xds.mesh.build import pack
+from trellis.xds.protos import listener_pb2
+
+FILE_LOGGER = "envoy.access_loggers.file"
+_RBAC = "%DYNAMIC_METADATA(envoy.filters.http.rbac:"
+_NETWORK_RBAC = "%DYNAMIC_METADATA(envoy.filters.network.rbac:"
+
+# Istio's default JSON access log fields (its `EnvoyJSONLogFormatIstio`), in order.
+_ISTIO_JSON = (
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("downstream_peer_principal", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("upstream_peer_principal", "%UPSTREAM_PEER_URI_SAN%"),
+)
+_HTTP_AUTHZ = (
+    ("authz", _RBAC + "enforced_engine_result)%"),
+    ("authz_policy", _RBAC + "enforced_effective_policy_id)%"),
+)
+_TCP_AUTHZ = (
+    ("authz", _NETWORK_RBAC + "enforced_engine_result)%"),
+    ("authz_policy", _NETWORK_RBAC + "enforced_effective_policy_id)%"),
+)
+
+
+class LogEncoding(enum.Enum):
+    """Istio's `meshConfig.accessLogEncoding`."""
+
+    JSON = "JSON"
+    TEXT = "TEXT"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshAccessLog:
+    """Where every sidecar writes its access log (`/dev/stdout` for its standard output)."""
+
+    path: str = "/dev/stdout"
+    encoding: LogEncoding = LogEncoding.JSON
+
+
+def _logger(settings: MeshAccessLog, tcp: bool) -> accesslog_pb2.AccessLog:
+    config = file_pb2.FileAccessLog(path=settings.path)
+    if settings.encoding is LogEncoding.JSON:
+        fields = (*_ISTIO_JSON, *(_TCP_AUTHZ if tcp else _HTTP_AUTHZ))
+        json_format = struct_pb2.Struct()
+        json_format.update(dict(fields))
+        config.log_format.CopyFrom(
+            substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
+        )
+    return accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=pack(config))
+
+
+def with_access_logs(
+    listeners: Iterable[listener_pb2.Listener], settings: MeshAccessLog
+) -> list[listener_pb2.Listener]:
+    """Copies of `listeners` whose connection managers and TCP proxies log with `settings`."""
+    http_log, tcp_log = _logger(settings, tcp=False), _logger(settings, tcp=True)
+    result = []
+    for listener in listeners:
+        logged = listener_pb2.Listener()
+        logged.CopyFrom(listener)
+        for chain in logged.filter_chains:
+            for network_filter in chain.filters:
+                typed = network_filter.typed_config
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                proxy = tcp_proxy_pb2.TcpProxy()
+                if typed.Unpack(hcm):
+                    hcm.access_log.append(http_log)
+                    typed.Pack(hcm)
+                elif typed.Unpack(proxy):
+                    proxy.access_log.append(tcp_log)
+                    typed.Pack(proxy)
+        result.append(logged)
+    return result
