@@ -33,6 +33,7 @@ from _mesh_report import (
     summarize_all,
 )
 from _mesh_servers import SidecarPair, check_transport, start_pair
+from _options import add_common, common_values
 from _procs import Pinning, choose_pinning, cpus_allowed, free_port, http_get, log_tail, stop
 from _procs import tree_cpu_seconds as cpu_seconds
 from _procs import tree_rss_bytes as rss_bytes
@@ -81,48 +82,15 @@ def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(
         description="Benchmark a trellis sidecar pair (mTLS) against direct calls with wrk."
     )
+    add_common(parser, SCENARIOS, "mesh")
     add = parser.add_argument
-    add("--rounds", type=int, default=3, help="interleaved rounds (3)")
-    add("--duration", type=int, default=10, help="seconds per measured run, both phases (10)")
-    add("--warmup", type=int, default=2, help="unmeasured warm-up seconds per scenario (2)")
-    add("--connections", type=int, default=50, help="wrk connections in the max phase (50)")
     add("--rate", type=int, default=1000, help="requests/s in the rate phase (1000)")
     add("--rate-connections", type=int, default=10, help="wrk connections, rate phase (10)")
-    add("--body-size", type=int, default=1024, help="upstream response body bytes (1024)")
-    add("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
-    add("--proxy-cpus", default="1", help="taskset CPU list for both sidecars (1)")
-    add("--load-cpus", default="0", help="taskset CPU list for wrk and the upstream (0)")
-    add("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    add("--json-out", type=Path, help="JSON file (default bench/results/mesh-<UTC time>.json)")
-    add("--log-level", default="warning", help="trellis proxy --log-level (warning)")
-    add("--check", action="store_true", help="exit 1 when a goal is missed")
-    add("--quick", action="store_true", help="smoke run: 1 round of 2 s, 1 s warm-up")
     args = parser.parse_args(argv)
-    scenarios = tuple(s for s in args.scenarios.split(",") if s)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown or not scenarios:
-        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
-    numbers = (args.rounds, args.connections, args.rate, args.rate_connections, args.body_size)
-    if min(numbers) < 1:
-        parser.error("--rounds, --connections, --rate, --rate-connections, --body-size: >= 1")
-    if args.duration <= 0 or args.warmup < 0:
-        parser.error("--duration must be > 0 and --warmup >= 0")
-    return Options(
-        rounds=1 if args.quick else args.rounds,
-        duration_s=2 if args.quick else args.duration,
-        warmup_s=1 if args.quick else args.warmup,
-        connections=args.connections,
-        rate=args.rate,
-        rate_connections=args.rate_connections,
-        body_size=args.body_size,
-        scenarios=tuple(s for s in SCENARIOS if s in scenarios),
-        proxy_cpus=args.proxy_cpus,
-        load_cpus=args.load_cpus,
-        pin=not args.no_pin,
-        json_out=args.json_out,
-        log_level=args.log_level,
-        check=args.check,
-    )
+    common = common_values(parser, args, SCENARIOS)
+    if min(args.rate, args.rate_connections) < 1:
+        parser.error("--rate and --rate-connections must be >= 1")
+    return Options(rate=args.rate, rate_connections=args.rate_connections, **common)
 
 
 def _argv(

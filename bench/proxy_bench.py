@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _options import add_common, common_values
 from _procs import (
     Pinning,
     choose_pinning,
@@ -76,45 +77,13 @@ def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(
         description="Benchmark trellis proxy against nginx with wrk on loopback."
     )
-    add = parser.add_argument
-    add("--rounds", type=int, default=3, help="interleaved rounds per scenario (3)")
-    add("--duration", type=int, default=10, help="seconds per measured run (10)")
-    add("--warmup", type=int, default=2, help="unmeasured warm-up seconds per scenario (2)")
-    add("--connections", type=int, default=50, help="wrk connections (50)")
-    add("--threads", type=int, default=1, help="wrk threads (1)")
-    add("--body-size", type=int, default=1024, help="upstream response body bytes (1024)")
-    add("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of the three")
-    add("--proxy-cpus", default="1", help="taskset CPU list for the proxy under test (1)")
-    add("--load-cpus", default="0", help="taskset CPU list for wrk and the upstream (0)")
-    add("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    add("--json-out", type=Path, help="JSON file (default bench/results/proxy-<UTC time>.json)")
-    add("--log-level", default="warning", help="trellis proxy --log-level (warning)")
-    add("--check", action="store_true", help="exit 1 when a target is missed")
-    add("--quick", action="store_true", help="smoke run: 1 round of 2 s, 1 s warm-up")
+    add_common(parser, SCENARIOS, "proxy")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     args = parser.parse_args(argv)
-    scenarios = tuple(s for s in args.scenarios.split(",") if s)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown or not scenarios:
-        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
-    if min(args.rounds, args.connections, args.threads, args.body_size) < 1:
-        parser.error("--rounds, --connections, --threads and --body-size must be >= 1")
-    if args.duration <= 0 or args.warmup < 0:
-        parser.error("--duration must be > 0 and --warmup >= 0")
-    return Options(
-        rounds=1 if args.quick else args.rounds,
-        duration_s=2 if args.quick else args.duration,
-        warmup_s=1 if args.quick else args.warmup,
-        connections=args.connections,
-        threads=args.threads,
-        body_size=args.body_size,
-        scenarios=scenarios,
-        proxy_cpus=args.proxy_cpus,
-        load_cpus=args.load_cpus,
-        pin=not args.no_pin,
-        json_out=args.json_out,
-        log_level=args.log_level,
-        check=args.check,
-    )
+    common = common_values(parser, args, SCENARIOS)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return Options(threads=args.threads, **common)
 
 
 def _wrk(opts: Options, pinning: Pinning, url: str, duration_s: int) -> list[str]:
