@@ -20,6 +20,9 @@ ISTIO_NETWORKING_VERSIONS = (
     "networking.istio.io/v1alpha3",
 )
 DEFAULT_NAMESPACE = "default"
+# On the WorkloadEntries `trellis run` registers: which launcher owns the entry. The
+# control plane removes such an entry when its sidecar stays gone (a killed launcher).
+RUN_OWNER_ANNOTATION = "run.trellis.io/owner"
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(

@@ -85,6 +85,14 @@ import click
     "or Envoy's default text format.",
 )
 @click.option(
+    "--orphan-grace",
+    default="60s",
+    show_default=True,
+    metavar="DURATION",
+    help="Remove a `trellis run` workload's registration when its sidecar has been "
+    "disconnected this long (its launcher died without deregistering).",
+)
+@click.option(
     "--log-level",
     "-l",
     type=click.Choice(("debug", "info", "warning", "error")),
@@ -104,6 +112,7 @@ def control_plane(
     ca_chain: Path | None,
     access_log_file: str | None,
     access_log_encoding: str,
+    orphan_grace: str,
     log_level: str,
 ) -> None:
     """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
@@ -136,6 +145,12 @@ def control_plane(
     if ttl < 1:
         raise click.BadParameter("must be at least 1s", param_hint="--cert-ttl")
     try:
+        grace = parse_duration(orphan_grace)
+    except DurationSyntaxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--orphan-grace") from None
+    if grace < 1:
+        raise click.BadParameter("must be at least 1s", param_hint="--orphan-grace")
+    try:
         check_trust_domain(trust_domain)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
@@ -152,6 +167,7 @@ def control_plane(
         ca_chain=ca_chain,
         access_log_file=access_log_file or None,
         access_log_json=access_log_encoding == "json",
+        orphan_grace=grace,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)

@@ -14,11 +14,13 @@ import contextlib
 import datetime
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trellis.api.meta import RUN_OWNER_ANNOTATION
 from trellis.controlplane.ads import AdsServer, serve_ads
 from trellis.controlplane.ads_status import ProxyNode
 from trellis.controlplane.ca import DEFAULT_CERT_TTL, DEFAULT_TRUST_DOMAIN, CertificateAuthority
@@ -29,11 +31,17 @@ from trellis.controlplane.mesh_state import MeshState
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.controlplane.sqlite_store import SqliteConfigStore
-from trellis.controlplane.store import ConfigStore, WatchEventType, WatchExpiredError
+from trellis.controlplane.store import (
+    ConfigStore,
+    ConflictError,
+    WatchEventType,
+    WatchExpiredError,
+)
 from trellis.errors import TrellisError
 from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
 
 log = logging.getLogger("trellis.controlplane")
+
 
 DB_FILE = "config.db"
 _PUBLISH_BATCH = 50
@@ -53,6 +61,9 @@ class ControlPlaneSettings:
     ca_chain: Path | None = None
     access_log_file: str | None = None  # every sidecar's access log; None: none
     access_log_json: bool = True
+    # How long a `trellis run` workload's sidecar may stay disconnected before its
+    # registration is removed (the launcher died without deregistering).
+    orphan_grace: float = 60.0
 
 
 class ControlPlane:
@@ -107,6 +118,53 @@ class ControlPlane:
                 await self.load()
                 since = self.state.version
                 self._republish.set()
+
+    async def reap_orphans(self, grace: float, interval: float) -> None:
+        """Delete the WorkloadEntries `trellis run` registered whose sidecar has been gone
+        for `grace` seconds: a launcher that was killed (SIGKILL, a crash) never
+        deregistered, and its workload would stay an endpoint nobody answers on.
+
+        Only entries with the launcher's owner annotation are touched, each by
+        the resourceVersion it was seen with; the sidecar's node id is
+        `NAME.NAMESPACE`. The clock starts when this control plane first sees
+        the entry unconnected, so a restart gives every sidecar the whole grace
+        to reconnect.
+        """
+        unconnected_since: dict[tuple[str, str], float] = {}
+        while True:
+            await asyncio.sleep(interval)
+            connected = (
+                {node.id for node in self.ads.service.connected_nodes()}
+                if self.ads is not None
+                else set()
+            )
+            now = time.monotonic()
+            seen = set()
+            for entry in await self.store.list("WorkloadEntry"):
+                if RUN_OWNER_ANNOTATION not in entry.annotations:
+                    continue
+                key = (entry.namespace, entry.name)
+                seen.add(key)
+                if f"{entry.name}.{entry.namespace}" in connected:
+                    unconnected_since.pop(key, None)
+                    continue
+                since = unconnected_since.setdefault(key, now)
+                if now - since < grace:
+                    continue
+                with contextlib.suppress(ConflictError):  # changed meanwhile: look again later
+                    await self.store.delete(
+                        "WorkloadEntry", entry.namespace, entry.name, entry.resource_version
+                    )
+                    log.warning(
+                        "removed WorkloadEntry %s/%s: its sidecar has been gone for %.0fs "
+                        "(its launcher did not deregister it)",
+                        entry.namespace,
+                        entry.name,
+                        now - since,
+                    )
+                unconnected_since.pop(key, None)
+            for key in set(unconnected_since) - seen:
+                del unconnected_since[key]
 
     async def publish(self, debounce: float) -> None:
         """Rebuild connected proxies' snapshots after a burst of changes settles."""
@@ -175,6 +233,10 @@ async def serve(
             tasks = [
                 group.create_task(plane.watch(), name="store watch"),
                 group.create_task(plane.publish(settings.debounce), name="publish"),
+                group.create_task(
+                    plane.reap_orphans(settings.orphan_grace, min(5.0, settings.orphan_grace)),
+                    name="orphan reaper",
+                ),
             ]
             if make_api is not None:
                 tasks.append(group.create_task(make_api(store, plane), name="rest api"))

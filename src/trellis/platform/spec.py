@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from trellis.api.meta import check_dns1123_label, check_dns1123_subdomain
+from trellis.api.meta import RUN_OWNER_ANNOTATION, check_dns1123_label, check_dns1123_subdomain
 from trellis.errors import ConfigError, TrellisError
 
 NETWORKING_VERSION = "networking.istio.io/v1"
@@ -28,7 +28,7 @@ SERVING_LABEL = "app"
 """The label that puts the workload into its service; added once the application listens."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGER = "trellis-run"
-OWNER_ANNOTATION = "run.trellis.io/owner"
+OWNER_ANNOTATION = RUN_OWNER_ANNOTATION
 """`HOST/PID/ID` of the launcher that registered a WorkloadEntry."""
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 SECRET_ENV = ("TRELLIS_TOKEN", "TRELLIS_JOIN_TOKEN", "TRELLIS_JOIN_TOKEN_FILE")
