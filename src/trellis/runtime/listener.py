@@ -188,6 +188,12 @@ class ListenerRuntime:
             log.debug("listener %s: connection refused: %r", self.config.name, error)
             self._count_tls_failure()
             conn.close()
+        except asyncio.CancelledError:  # the listener stopped while this one was accepted
+            conn.close()
+            raise
+        except Exception:  # a bug ends this connection, never the listener
+            log.exception("listener %s: accepting a connection failed", self.config.name)
+            conn.close()
 
     def _refuse(self, conn: socket.socket, kind: str, why: str) -> None:
         log.debug("listener %s: %s connection refused: %s", self.config.name, kind, why)
@@ -251,6 +257,8 @@ class ListenerRuntime:
             return
         self.draining = True
         self._stop_accepting()
+        for task in self._accepting:  # handshakes not finished yet: never served
+            task.cancel()
         if self._socket is not None:
             self._socket.close()
 
