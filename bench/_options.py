@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CommonOptions:
+    """What every wrk benchmark takes; each script's `Options` adds its own fields."""
+
+    rounds: int
+    duration_s: int
+    warmup_s: int
+    connections: int
+    body_size: int
+    scenarios: tuple[str, ...]
+    proxy_cpus: str
+    load_cpus: str
+    pin: bool
+    json_out: Path | None
+    log_level: str
+    check: bool
 
 
 def add_common(parser: argparse.ArgumentParser, scenarios: Sequence[str], result: str) -> None:

@@ -33,7 +33,7 @@ from _mesh_report import (
     summarize_all,
 )
 from _mesh_servers import SidecarPair, check_transport, start_pair
-from _options import add_common, common_values
+from _options import CommonOptions, add_common, common_values
 from _procs import Pinning, choose_pinning, cpus_allowed, free_port, http_get, log_tail, stop
 from _procs import tree_cpu_seconds as cpu_seconds
 from _procs import tree_rss_bytes as rss_bytes
@@ -61,21 +61,9 @@ Targets = dict[str, tuple[str, SidecarPair | None]]  # scenario -> (URL to load,
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    rounds: int
-    duration_s: int
-    warmup_s: int
-    connections: int
+class Options(CommonOptions):
     rate: int
     rate_connections: int
-    body_size: int
-    scenarios: tuple[str, ...]
-    proxy_cpus: str
-    load_cpus: str
-    pin: bool
-    json_out: Path | None
-    log_level: str
-    check: bool
 
 
 def parse_args(argv: list[str]) -> Options:

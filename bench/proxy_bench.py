@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _options import add_common, common_values
+from _options import CommonOptions, add_common, common_values
 from _procs import (
     Pinning,
     choose_pinning,
@@ -57,20 +57,8 @@ Targets = dict[str, tuple[Server, Server | None]]  # scenario -> (server to load
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    rounds: int
-    duration_s: int
-    warmup_s: int
-    connections: int
+class Options(CommonOptions):
     threads: int
-    body_size: int
-    scenarios: tuple[str, ...]
-    proxy_cpus: str
-    load_cpus: str
-    pin: bool
-    json_out: Path | None
-    log_level: str
-    check: bool
 
 
 def parse_args(argv: list[str]) -> Options:
