@@ -7,7 +7,7 @@ directory owned by the user and closed to others (mode 0700):
 - `ports/<port>.lock`: held (flock) by the launcher that allocated the port;
 - `workloads/<control plane>-<namespace>.<name>.lock`: held by the launcher
   running that workload, so two launchers on one machine cannot run it twice;
-- `run-<namespace>.<name>-XXXX/`: one per launch (0700), with the join token
+- `run-<namespace>.<name>-<random suffix>/`: one per launch (0700), with the join token
   (0600) and the sidecar's log; its `lock` is held while the launch lives.
 
 Locks are `flock`s on open files: the kernel drops them when their process
