@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import click
 
 from trellis.cli.options import server_options
+from trellis.proxy.cli import host_port
 
 XDS_PORT = 15010
 
@@ -34,9 +35,10 @@ def _default_xds(server: str) -> str:
 
 
 def _check_xds(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--xds")
+    try:
+        host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--xds") from None
     return value
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from trellis.core.config import NodeIdentity, TrafficDirection
 from trellis.core.metrics import PeerLabels
 
@@ -68,4 +70,20 @@ def peer_labels(
         destination_service_namespace=namespace,
         request_protocol=protocol,
         connection_security_policy=security,
+    )
+
+
+def with_peer_identity(labels: PeerLabels, principal: str, own_principal: str) -> PeerLabels:
+    """`labels` for a connection whose peer proved `principal` over mTLS: the client's
+    identity for the destination reporter (and `mutual_tls`), the server's for the
+    source reporter (whose security policy Istio leaves `unknown`)."""
+    if labels.reporter == "destination":
+        return dataclasses.replace(
+            labels,
+            source_principal=principal,
+            destination_principal=own_principal,
+            connection_security_policy="mutual_tls",
+        )
+    return dataclasses.replace(
+        labels, source_principal=own_principal, destination_principal=principal
     )

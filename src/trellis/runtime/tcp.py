@@ -23,6 +23,7 @@ from trellis.core.accesslog import AccessLogEntry
 from trellis.core.authz import AuthzConfig, AuthzDecision
 from trellis.core.authz_match import AuthzRequest, parse_ip
 from trellis.core.config import TcpProxy
+from trellis.core.labels import with_peer_identity
 from trellis.core.metrics import (
     CounterCell,
     IstioMetrics,
@@ -102,13 +103,7 @@ class TcpContext:
             return self.peer
         found = self._by_principal.get(principal)
         if found is None:
-            inbound = self.peer.reporter == "destination"
-            found = dataclasses.replace(
-                self.peer,
-                source_principal=principal if inbound else self.own_principal,
-                destination_principal=self.own_principal if inbound else principal,
-                connection_security_policy="mutual_tls" if inbound else "unknown",
-            )
+            found = with_peer_identity(self.peer, principal, self.own_principal)
             if len(self._by_principal) < _MAX_PRINCIPALS:
                 self._by_principal[principal] = found
         return found

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import IO, TYPE_CHECKING
 
 from trellis.core.accesslog import AccessLogEntry, AccessLogFormatter
 from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
-from trellis.core.labels import peer_labels, service_from_cluster
+from trellis.core.labels import peer_labels, service_from_cluster, with_peer_identity
 from trellis.core.metrics import (
     CounterCell,
     IstioMetrics,
@@ -110,18 +109,9 @@ class HttpRecorder:
                 peer = self._peers.get(key)
                 if peer is not None:
                     return peer
-            inbound = self.direction is TrafficDirection.INBOUND
-            security = "unknown"
-            if inbound:
-                security = "mutual_tls" if principal is not None else "none"
-            peer = peer_labels(self.node, self.direction, host, security=security)
+            peer = peer_labels(self.node, self.direction, host)
             if principal is not None:
-                own = self.node.principal
-                peer = dataclasses.replace(
-                    peer,
-                    source_principal=principal if inbound else own,
-                    destination_principal=own if inbound else principal,
-                )
+                peer = with_peer_identity(peer, principal, self.node.principal)
             self._peers[key] = peer
         return peer
 
