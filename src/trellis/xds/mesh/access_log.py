@@ -4,27 +4,21 @@ or TCP connection on every sidecar listener, to a file or stdout.
 JSON lines carry Istio's default JSON fields plus what Trellis adds for
 security: the peer identities and the RBAC decision with the policy and rule
 that made it (`no ALLOW policy matched` when none did). TEXT uses Envoy's
-default format. The filter is added to every HTTP connection manager and TCP
-proxy a translation emits, so listener code stays unaware of it.
+default format. Every HTTP connection manager and TCP proxy the translation
+builds gets it (`trellis.xds.mesh.listeners`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2,
-)
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import struct_pb2
 
 from trellis.xds.mesh.build import pack
-from trellis.xds.protos import listener_pb2
 
 FILE_LOGGER = "envoy.access_loggers.file"
 _RBAC = "%DYNAMIC_METADATA(envoy.filters.http.rbac:"
@@ -96,25 +90,19 @@ def _logger(settings: MeshAccessLog, tcp: bool) -> accesslog_pb2.AccessLog:
     return accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=pack(config))
 
 
-def with_access_logs(
-    listeners: Iterable[listener_pb2.Listener], settings: MeshAccessLog
-) -> list[listener_pb2.Listener]:
-    """Copies of `listeners` whose connection managers and TCP proxies log with `settings`."""
-    http_log, tcp_log = _logger(settings, tcp=False), _logger(settings, tcp=True)
-    result = []
-    for listener in listeners:
-        logged = listener_pb2.Listener()
-        logged.CopyFrom(listener)
-        for chain in logged.filter_chains:
-            for network_filter in chain.filters:
-                typed = network_filter.typed_config
-                hcm = http_connection_manager_pb2.HttpConnectionManager()
-                proxy = tcp_proxy_pb2.TcpProxy()
-                if typed.Unpack(hcm):
-                    hcm.access_log.append(http_log)
-                    typed.Pack(hcm)
-                elif typed.Unpack(proxy):
-                    proxy.access_log.append(tcp_log)
-                    typed.Pack(proxy)
-        result.append(logged)
-    return result
+@dataclass(frozen=True, slots=True)
+class ListenerLogs:
+    """The access logs every connection manager (`http`) and TCP proxy (`tcp`) gets."""
+
+    http: tuple[accesslog_pb2.AccessLog, ...] = ()
+    tcp: tuple[accesslog_pb2.AccessLog, ...] = ()
+
+
+NO_LOGS = ListenerLogs()
+
+
+def listener_logs(settings: MeshAccessLog | None) -> ListenerLogs:
+    """The loggers for `settings` (none without), built once per mesh config."""
+    if settings is None:
+        return NO_LOGS
+    return ListenerLogs(http=(_logger(settings, tcp=False),), tcp=(_logger(settings, tcp=True),))

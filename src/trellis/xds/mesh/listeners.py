@@ -32,6 +32,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
+from trellis.xds.mesh.access_log import NO_LOGS, ListenerLogs
 from trellis.xds.mesh.authz import NO_AUTHZ, InboundAuthz
 from trellis.xds.mesh.build import ads_source, boolean, duration, pack, socket_address, u32
 from trellis.xds.mesh.model import CaptureMode, ProxyIdentity, TranslateOptions
@@ -67,21 +68,23 @@ def listeners(
     ports: Sequence[InboundPort],
     authz: InboundAuthz = NO_AUTHZ,
     mtls: InboundMtls | None = None,
+    logs: ListenerLogs = NO_LOGS,
 ) -> list[listener_pb2.Listener]:
     """The outbound listener and the inbound listener(s) for `ports`.
 
     `authz`: the RBAC filters inbound HTTP goes through before the router, and
     inbound TCP before the TCP proxy; `mtls`: with mesh mTLS, how each port
-    terminates it (None: plaintext).
+    terminates it (None: plaintext); `logs`: the access logs of every connection
+    manager and TCP proxy.
     """
     if options.capture_mode is CaptureMode.TRANSPARENT:
-        result = [_virtual_outbound(options)]
+        result = [_virtual_outbound(options, logs)]
         if ports:
-            result.append(_virtual_inbound(options, ports, authz, mtls))
+            result.append(_virtual_inbound(options, ports, authz, mtls, logs))
         return result
-    result = [_explicit_outbound(options)]
+    result = [_explicit_outbound(options, logs)]
     address = options.inbound_address or proxy.address
-    result += [_explicit_inbound(address, item, authz, mtls) for item in ports]
+    result += [_explicit_inbound(address, item, authz, mtls, logs) for item in ports]
     return result
 
 
@@ -103,19 +106,24 @@ def _outbound_hcm(stat_prefix: str) -> http_connection_manager_pb2.HttpConnectio
 
 def _filter(
     config: http_connection_manager_pb2.HttpConnectionManager | tcp_proxy_pb2.TcpProxy,
+    logs: ListenerLogs,
 ) -> listener_components_pb2.Filter:
-    name = TCP_PROXY_NAME if isinstance(config, tcp_proxy_pb2.TcpProxy) else HCM_NAME
-    return listener_components_pb2.Filter(name=name, typed_config=pack(config))
+    if isinstance(config, tcp_proxy_pb2.TcpProxy):
+        config.access_log.extend(logs.tcp)
+        return listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(config))
+    config.access_log.extend(logs.http)
+    return listener_components_pb2.Filter(name=HCM_NAME, typed_config=pack(config))
 
 
-def _explicit_outbound(options: TranslateOptions) -> listener_pb2.Listener:
+def _explicit_outbound(options: TranslateOptions, logs: ListenerLogs) -> listener_pb2.Listener:
     host, port = options.outbound_address, options.outbound_port
     listener = listener_pb2.Listener(
         name=OUTBOUND_LISTENER,
         address=socket_address(host, port),
         traffic_direction=_OUTBOUND,
     )
-    listener.filter_chains.add().filters.append(_filter(_outbound_hcm(f"outbound_{host}_{port}")))
+    hcm = _outbound_hcm(f"outbound_{host}_{port}")
+    listener.filter_chains.add().filters.append(_filter(hcm, logs))
     return listener
 
 
@@ -131,18 +139,18 @@ def inbound_route_config(port: int) -> route_pb2.RouteConfiguration:
 
 
 def _inbound_filters(
-    address: str, item: InboundPort, authz: InboundAuthz
+    address: str, item: InboundPort, authz: InboundAuthz, logs: ListenerLogs
 ) -> list[listener_components_pb2.Filter]:
     stat_prefix = f"inbound_{address}_{item.port}"
     if not item.http:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=inbound_cluster(item.port))
-        return [*authz.tcp, _filter(proxy)]
+        return [*authz.tcp, _filter(proxy, logs)]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         http_filters=[*authz.http, _router()],
         route_config=inbound_route_config(item.port),
     )
-    return [_filter(hcm)]
+    return [_filter(hcm, logs)]
 
 
 def _explicit_inbound(
@@ -150,13 +158,14 @@ def _explicit_inbound(
     item: InboundPort,
     authz: InboundAuthz,
     mtls: InboundMtls | None,
+    logs: ListenerLogs,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=inbound_listener(item.port),
         address=socket_address(address, item.port),
         traffic_direction=_INBOUND,
     )
-    network_filters = _inbound_filters(address, item, authz)
+    network_filters = _inbound_filters(address, item, authz, logs)
     if mtls is None:
         listener.filter_chains.add().filters.extend(network_filters)
     else:
@@ -164,7 +173,7 @@ def _explicit_inbound(
     return listener
 
 
-def _virtual_outbound(options: TranslateOptions) -> listener_pb2.Listener:
+def _virtual_outbound(options: TranslateOptions, logs: ListenerLogs) -> listener_pb2.Listener:
     port = options.outbound_port
     listener = listener_pb2.Listener(
         name=VIRTUAL_OUTBOUND,
@@ -173,7 +182,7 @@ def _virtual_outbound(options: TranslateOptions) -> listener_pb2.Listener:
         use_original_dst=boolean(True),
     )
     hcm = _outbound_hcm(f"outbound_{WILDCARD}_{port}")
-    listener.filter_chains.add().filters.append(_filter(hcm))
+    listener.filter_chains.add().filters.append(_filter(hcm, logs))
     return listener
 
 
@@ -182,6 +191,7 @@ def _virtual_inbound(
     ports: Sequence[InboundPort],
     authz: InboundAuthz,
     mtls: InboundMtls | None,
+    logs: ListenerLogs,
 ) -> listener_pb2.Listener:
     address = options.inbound_address or WILDCARD
     listener = listener_pb2.Listener(
@@ -191,7 +201,7 @@ def _virtual_inbound(
         use_original_dst=boolean(True),
     )
     for item in ports:
-        network_filters = _inbound_filters(WILDCARD, item, authz)
+        network_filters = _inbound_filters(WILDCARD, item, authz, logs)
         name = inbound_cluster(item.port)
         if mtls is not None:
             mtls.add_chains(listener, network_filters, item.port, name, destination_port=item.port)

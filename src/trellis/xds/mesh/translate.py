@@ -20,7 +20,7 @@ from trellis.api.services import labels_match
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
-from trellis.xds.mesh.access_log import with_access_logs
+from trellis.xds.mesh.access_log import listener_logs
 from trellis.xds.mesh.authz import InboundAuthz, inbound_authz, selected_policies
 from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
@@ -122,6 +122,7 @@ class Translator:
         tls = config.tls
         self.uncarried = first_uncarried(config, mtls=tls is not None)
         self._mtls = AutoMtls(tls, config.peer_authentications) if tls is not None else None
+        self._logs = listener_logs(config.access_log)
         self._downstream_tls = downstream_tls_socket(tls.trust_domain) if tls is not None else None
         self.secrets: Mapping[str, Message] = (
             {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
@@ -194,9 +195,7 @@ class Translator:
         if self._mtls is not None and self._downstream_tls is not None:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
-        built = listeners(proxy, options, ports, self._inbound_authz(proxy), mtls)
-        if self.config.access_log is not None:
-            built = with_access_logs(built, self.config.access_log)
+        built = listeners(proxy, options, ports, self._inbound_authz(proxy), mtls, self._logs)
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,
