@@ -73,7 +73,6 @@ class XdsClient:
         self.connected = False
         self._initialized = False
         self._stream: GrpcStream | None = None
-        self._follow_up: discovery_pb2.DiscoveryRequest | None = None  # SDS names changed
 
     async def run(self) -> None:
         """Keep an ADS stream up until cancelled."""
@@ -133,16 +132,13 @@ class XdsClient:
         status.last_updated = time.time()
         status.rejected_version = status.rejected_reason = ""
         requests = [self.state.ack(update)]
-        if follow_up is not None:
-            requests.append(follow_up)
-        if self._follow_up is not None:
-            requests.append(self._follow_up)
-            self._follow_up = None
+        requests.extend(request for request in follow_up if request is not None)
         await self._maybe_initialized()
         return requests
 
-    async def _apply(self, update: Update) -> discovery_pb2.DiscoveryRequest | None:
-        """Compile every resource first (all or nothing), then apply."""
+    async def _apply(self, update: Update) -> tuple[discovery_pb2.DiscoveryRequest | None, ...]:
+        """Compile every resource first (all or nothing), then apply; returns the
+        subscription changes it calls for (EDS/RDS names, SDS names)."""
         manager = self.manager
         kind = update.type_url
         resources = self._held_after(update)
@@ -150,32 +146,36 @@ class XdsClient:
             manager.apply_secrets(
                 {n: compile_dynamic.secret_resource(m) for n, m in resources.items()}
             )
-            return None
+            return ()
         if kind == CLUSTER_TYPE:
             clusters = {n: compile_dynamic.cluster_resource(m) for n, m in resources.items()}
             names = manager.apply_clusters(clusters)
-            self._follow_up = self.state.want(SECRET_TYPE, manager.ads_secret_names())
-            return self.state.want(ENDPOINT_TYPE, names)
+            return (
+                self.state.want(ENDPOINT_TYPE, names),
+                self.state.want(SECRET_TYPE, manager.ads_secret_names()),
+            )
         if kind == ENDPOINT_TYPE:
             manager.apply_endpoints(
                 {n: compile_dynamic.endpoint_resource(m) for n, m in resources.items()}
             )
-            return None
+            return ()
         if kind == LISTENER_TYPE:
             listeners = {n: compile_dynamic.listener_resource(m) for n, m in resources.items()}
             try:
                 names = await manager.apply_listeners(listeners)
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
-            self._follow_up = self.state.want(SECRET_TYPE, manager.ads_secret_names())
-            return self.state.want(ROUTE_TYPE, names)
+            return (
+                self.state.want(ROUTE_TYPE, names),
+                self.state.want(SECRET_TYPE, manager.ads_secret_names()),
+            )
         routes = {n: compile_dynamic.route_resource(m) for n, m in resources.items()}
         manager.apply_routes(routes)
         try:
             await manager.start_warmed()
         except OSError as exc:
             raise ConfigError(f"cannot listen: {exc}") from exc
-        return None
+        return ()
 
     def _held_after(self, update: Update) -> dict[str, Message]:
         """The resources of the type once `update` is applied.
