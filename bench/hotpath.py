@@ -85,15 +85,11 @@ def bench_config() -> ProxyConfig:
 
 async def measure(config: ProxyConfig, requests: int, repeats: int) -> list[float]:
     server = ProxyServer(config, dict)
-    listener = ListenerRuntime(
-        config.listeners[0],
-        server.manager.context_for(config.listeners[0]),  # type: ignore[arg-type]
-        server.budget,
-        server.stats,
-    )
-    context = listener.context
-    assert isinstance(context, HttpContext)
-    down = DownstreamHttp1(listener, context)
+    contexts = server.manager.contexts_for(config.listeners[0])
+    assert contexts is not None
+    listener = ListenerRuntime(config.listeners[0], contexts, server.budget, server.stats)
+    assert isinstance(listener.chains[0].context, HttpContext)
+    down = DownstreamHttp1(listener, listener.chains[0])
     down_transport = MemoryTransport()
     down.connection_made(down_transport)  # type: ignore[arg-type]
     cluster = next(iter(server.clusters.clusters.values()))

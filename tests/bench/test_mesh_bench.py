@@ -89,14 +89,14 @@ def test_mtls_bootstraps_compile_with_the_proxys_compiler() -> None:
         "default": TlsCertificateSecret,
         "ROOTCA": ValidationSecret,
     }
-    assert [c.endpoints[0].address.port for c in server.clusters] == [4000]
+    assert [str(c.endpoints[0].address) for c in server.clusters] == ["127.0.0.1:4000"]
 
     client_doc = client_sidecar_bootstrap(
         listen_port=4003, admin_port=4004, server_port=4001, pki=pki
     )
     client = compile_bootstrap(parse_bootstrap(client_doc, "client"), "client")
     (cluster,) = client.clusters
-    assert cluster.endpoints[0].address.port == 4001
+    assert str(cluster.endpoints[0].address) == "127.0.0.1:4001"
     tls = cluster.transport_socket
     assert isinstance(tls, UpstreamTls)
     assert [m.matcher.value for m in tls.common.san_matchers] == [SERVER_ID]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pay for them
+    from trellis.controlplane.ads import AdsServer
+    from trellis.controlplane.api_mesh import MeshInfo
 
 
 @click.command("control-plane")
@@ -23,6 +28,13 @@ import click
     show_default=True,
     metavar="HOST:PORT",
     help="The xDS (ADS) gRPC address proxies connect to.",
+)
+@click.option(
+    "--xds-socket",
+    metavar="PATH",
+    help="Also serve xDS and the CA on this Unix socket (mode 0600), which sidecars in other "
+    "network namespaces reach as --xds unix:PATH; an empty string disables it. "
+    "[default: DATA_DIR/xds.sock]",
 )
 @click.option("--api-host", default="127.0.0.1", show_default=True, help="REST API address.")
 @click.option(
@@ -93,6 +105,14 @@ import click
     "disconnected this long (its launcher died without deregistering).",
 )
 @click.option(
+    "--service-vip-range",
+    default="240.240.0.0/16",
+    show_default=True,
+    metavar="CIDR",
+    help="IPv4 block services' virtual IPs come from (transparent capture: service names "
+    "resolve to them inside workload namespaces); kept across restarts in DATA_DIR.",
+)
+@click.option(
     "--log-level",
     "-l",
     type=click.Choice(("debug", "info", "warning", "error")),
@@ -102,6 +122,7 @@ import click
 def control_plane(
     data_dir: Path,
     xds_address: str,
+    xds_socket: str | None,
     api_host: str,
     api_port: int,
     debounce: float,
@@ -113,6 +134,7 @@ def control_plane(
     access_log_file: str | None,
     access_log_encoding: str,
     orphan_grace: str,
+    service_vip_range: str,
     log_level: str,
 ) -> None:
     """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
@@ -132,6 +154,7 @@ def control_plane(
     )
     from trellis.controlplane.store import ConfigStore  # noqa: PLC0415
     from trellis.errors import TrellisError  # noqa: PLC0415
+    from trellis.xds.mesh.vips import VipRange  # noqa: PLC0415
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -154,6 +177,10 @@ def control_plane(
         check_trust_domain(trust_domain)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
+    try:
+        VipRange.parse(service_vip_range, "range")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--service-vip-range") from None
     settings = ControlPlaneSettings(
         data_dir,
         xds_address,
@@ -168,6 +195,8 @@ def control_plane(
         access_log_file=access_log_file or None,
         access_log_json=access_log_encoding == "json",
         orphan_grace=grace,
+        xds_socket=_xds_socket(xds_socket, data_dir),
+        vip_range=service_vip_range,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)
@@ -181,6 +210,8 @@ def control_plane(
             proxy_admin=plane.admin_address,
             join_tokens=plane.join_tokens,
             trust_domain=trust_domain,
+            mesh=_mesh_info(trust_domain, xds_address, ads),
+            service_addresses=plane.service_addresses,
         )
         await serve_api(app, api_host, api_port)
 
@@ -194,3 +225,47 @@ def control_plane(
         for problem in group.exceptions:
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+def _xds_socket(value: str | None, data_dir: Path) -> Path | None:
+    """The Unix socket to serve xDS on: --xds-socket made absolute, None when it is "".
+
+    The default, DATA_DIR/xds.sock, is skipped with a warning when its path is
+    too long for a socket address; a path given explicitly must fit.
+    """
+    import logging  # noqa: PLC0415
+
+    from trellis.controlplane.ads_socket import SocketPathError, check_socket_path  # noqa: PLC0415
+
+    if value == "":
+        return None
+    path = Path(value or data_dir / "xds.sock").absolute()
+    try:
+        check_socket_path(path)
+    except SocketPathError as exc:
+        if value is not None:
+            raise click.BadParameter(str(exc), param_hint="--xds-socket") from None
+        logging.getLogger("trellis.controlplane").warning(
+            "not serving xDS on a Unix socket: %s (give --xds-socket a shorter path)", exc
+        )
+        return None
+    return path
+
+
+def _mesh_info(trust_domain: str, xds_address: str, ads: AdsServer | None) -> MeshInfo:
+    """`GET /api/v1/mesh`: the port the xDS server really bound (--xds-address may say 0)."""
+    from trellis.api.policy_selector import ROOT_NAMESPACES  # noqa: PLC0415
+    from trellis.controlplane.api_mesh import MeshInfo  # noqa: PLC0415
+
+    if ads is None:
+        return MeshInfo(
+            trust_domain=trust_domain, root_namespace=ROOT_NAMESPACES[0], xds_address=xds_address
+        )
+    host, _, _ = xds_address.rpartition(":")
+    socket_path = ads.socket_path
+    return MeshInfo(
+        trust_domain=trust_domain,
+        root_namespace=ROOT_NAMESPACES[0],
+        xds_address=f"{host}:{ads.port}",
+        xds_socket=str(socket_path) if socket_path is not None else None,
+    )

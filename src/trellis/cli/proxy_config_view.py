@@ -224,11 +224,13 @@ def _endpoint_rows(assignment: Mapping[str, Any]) -> Iterator[tuple[str, ...]]:
     cluster = str(assignment.get("cluster_name", ""))
     for locality in assignment.get("endpoints") or []:
         for lb_endpoint in locality.get("lb_endpoints") or []:
-            address, port = _socket(_dig(lb_endpoint, ("endpoint", "address")))
+            where = _dig(lb_endpoint, ("endpoint", "address"))
+            pipe = _dig(where, ("pipe", "path"))  # a Unix socket: Envoy shows its path
+            address, port = _socket(where)
             status = str(lb_endpoint.get("health_status") or "HEALTHY")
             if status == "UNKNOWN":
                 status = "HEALTHY"
-            yield (f"{address}:{port}", status, cluster)
+            yield (str(pipe) if pipe else f"{address}:{port}", status, cluster)
 
 
 def endpoints(config_dump: Mapping[str, Any]) -> View:

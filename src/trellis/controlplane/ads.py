@@ -8,8 +8,9 @@ a node connects without a snapshot in the cache, the `SnapshotSource` callback
 builds one. Responses are pre-serialized bytes: every resource was serialized
 once when its `Resource` was built, so a push costs each stream a join of bytes.
 
-`serve_ads` binds a grpc.aio server; `AdsServer.stop` ends every stream (the
-proxies reconnect and resync) and stops the server.
+`serve_ads` binds a grpc.aio server, on a TCP address and optionally also on a
+Unix socket (`ads_socket`); `AdsServer.stop` ends every stream (the proxies
+reconnect and resync) and stops the server.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from trellis.controlplane.ads_session import AdsProtocolError, AdsSession
+from trellis.controlplane.ads_socket import (
+    BoundSocket,
+    claim_socket_path,
+    remove_socket,
+    secure_socket,
+)
 from trellis.controlplane.ads_status import ProxyNode, ProxyStatus, node_from_proto
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
@@ -259,16 +267,26 @@ async def _read(
 
 @dataclass(slots=True)
 class AdsServer:
-    """A started ADS server: its port, the service (for `status()`), and `stop`."""
+    """A started ADS server: its port, its Unix socket if any, the service (for
+    `status()`), and `stop`."""
 
     server: grpc.aio.Server
     service: AggregatedDiscoveryService
     port: int
+    unix_socket: BoundSocket | None = None
+
+    @property
+    def socket_path(self) -> Path | None:
+        return self.unix_socket.path if self.unix_socket is not None else None
 
     async def stop(self, grace: float = 1.0) -> None:
         """End all streams (proxies reconnect elsewhere and resync), then stop serving."""
         self.service.close()
-        await self.server.stop(grace)
+        try:
+            await self.server.stop(grace)
+        finally:
+            if self.unix_socket is not None:
+                remove_socket(self.unix_socket)
 
 
 async def serve_ads(
@@ -280,12 +298,17 @@ async def serve_ads(
     options: Sequence[tuple[str, Any]] = (),
     service: AggregatedDiscoveryService | None = None,
     handlers: Sequence[grpc.GenericRpcHandler] = (),
+    unix_socket: Path | None = None,
 ) -> AdsServer:
     """Start serving ADS on `address` ("127.0.0.1:15010"; port 0 picks a free one).
 
     Pass `service` to configure it beyond the defaults; it must use `cache`.
     `handlers` are more services on the same server (the CA's certificate service).
+    `unix_socket`: an absolute path where the same services are also served,
+    plaintext, to its owner only (mode 0600); `AdsServer.stop` removes it.
     """
+    if unix_socket is not None:
+        claim_socket_path(unix_socket)
     if service is None:
         service = AggregatedDiscoveryService(cache, source)
     elif service.cache is not cache or source is not None:
@@ -298,6 +321,25 @@ async def serve_ads(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the ADS server to {address}")
-    await server.start()
+    bound = _add_unix_port(server, unix_socket) if unix_socket is not None else None
+    try:
+        await server.start()
+    except BaseException:
+        if bound is not None:
+            remove_socket(bound)
+        raise
     log.info("ADS server listening on %s (port %d)", address, port)
-    return AdsServer(server, service, port)
+    if bound is not None:
+        log.info("ADS server listening on unix:%s", bound.path)
+    return AdsServer(server, service, port, bound)
+
+
+def _add_unix_port(server: grpc.aio.Server, path: Path) -> BoundSocket:
+    """Bind the server to the Unix socket `path` (plaintext) and restrict it to its owner."""
+    try:
+        bound = server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as exc:  # grpcio reports a failed bind this way
+        raise OSError(f"cannot bind the ADS server to unix:{path}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"cannot bind the ADS server to unix:{path}")
+    return secure_socket(path)

@@ -30,8 +30,10 @@ from trellis.controlplane.ads_status import ProxyStatus
 from trellis.controlplane.api_apply import analyze_config, apply_batch
 from trellis.controlplane.api_auth import TokenAuthMiddleware
 from trellis.controlplane.api_join_tokens import join_token_router
+from trellis.controlplane.api_mesh import MeshInfo, mesh_router
 from trellis.controlplane.api_proxies import proxies_json, resolve_proxy
 from trellis.controlplane.api_routes import resource_router, watch_router
+from trellis.controlplane.api_service_addresses import ServiceAddressSource, service_address_router
 from trellis.controlplane.api_status import StatusError, status_body
 from trellis.controlplane.join_token import JoinTokens
 from trellis.controlplane.store import ConfigStore, StoreError
@@ -112,6 +114,8 @@ def create_app(
     proxy_admin: ProxyAdmin | None = None,
     join_tokens: JoinTokens | None = None,
     trust_domain: str = "cluster.local",
+    service_addresses: ServiceAddressSource | None = None,
+    mesh: MeshInfo | None = None,
 ) -> FastAPI:
     """The REST API over `store`.
 
@@ -119,6 +123,8 @@ def create_app(
     server's view of connected proxies (`AggregatedDiscoveryService.status`).
     `proxy_admin`: maps a proxy's node id to its admin address, for config dumps.
     `join_tokens`: issues `POST /api/v1/join-tokens` (SPIFFE IDs in `trust_domain`).
+    `service_addresses`: serves `GET /api/v1/service-addresses` (services' virtual IPs).
+    `mesh`: serves `GET /api/v1/mesh` (trust domain, where proxies connect).
     """
     app = FastAPI(
         title="Trellis control plane",
@@ -137,6 +143,10 @@ def create_app(
     app.include_router(watch_router(store))
     if join_tokens is not None:
         app.include_router(join_token_router(join_tokens, trust_domain))
+    if service_addresses is not None:
+        app.include_router(service_address_router(service_addresses))
+    if mesh is not None:
+        app.include_router(mesh_router(mesh))
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -37,14 +37,18 @@ from trellis.controlplane.store import (
     WatchEventType,
     WatchExpiredError,
 )
-from trellis.errors import TrellisError
+from trellis.controlplane.vips import ServiceVips
+from trellis.errors import ConfigError, TrellisError
 from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
+from trellis.xds.mesh.service_addresses import ServiceAddressList
+from trellis.xds.mesh.vips import DEFAULT_VIP_HOLD, DEFAULT_VIP_RANGE, VipPolicy, VipRange
 
 log = logging.getLogger("trellis.controlplane")
 
 
 DB_FILE = "config.db"
 _PUBLISH_BATCH = 50
+_CATCH_UP_POLLS = 200  # of 10 ms: how long the service-addresses API waits for the watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,13 @@ class ControlPlaneSettings:
     # How long a `trellis run` workload's sidecar may stay disconnected before its
     # registration is removed (the launcher died without deregistering).
     orphan_grace: float = 60.0
+    # Services' virtual IPs (transparent capture) come from here; a removed
+    # host's address stays reserved for it `vip_hold` seconds.
+    vip_range: str = DEFAULT_VIP_RANGE
+    vip_hold: float = DEFAULT_VIP_HOLD
+    # xDS and the CA also on this Unix socket (absolute path; None: not served):
+    # sidecars in other network namespaces reach the control plane through it.
+    xds_socket: Path | None = None
 
 
 class ControlPlane:
@@ -76,11 +87,34 @@ class ControlPlane:
         self.ads: AdsServer | None = None
         self.ca: CertificateAuthority | None = None
         self.join_tokens: JoinTokens | None = None
+        self.vips: ServiceVips | None = None
         self._republish = asyncio.Event()
 
     async def load(self) -> None:
         listing = await self.store.list_with_version()
         self.state.load(listing.items, listing.resource_version)
+        self.sync_vips()
+
+    def sync_vips(self) -> None:
+        """Give new service hosts their virtual IPs and release removed ones'."""
+        if self.vips is not None:
+            self.vips.refresh(self.state.resources(), time.time())
+
+    async def service_addresses(self, namespace: str | None) -> ServiceAddressList:
+        """The services' virtual IPs (all, or as seen from `namespace`) as of the store now.
+
+        Waits (at most ~2 s) for the watch to take in the latest change, so that a
+        ServiceEntry whose apply was just acknowledged is listed with its address.
+        """
+        if self.vips is None:
+            raise TrellisError("this control plane allocates no virtual IPs")
+        target = await self.store.current_version()
+        for _ in range(_CATCH_UP_POLLS):
+            if not target.isdigit() or int(self.state.version) >= int(target):
+                break
+            await asyncio.sleep(0.01)
+        self.sync_vips()
+        return self.vips.addresses(self.state.resources(), namespace)
 
     def admin_address(self, node_id: str) -> str | None:
         """A connected proxy's admin address, from its node metadata (TRELLIS_ADMIN_ADDRESS)."""
@@ -172,6 +206,7 @@ class ControlPlane:
             await self._republish.wait()
             await asyncio.sleep(debounce)
             self._republish.clear()
+            self.sync_vips()
             if self.ads is None:
                 continue
             for count, node in enumerate(self.ads.service.connected_nodes(), start=1):
@@ -196,6 +231,11 @@ async def serve(
     cache = SnapshotCache(debounce=0.0, max_delay=0.0)
     plane = ControlPlane(store, cache)
     try:
+        try:
+            vip_range = VipRange.parse(settings.vip_range, "--service-vip-range")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        plane.vips = ServiceVips.open(settings.data_dir, VipPolicy(vip_range, settings.vip_hold))
         await plane.load()
         plane.ca = open_authority(
             settings.data_dir,
@@ -223,6 +263,7 @@ async def serve(
             cache,
             plane.snapshot_for,
             handlers=(certificates.rpc_handler(),),
+            unix_socket=settings.xds_socket,
         )
         log.info("xDS (ADS) on port %d", plane.ads.port)
         stop = asyncio.Event()

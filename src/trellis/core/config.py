@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from trellis.core.authz import AuthzConfig
 from trellis.core.tls import (
-    PLAINTEXT_CHAIN,
-    FilterChain,
+    DownstreamTls,
     NamedSecret,
+    TransportProtocol,
     TransportSocketMatch,
     UpstreamTls,
 )
@@ -30,6 +30,28 @@ class SocketAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+PIPE_PATH_MAX_BYTES = 107
+"""The longest Unix socket path the kernel takes (`sun_path` holds 108 bytes with the NUL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipeAddress:
+    """Envoy's `core.v3.Pipe`: a Unix domain socket by its file system path.
+
+    A path crosses network namespaces where 127.0.0.1 does not: a sidecar in its
+    workload's namespace reaches the control plane on the host through one.
+    """
+
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+EndpointAddress = SocketAddress | PipeAddress
+"""Where an upstream endpoint listens; listeners and the admin port need a `SocketAddress`."""
 
 
 class StringMatchKind(enum.Enum):
@@ -247,7 +269,7 @@ class LbPolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    address: SocketAddress
+    address: EndpointAddress
     weight: int = 1
     # The endpoint's `envoy.transport_socket_match` metadata (string values only).
     transport_metadata: tuple[tuple[str, str], ...] = ()
@@ -358,15 +380,33 @@ NetworkFilter = HttpConnectionManager | TcpProxy
 
 
 @dataclass(frozen=True, slots=True)
+class FilterChain:
+    """One filter chain of a listener: the connections it takes, how it terminates
+    TLS, and the network filter those connections run.
+
+    A connection takes the chain whose `destination_port` is its (original)
+    destination port, else a chain without one; among those, the chain whose
+    `transport_protocol` is what the TLS inspector saw, else one with `ANY`
+    (`trellis.core.filter_chain`, Envoy's order).
+    """
+
+    filter: NetworkFilter
+    name: str = ""
+    destination_port: int | None = None  # None: any port
+    transport_protocol: TransportProtocol = TransportProtocol.ANY
+    tls: DownstreamTls | None = None  # None: plaintext
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: SocketAddress
-    filter: NetworkFilter
+    chains: tuple[FilterChain, ...]  # at least one; no two with the same match
     direction: TrafficDirection = TrafficDirection.UNSPECIFIED
     per_connection_buffer_limit_bytes: int = 1024 * 1024
-    # Which chain a connection takes (TLS or plaintext, and how TLS is terminated);
-    # every chain runs `filter`.
-    chains: tuple[FilterChain, ...] = (PLAINTEXT_CHAIN,)
+    # Match chains against the address a connection had before iptables redirected
+    # it here (SO_ORIGINAL_DST), Envoy's `use_original_dst`: transparent capture.
+    use_original_dst: bool = False
 
 
 # --- the whole proxy -------------------------------------------------------------
@@ -402,7 +442,7 @@ class AdsConfig:
     """Where the proxy gets its dynamic config: one ADS stream to a control plane."""
 
     cluster: str
-    address: SocketAddress
+    address: EndpointAddress
     lds: bool = True  # listeners come from LDS
     cds: bool = True  # clusters come from CDS
     initial_fetch_timeout: float | None = 15.0  # None: wait for the first config forever

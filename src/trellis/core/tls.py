@@ -100,18 +100,6 @@ class TransportProtocol(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class FilterChain:
-    """One filter chain of a listener; all chains of a listener share its network filter."""
-
-    name: str = ""
-    transport_protocol: TransportProtocol = TransportProtocol.ANY
-    tls: DownstreamTls | None = None
-
-
-PLAINTEXT_CHAIN = FilterChain()
-
-
-@dataclass(frozen=True, slots=True)
 class TlsCertificateSecret:
     """A certificate chain and its private key (PEM); never logged or dumped."""
 
@@ -128,23 +116,6 @@ class ValidationSecret:
 
 Secret = TlsCertificateSecret | ValidationSecret
 NamedSecret = tuple[str, Secret]
-
-
-def select_chain(chains: tuple[FilterChain, ...], is_tls: bool) -> FilterChain | None:
-    """The chain for a connection (Envoy prefers an exact transport match), or None."""
-    wanted = TransportProtocol.TLS if is_tls else TransportProtocol.RAW_BUFFER
-    fallback = None
-    for chain in chains:
-        if chain.transport_protocol is wanted:
-            return chain
-        if chain.transport_protocol is TransportProtocol.ANY and fallback is None:
-            fallback = chain
-    return fallback
-
-
-def needs_inspection(chains: tuple[FilterChain, ...]) -> bool:
-    """Whether choosing a chain needs a look at the first bytes (TLS or not)."""
-    return any(chain.transport_protocol is not TransportProtocol.ANY for chain in chains)
 
 
 def upstream_tls_for(

@@ -7,13 +7,15 @@ an unreachable server is a `LaunchError` that says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from trellis.platform.hosts import ServiceAddresses
 from trellis.platform.spec import NETWORKING_VERSION, LaunchError
 
 TIMEOUT = 10.0
@@ -139,6 +141,38 @@ class ControlPlaneApi:
         answer = await self._call("GET", "/api/v1/proxies")
         items = (answer or {}).get("items", [])
         return [item for item in items if isinstance(item, dict)]
+
+    @contextlib.asynccontextmanager
+    async def watch(self, kind: str, seconds: float) -> AsyncIterator[AsyncIterator[str]]:
+        """Open `GET /api/v1/watch?kind=KIND` (ended by the server after `seconds`); the
+        stream's event lines. Once this is entered, no change of `kind` goes unseen."""
+        params = {"kind": kind, "timeoutSeconds": f"{seconds:g}"}
+        timeout = httpx.Timeout(TIMEOUT, read=seconds + TIMEOUT)
+        try:
+            async with self._http.stream(
+                "GET", "/api/v1/watch", params=params, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _refusal("GET", "/api/v1/watch", response)
+                yield response.aiter_lines()
+        except httpx.TransportError as exc:
+            raise LaunchError(
+                f"watching {kind} at {self.server}: {exc or type(exc).__name__}"
+            ) from None
+
+    async def xds_socket(self) -> str | None:
+        """The path of the control plane's xDS Unix socket (`GET /api/v1/mesh`), if it has one."""
+        answer = await self._call("GET", "/api/v1/mesh")
+        path = (answer or {}).get("xdsSocket")
+        return str(path) if path else None
+
+    async def service_addresses(self, namespace: str | None = None) -> ServiceAddresses:
+        """The services' virtual IPs (`GET /api/v1/service-addresses`), with the names
+        that resolve to them from `namespace` (every service's own view when None)."""
+        params = {"namespace": namespace} if namespace is not None else None
+        answer = await self._call("GET", "/api/v1/service-addresses", params=params)
+        return ServiceAddresses.from_json(answer or {})
 
     async def wait_acknowledged(self, version: str, seconds: float) -> bool:
         """Wait (at most `seconds`) until every connected proxy has the config of store

@@ -8,11 +8,14 @@ commands of `trellis` costs ~2 MiB of it, so the console script hands
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from trellis.core.config import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddress, SocketAddress
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -36,7 +39,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="Envoy v3 Bootstrap (YAML or JSON). Required unless --xds is given.",
     )
-    add("--xds", metavar="HOST:PORT", help="Take listeners and clusters from this control plane.")
+    add(
+        "--xds",
+        metavar="HOST:PORT",
+        help="Take listeners and clusters from this control plane; unix:PATH for its Unix "
+        "socket (reachable from another network namespace).",
+    )
     add("--node-id", metavar="ID", help="The node id sent to the control plane.")
     add("--node-cluster", metavar="NAME", help="The node cluster (Envoy's service cluster).")
     add(
@@ -48,11 +56,18 @@ def parser() -> argparse.ArgumentParser:
         "(repeatable).",
     )
     add("--label", action="append", default=[], metavar="KEY=VALUE", help="Workload label.")
-    add("--admin-port", type=_port, metavar="PORT", help="Admin port on 127.0.0.1.")
+    add("--admin-port", type=_port, metavar="PORT", help="Admin port (on --admin-address).")
+    add(
+        "--admin-address",
+        type=_ip,
+        default="127.0.0.1",
+        metavar="IP",
+        help="Where --admin-port listens (default: 127.0.0.1).",
+    )
     add(
         "--ca-address",
         metavar="HOST:PORT",
-        help="The CA's certificate service (default: the --xds address).",
+        help="The CA's certificate service, or unix:PATH (default: the --xds address).",
     )
     add(
         "--join-token-file",
@@ -73,6 +88,13 @@ def parser() -> argparse.ArgumentParser:
     )
     add("-l", "--log-level", choices=LEVELS, default="info", help="(default: info)")
     return found
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _port(text: str) -> int:
@@ -99,6 +121,42 @@ def host_port(value: str | None) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+UNIX_PREFIX = "unix:"
+
+
+def control_plane_address(value: str | None, flag: str) -> EndpointAddress | None:
+    """HOST:PORT, or `unix:PATH` (also gRPC's `unix:///PATH`) for a Unix socket.
+
+    A relative PATH is made absolute. ValueError naming `flag` and the problem.
+    """
+    if value is None:
+        return None
+    if not value.startswith(UNIX_PREFIX):
+        try:
+            pair = host_port(value)
+        except ValueError:
+            raise ValueError(f"{flag}: expected HOST:PORT or unix:PATH, got {value!r}") from None
+        assert pair is not None
+        return SocketAddress(*pair)
+    path = value[len(UNIX_PREFIX) :]
+    if path.startswith("//"):  # unix://ABSOLUTE_PATH, as gRPC spells it
+        path = path[2:]
+        if not path.startswith("/"):
+            raise ValueError(f"{flag}: unix:// needs an absolute path, got {value!r}")
+    if not path:
+        raise ValueError(f"{flag}: unix: needs a socket path, got {value!r}")
+    if path.startswith("@"):
+        raise ValueError(f"{flag}: abstract Unix sockets ({path!r}) are not supported")
+    path = os.path.abspath(path)
+    size = len(os.fsencode(path))
+    if size > PIPE_PATH_MAX_BYTES:
+        raise ValueError(
+            f"{flag}: the socket path {path!r} is {size} bytes long; "
+            f"at most {PIPE_PATH_MAX_BYTES} fit in a Unix socket address"
+        )
+    return PipeAddress(path)
 
 
 def node_fields(
@@ -135,14 +193,14 @@ def main(argv: Sequence[str]) -> int:
     if args.bootstrap is None and args.xds is None:
         args_parser.error("give --bootstrap FILE, --xds HOST:PORT, or both")
     try:
-        control_plane = host_port(args.xds)
-        ca = host_port(args.ca_address) or control_plane
+        control_plane = control_plane_address(args.xds, "--xds")
+        ca = control_plane_address(args.ca_address, "--ca-address") or control_plane
         node = node_fields(args.node_id, args.node_cluster, args.metadata, args.label)
     except ValueError as exc:
         args_parser.error(str(exc))
     join_token = os.environ.get("TRELLIS_JOIN_TOKEN") if args.join_token_file is None else None
     if (args.join_token_file is not None or join_token) and ca is None:
-        args_parser.error("a join token needs --ca-address HOST:PORT (or --xds)")
+        args_parser.error("a join token needs --ca-address HOST:PORT or unix:PATH (or --xds)")
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -156,6 +214,7 @@ def main(argv: Sequence[str]) -> int:
         xds=control_plane,
         node=node,
         admin_port=args.admin_port,
+        admin_address=args.admin_address,
         ca=ca,
         join_token_file=args.join_token_file,
         join_token=join_token,

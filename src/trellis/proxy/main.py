@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-from trellis.core.config import HttpConnectionManager, ProxyConfig
+from trellis.core.config import EndpointAddress, HttpConnectionManager, ProxyConfig
 from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer
@@ -41,11 +41,13 @@ FIRST_CERTIFICATE_TIMEOUT = 30.0
 def load(
     bootstrap: Path | None,
     *,
-    xds: tuple[str, int] | None = None,
+    xds: EndpointAddress | None = None,
     node: Mapping[str, object] | None = None,
     admin_port: int | None = None,
+    admin_address: str = "127.0.0.1",
 ) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig]:
-    """The bootstrap (file, or built from flags) and its compiled config."""
+    """The bootstrap (file, or built from flags) and its compiled config
+    (`admin_port`: serve the admin interface on `admin_address`:`admin_port`)."""
     source = str(bootstrap) if bootstrap is not None else "--xds"
     message = load_bootstrap(bootstrap) if bootstrap is not None else bootstrap_pb2.Bootstrap()
     extra: dict[str, object] = {}
@@ -53,12 +55,12 @@ def load(
         extra["node"] = dict(node)
     if admin_port is not None:
         extra["admin"] = {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+            "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
         }
     if extra:
         message.MergeFrom(parse_bootstrap(extra, source))
     if xds is not None:
-        message = with_ads(message, *xds)
+        message = with_ads(message, xds)
     config = compile_bootstrap(message, source)
     if config.ads is not None and config.admin is not None:
         # Lets the control plane find this proxy's /config_dump (trellis proxy-config).
@@ -72,10 +74,11 @@ def run(
     bootstrap: Path | None,
     *,
     drain_time: float | None = None,
-    xds: tuple[str, int] | None = None,
+    xds: EndpointAddress | None = None,
     node: Mapping[str, object] | None = None,
     admin_port: int | None = None,
-    ca: tuple[str, int] | None = None,
+    admin_address: str = "127.0.0.1",
+    ca: EndpointAddress | None = None,
     join_token_file: Path | None = None,
     join_token: str | None = None,
 ) -> int:
@@ -87,16 +90,19 @@ def run(
     gets its certificate from the CA at `ca` (default: the `xds` address).
     """
     try:
-        message, config = load(bootstrap, xds=xds, node=node, admin_port=admin_port)
+        message, config = load(
+            bootstrap, xds=xds, node=node, admin_port=admin_port, admin_address=admin_address
+        )
     except ConfigError as exc:
         print(f"trellis proxy: invalid bootstrap: {exc}", file=sys.stderr)
         return 1
     if drain_time is None:
         drain_time = max(
             (
-                lst.filter.drain_timeout
+                chain.filter.drain_timeout
                 for lst in config.listeners
-                if isinstance(lst.filter, HttpConnectionManager)
+                for chain in lst.chains
+                if isinstance(chain.filter, HttpConnectionManager)
             ),
             default=5.0,
         )
@@ -125,7 +131,7 @@ def run(
 
 
 def _identity(
-    ca: tuple[str, int] | None, token_file: Path | None, token: str | None
+    ca: EndpointAddress | None, token_file: Path | None, token: str | None
 ) -> CertificateManager | str | None:
     """The certificate manager when a join token is given; a problem as text."""
     from trellis.runtime.identity import (  # noqa: PLC0415 - only with a join token
@@ -145,7 +151,7 @@ def _identity(
         return None
     if ca is None:
         return "a join token needs the CA's address: give --ca-address or --xds"
-    return CertificateManager(IdentitySettings(ca_host=ca[0], ca_port=ca[1]), source)
+    return CertificateManager(IdentitySettings(ca=ca), source)
 
 
 async def _first_certificate(identity: CertificateManager) -> asyncio.Task[None] | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from trellis.core.config import EndpointAddress
 from trellis.errors import TrellisError
 from trellis.runtime.grpc_stream import GrpcError, unary_call
 from trellis.xds import istio_ca_pb2
@@ -168,20 +169,19 @@ def split_response(response: istio_ca_pb2.IstioCertificateResponse) -> SignedCha
 
 
 async def request_certificate(
-    host: str,
-    port: int,
+    ca: EndpointAddress,
     csr_pem: str,
     credential: str,
     *,
     validity: int = 0,
     call_timeout: float = 10.0,
 ) -> SignedChain:
-    """CreateCertificate at `host:port`. Raises IdentityError (refused=True when the CA said no)."""
+    """CreateCertificate at `ca` (HOST:PORT or a Unix socket). Raises IdentityError
+    (refused=True when the CA said no)."""
     request = istio_ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=validity)
     try:
         data = await unary_call(
-            host,
-            port,
+            ca,
             CREATE_CERTIFICATE,
             request.SerializeToString(),
             metadata=[("authorization", f"Bearer {credential}")],
@@ -191,9 +191,9 @@ async def request_certificate(
         name = REFUSALS.get(exc.status)
         if name is not None:
             raise IdentityError(f"the CA refused: {name}: {exc.message}", refused=True) from None
-        raise IdentityError(f"CreateCertificate at {host}:{port} failed: {exc}") from None
+        raise IdentityError(f"CreateCertificate at {ca} failed: {exc}") from None
     except (OSError, TimeoutError) as exc:
-        raise IdentityError(f"cannot reach the CA at {host}:{port}: {exc!r}") from None
+        raise IdentityError(f"cannot reach the CA at {ca}: {exc!r}") from None
     except ValueError:  # from the metadata check: never echo the credential
         raise IdentityError(
             "the credential holds characters that cannot be sent as metadata", refused=True

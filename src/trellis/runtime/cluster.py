@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from trellis.core.balancer import HostStats, LoadBalancer, choose_with_predicate, make_balancer
 from trellis.core.circuit import ResourceLimits
-from trellis.core.config import Cluster, Endpoint
+from trellis.core.config import Cluster, Endpoint, PipeAddress
 from trellis.core.outlier import Outcome, OutlierDetector, choose_available
 from trellis.core.prometheus import StatsRegistry
 from trellis.core.tls import san_allowed, upstream_tls_for
@@ -79,18 +79,25 @@ class HostRuntime:
             context = secrets.client_context(tls) if secrets is not None else None
             if context is None:
                 return self._failed("TLS error: the certificate or trusted CAs are not ready")
+        sni = tls.sni if tls is not None else None  # "": no SNI
+        handshake_timeout = config.connect_timeout if context is not None else None
         try:
-            if context is None:
-                connecting = loop.create_connection(factory, address.host, address.port)
+            if isinstance(address, PipeAddress):
+                connecting = loop.create_unix_connection(
+                    factory,
+                    address.path,
+                    ssl=context,
+                    server_hostname=sni,
+                    ssl_handshake_timeout=handshake_timeout,
+                )
             else:
-                assert tls is not None
                 connecting = loop.create_connection(
                     factory,
                     address.host,
                     address.port,
                     ssl=context,
-                    server_hostname=tls.sni,  # "": no SNI
-                    ssl_handshake_timeout=config.connect_timeout,
+                    server_hostname=sni,
+                    ssl_handshake_timeout=handshake_timeout,
                 )
             transport, protocol = await asyncio.wait_for(connecting, config.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from trellis.core.authz_match import AuthzRequest, IPAddress, parse_ip
+from trellis.core.config import SocketAddress
 from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
@@ -25,7 +26,7 @@ from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
     from trellis.runtime.http_context import HttpContext
-    from trellis.runtime.listener import ListenerRuntime
+    from trellis.runtime.listener import ChainRuntime, ListenerRuntime
 
 log = logging.getLogger("trellis.downstream")
 
@@ -46,11 +47,13 @@ class DownstreamHttp1(asyncio.Protocol):
         "_header_bytes",
         "_headers",
         "_in_body",
+        "_local_text",
         "_parser",
         "_paused",
         "_reject",
         "_url",
         "_wbuf",
+        "chain",
         "ctx",
         "current",
         "draining",
@@ -58,6 +61,7 @@ class DownstreamHttp1(asyncio.Protocol):
         "http11",
         "last_activity",
         "listener",
+        "local",
         "peer_principal",
         "remote_ip",
         "scheme",
@@ -66,9 +70,18 @@ class DownstreamHttp1(asyncio.Protocol):
         "tunnel",
     )
 
-    def __init__(self, listener: ListenerRuntime, ctx: HttpContext) -> None:
+    def __init__(
+        self,
+        listener: ListenerRuntime,
+        chain: ChainRuntime,
+        local: tuple[str, int] | None = None,
+    ) -> None:
         self.listener = listener
-        self.ctx = ctx
+        self.chain = chain
+        self.ctx: HttpContext = chain.context  # type: ignore[assignment]
+        # The original destination (`use_original_dst`); None: the socket's address.
+        self.local = local
+        self._local_text: str | None = None
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -85,7 +98,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.scheme = b"http"
         self.remote_ip = ""
         self.peer_principal: str | None = None  # set by the listener on mTLS connections
-        self._addresses: tuple[IPAddress | None, IPAddress | None] | None = None
+        self._addresses: tuple[IPAddress | None, IPAddress | None, int] | None = None
         self.http11 = True
         self.draining = False
         self.header_timer: Deadline | None = None
@@ -95,11 +108,17 @@ class DownstreamHttp1(asyncio.Protocol):
         """What the RBAC filters look at for `stream` (addresses parsed once per connection)."""
         addresses = self._addresses
         if addresses is None:
-            transport = self.transport
-            local = transport.get_extra_info("sockname") if transport is not None else None
+            local = self.local
+            if local is None:
+                transport = self.transport
+                local = transport.get_extra_info("sockname") if transport is not None else None
+                port = self.listener.config.address.port
+            else:
+                port = local[1]
             addresses = self._addresses = (
                 parse_ip(self.remote_ip),
                 parse_ip(local[0]) if isinstance(local, tuple) else None,
+                port,
             )
         path = stream.path
         query = path.find("?")
@@ -107,12 +126,24 @@ class DownstreamHttp1(asyncio.Protocol):
             principal=self.peer_principal,
             source_ip=addresses[0],
             destination_ip=addresses[1],
-            destination_port=self.listener.config.address.port,
+            destination_port=addresses[2],
             method=stream.method.decode("latin-1"),
             path=path if query < 0 else path[:query],
             authority=stream.authority,
             headers=stream.headers,
         )
+
+    def local_address(self) -> str | None:
+        """Where the client connected (the original destination under transparent
+        capture), as the access log's %DOWNSTREAM_LOCAL_ADDRESS%."""
+        text = self._local_text
+        if text is None:
+            local = self.local
+            if local is None and self.transport is not None:
+                local = self.transport.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                text = self._local_text = str(SocketAddress(local[0], local[1]))
+        return text
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -217,7 +248,7 @@ class DownstreamHttp1(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_body = True
         # Each request takes the listener's current config; those in flight keep theirs.
-        self.ctx = self.listener.context  # type: ignore[assignment]
+        self.ctx = self.chain.context  # type: ignore[assignment]
         self._cancel_header_timer()
         parser = self._parser
         try:

@@ -4,8 +4,8 @@ The proxy needs two gRPC calls: the ADS stream and the CA's CreateCertificate
 (`unary_call`). grpcio would add ~9 MB of resident memory to every sidecar
 (DESIGN.md §8 budgets 40 MB); h2 adds ~1 MB. This speaks the gRPC wire format
 (length-prefixed messages, `te: trailers`, `grpc-status` trailers, custom
-metadata as headers) over an h2c prior-knowledge connection, one call per
-connection.
+metadata as headers) over an h2c prior-knowledge connection, TCP or a Unix
+socket (Envoy's `pipe` address), one call per connection.
 """
 
 from __future__ import annotations
@@ -20,10 +20,14 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from trellis.core.config import EndpointAddress, PipeAddress
+
 _READ_SIZE = 65536
 _MAX_MESSAGE = 64 * 1024 * 1024
 _WINDOW = 16 * 1024 * 1024
 OK = 0
+UNIX_AUTHORITY = "localhost"
+"""The `:authority` of calls over a Unix socket (gRPC's own choice for `unix:` targets)."""
 Metadata = Sequence[tuple[str, str]]
 """Custom call metadata: lowercase ASCII names (`authorization`), printable values."""
 
@@ -55,15 +59,24 @@ class GrpcStream:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, path: str, connect_timeout: float, metadata: Metadata = ()
+        cls,
+        address: EndpointAddress,
+        path: str,
+        connect_timeout: float,
+        metadata: Metadata = (),
     ) -> GrpcStream:
-        """Connect and start the call; ValueError (before connecting) for unsendable metadata."""
+        """Connect (TCP, or the Unix socket of a `PipeAddress`) and start the call;
+        ValueError (before connecting) for unsendable metadata."""
         extra = _headers(metadata)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), connect_timeout
-        )
+        if isinstance(address, PipeAddress):
+            connecting = asyncio.open_unix_connection(address.path)
+            authority = UNIX_AUTHORITY
+        else:
+            connecting = asyncio.open_connection(address.host, address.port)
+            authority = str(address)
+        reader, writer = await asyncio.wait_for(connecting, connect_timeout)
         stream = cls(reader, writer)
-        stream._start(f"{host}:{port}", path, extra)
+        stream._start(authority, path, extra)
         return stream
 
     def _start(self, authority: str, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
@@ -213,8 +226,7 @@ def _headers(metadata: Metadata) -> list[tuple[bytes, bytes]]:
 
 
 async def unary_call(
-    host: str,
-    port: int,
+    address: EndpointAddress,
     path: str,
     request: bytes,
     *,
@@ -227,7 +239,7 @@ async def unary_call(
     connection fails) and TimeoutError after `call_timeout` seconds in all.
     """
     async with asyncio.timeout(call_timeout):
-        stream = await GrpcStream.open(host, port, path, call_timeout, metadata)
+        stream = await GrpcStream.open(address, path, call_timeout, metadata)
         try:
             await stream.send(request)
             await stream.close_send()

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trellis.core.config import EndpointAddress
 from trellis.core.prometheus import braces, family_header, format_value, label_pairs
 from trellis.runtime.ca_client import (
     KEYTOOL,
@@ -96,8 +97,7 @@ class CertificateStatus:
 class IdentitySettings:
     """Where the CA is and how to ask it. `validity`: seconds to request (0: the CA's default)."""
 
-    ca_host: str
-    ca_port: int
+    ca: EndpointAddress  # HOST:PORT, or the control plane's Unix socket
     spiffe_id: str | None = None
     validity: int = 0
     directory: Path | None = None
@@ -249,8 +249,7 @@ class CertificateManager:
             raise IdentityError(f"cannot read the join token: {exc}", refused=True) from None
         key = await generate_key(settings.spiffe_id, command=settings.keytool)
         signed = await request_certificate(
-            settings.ca_host,
-            settings.ca_port,
+            settings.ca,
             key.csr_pem,
             credential,
             validity=settings.validity,

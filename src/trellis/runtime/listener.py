@@ -1,15 +1,17 @@
-"""A listening socket and the connections it accepted."""
+"""A listening socket, its filter chains and the connections it accepted."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
-from trellis.core.config import Listener
+from trellis.core.config import FilterChain, Listener
+from trellis.core.filter_chain import ChainTable, chain_match
 from trellis.core.metrics import StatsRegistry
-from trellis.core.tls import FilterChain, needs_inspection, san_allowed, select_chain
+from trellis.core.tls import TransportProtocol, san_allowed
 from trellis.runtime.downstream import DownstreamHttp1
 from trellis.runtime.http_context import HttpContext
 from trellis.runtime.secrets import SecretStore, peer_principal, peer_sans
@@ -21,11 +23,30 @@ _ACCEPT_BATCH = 64
 _PEEK_BYTES = 8
 _INSPECT_TIMEOUT = 15.0  # Envoy's listener_filters_timeout
 _HANDSHAKE_TIMEOUT = 10.0
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; Python's socket module does not name it
+_SOCKADDR_IN_BYTES = 16
+
+Context = HttpContext | TcpContext
+
+
+class ChainRuntime:
+    """One filter chain of a running listener: its config and its current context.
+
+    Connections keep their chain; a config push swaps `context` here (a new
+    route table, cluster references) and their next request takes it.
+    """
+
+    __slots__ = ("config", "context")
+
+    def __init__(self, config: FilterChain, context: Context) -> None:
+        self.config = config
+        self.context = context
 
 
 class Connection(Protocol):
     last_activity: float
     peer_principal: str | None  # the client's SPIFFE ID, on a verified mTLS connection
+    chain: ChainRuntime
 
     @property
     def transport(self) -> asyncio.Transport | None: ...
@@ -46,12 +67,15 @@ class ConnectionBudget:
 
 
 class ListenerRuntime:
-    """A bound socket, the connections it accepted, and how it accepts them.
+    """A bound socket, its filter chains, the connections it accepted, and how it
+    accepts them.
 
-    Plaintext listeners accept in uvloop's C loop. Listeners with TLS filter
-    chains accept here: peek at the first bytes when chains differ by transport
-    protocol (Istio's PERMISSIVE), pick the chain, and hand the socket to the
-    event loop with that chain's current SSL context.
+    A listener with one plaintext chain for every connection accepts in uvloop's
+    C loop. The others accept here: read the original destination
+    (`use_original_dst`), find the chains of its port, peek at the first bytes
+    when those differ by transport protocol (Istio's PERMISSIVE), pick the
+    chain, and hand the socket to the event loop with that chain's current SSL
+    context. The chain is chosen once per connection.
     """
 
     __slots__ = (
@@ -59,27 +83,30 @@ class ListenerRuntime:
         "_cx_active",
         "_cx_total",
         "_manual",
+        "_port",
         "_socket",
         "budget",
+        "chains",
         "config",
         "connections",
-        "context",
         "draining",
         "secrets",
         "server",
         "stats",
+        "table",
     )
 
     def __init__(
         self,
         config: Listener,
-        context: HttpContext | TcpContext,
+        contexts: Sequence[Context],
         budget: ConnectionBudget,
         stats: StatsRegistry,
         secrets: SecretStore | None = None,
     ) -> None:
         self.config = config
-        self.context = context
+        self.chains = tuple(map(ChainRuntime, config.chains, contexts))
+        self.table = ChainTable(config.chains)
         self.budget = budget
         self.stats = stats
         self.secrets = secrets
@@ -87,6 +114,7 @@ class ListenerRuntime:
         self.connections: set[Connection] = set()
         self.draining = False
         self._socket: socket.socket | None = None
+        self._port = config.address.port  # the bound port, once started
         self._manual = False
         self._accepting: set[asyncio.Task[None]] = set()
         labels = (("envoy_listener_address", str(config.address)),)
@@ -94,11 +122,14 @@ class ListenerRuntime:
         self._cx_active = stats.gauge("envoy_listener_downstream_cx_active", labels)
 
     def _protocol(self) -> asyncio.Protocol:
-        # The context current at accept time: config updates swap `self.context`.
-        context = self.context
-        if isinstance(context, HttpContext):
-            return DownstreamHttp1(self, context)
-        return TcpDownstream(self, context)
+        """A connection accepted by uvloop: the listener's only chain (current at accept
+        time: config updates swap `self.chains`)."""
+        return self._protocol_for(self.chains[0], None)
+
+    def _protocol_for(self, chain: ChainRuntime, local: tuple[str, int] | None) -> asyncio.Protocol:
+        if isinstance(chain.context, HttpContext):
+            return DownstreamHttp1(self, chain, local)
+        return TcpDownstream(self, chain, local)
 
     async def start(self) -> None:
         address = self.config.address
@@ -108,12 +139,13 @@ class ListenerRuntime:
             backlog=1024,
         )
         self._socket.setblocking(False)
+        self._port = int(self._socket.getsockname()[1])
         await self._start_accepting()
 
     async def _start_accepting(self) -> None:
         assert self._socket is not None
         loop = asyncio.get_running_loop()
-        self._manual = accepts_by_hand(self.config.chains)
+        self._manual = accepts_by_hand(self.config)
         if self._manual:
             loop.add_reader(self._socket.fileno(), self._on_acceptable)
         else:  # uvloop owns (and closes) a duplicate of the socket
@@ -126,17 +158,43 @@ class ListenerRuntime:
             self.server.close()
             self.server = None
 
-    async def reconfigure(self, config: Listener, context: HttpContext | TcpContext) -> None:
-        """Take a new config on the same address, keeping the socket and connections."""
-        self.config, self.context = config, context
-        if not self.draining and accepts_by_hand(config.chains) != self._manual:
+    async def reconfigure(self, config: Listener, contexts: Sequence[Context]) -> None:
+        """Take a new config on the same address, keeping the socket and connections.
+
+        A chain with the same match and kind of filter as before keeps its
+        connections, which take the new filter on their next request; HTTP
+        connections of a chain that is gone drain (as Envoy drains a removed
+        filter chain's connections).
+        """
+        known = {chain_match(chain.config): chain for chain in self.chains}
+        chains = []
+        for chain_config, context in zip(config.chains, contexts, strict=True):
+            match = chain_match(chain_config)
+            chain = known.get(match)
+            if chain is not None and type(chain.context) is type(context):
+                del known[match]
+                chain.config, chain.context = chain_config, context
+            else:  # new, or HTTP became TCP (or back): its connections cannot follow
+                chain = ChainRuntime(chain_config, context)
+            chains.append(chain)
+        self.config, self.chains, self.table = config, tuple(chains), ChainTable(config.chains)
+        gone = set(known.values())
+        for conn in list(self.connections):
+            if conn.chain in gone and isinstance(conn, DownstreamHttp1):
+                conn.start_draining()
+        if not self.draining and accepts_by_hand(config) != self._manual:
             self._stop_accepting()
             await self._start_accepting()
+
+    def set_contexts(self, contexts: Sequence[Context]) -> None:
+        """New contexts for the same chains (routes or clusters changed)."""
+        for chain, context in zip(self.chains, contexts, strict=True):
+            chain.context = context
 
     @property
     def bound_port(self) -> int:
         assert self._socket is not None
-        return int(self._socket.getsockname()[1])
+        return self._port
 
     # -- accepting TLS and inspected connections -----------------------------------------
 
@@ -163,23 +221,32 @@ class ListenerRuntime:
         """Pick the filter chain, then hand the socket (TLS or not) to the event loop."""
         loop = asyncio.get_running_loop()
         try:
-            chains = self.config.chains
+            # One config for the whole choice, though a push may land during the peek.
+            config, chains, table = self.config, self.chains, self.table
+            local = None
+            port = self._port
+            if config.use_original_dst:
+                local = original_destination(conn)
+                port = local[1]
+            found = table.for_port(port)
             is_tls = False
-            if needs_inspection(chains):
+            if found is not None and found.needs_inspection:
                 first = await _peek(loop, conn)
                 is_tls = first[:1] == b"\x16"  # a TLS handshake record
-            chain = select_chain(chains, is_tls)
-            if chain is None:
-                self._refuse(conn, "plaintext" if not is_tls else "TLS", "no filter chain matches")
+            index = None if found is None else found.pick(is_tls)
+            if index is None:
+                self._no_chain(conn, port, is_tls)
                 return
+            chain = chains[index]
             context = None
-            if chain.tls is not None:
-                context = self.secrets.server_context(chain.tls) if self.secrets else None
+            tls = chain.config.tls
+            if tls is not None:
+                context = self.secrets.server_context(tls) if self.secrets else None
                 if context is None:
                     self._refuse(conn, "TLS", "the certificate or trusted CAs are not ready")
                     return
             await loop.connect_accepted_socket(
-                self._protocol,
+                lambda: self._protocol_for(chain, local),
                 conn,
                 ssl=context,
                 ssl_handshake_timeout=_HANDSHAKE_TIMEOUT if context is not None else None,
@@ -194,6 +261,19 @@ class ListenerRuntime:
         except Exception:  # a bug ends this connection, never the listener
             log.exception("listener %s: accepting a connection failed", self.config.name)
             conn.close()
+
+    def _no_chain(self, conn: socket.socket, port: int, is_tls: bool) -> None:
+        """Envoy's "no matching filter chain": close, count `no_filter_chain_match`."""
+        kind = "TLS" if is_tls else "plaintext"
+        log.debug(
+            "listener %s: %s connection to port %d refused: no filter chain matches",
+            self.config.name,
+            kind,
+            port,
+        )
+        labels = (("envoy_listener_address", str(self.config.address)),)
+        self.stats.counter("envoy_listener_no_filter_chain_match", labels).value += 1
+        conn.close()
 
     def _refuse(self, conn: socket.socket, kind: str, why: str) -> None:
         log.debug("listener %s: %s connection refused: %s", self.config.name, kind, why)
@@ -212,9 +292,8 @@ class ListenerRuntime:
             return True
         sans = peer_sans(ssl_object.getpeercert())
         conn.peer_principal = peer_principal(sans)
-        chain = select_chain(self.config.chains, True)
-        matchers = chain.tls.common.san_matchers if chain and chain.tls else ()
-        return san_allowed(matchers, sans)
+        tls = conn.chain.config.tls
+        return san_allowed(tls.common.san_matchers if tls is not None else (), sans)
 
     def connection_opened(self, conn: Connection) -> None:
         budget = self.budget
@@ -245,10 +324,10 @@ class ListenerRuntime:
 
     def sweep(self, now: float) -> None:
         """Close idle connections and enforce the coarse stream timeouts."""
-        timeout = self.config.filter.idle_timeout
         for conn in list(self.connections):
             if isinstance(conn, DownstreamHttp1):
                 conn.check_timeouts(now)
+            timeout = conn.chain.config.filter.idle_timeout
             if timeout is not None and now - conn.last_activity > timeout and _is_idle(conn):
                 conn.close()
 
@@ -269,9 +348,33 @@ class ListenerRuntime:
                 conn.start_draining()
 
 
-def accepts_by_hand(chains: tuple[FilterChain, ...]) -> bool:
-    """Whether a listener needs the Python accept path (TLS or inspection)."""
-    return any(chain.tls is not None for chain in chains) or needs_inspection(chains)
+def accepts_by_hand(config: Listener) -> bool:
+    """Whether a listener needs the Python accept path: anything but one plaintext
+    chain for every connection (TLS, inspection, destination ports, original
+    destinations)."""
+    if config.use_original_dst or len(config.chains) != 1:
+        return True
+    (chain,) = config.chains
+    return (
+        chain.tls is not None
+        or chain.destination_port is not None
+        or chain.transport_protocol is not TransportProtocol.ANY
+    )
+
+
+def original_destination(conn: socket.socket) -> tuple[str, int]:
+    """Where the client sent `conn` before iptables redirected it here: the kernel's
+    SO_ORIGINAL_DST (IPv4); the socket's own address when there is no NAT entry
+    (the connection was not redirected) or the socket is not IPv4."""
+    if conn.family == socket.AF_INET:
+        try:
+            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN_BYTES)
+        except OSError:
+            pass
+        else:  # struct sockaddr_in: family, port (big-endian), address
+            return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+    host, port = conn.getsockname()[:2]
+    return str(host), int(port)
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:

@@ -1,10 +1,11 @@
 """Running config: listeners and clusters built from static and xDS resources.
 
-Every change builds new per-listener contexts (route tables, cluster references)
-and swaps one reference per listener: requests in flight finish on the context
-they started with, new requests (also on existing connections) use the new one.
-Listeners whose address and filter are unchanged keep their sockets and
-connections; clusters are updated in place so their connection pools survive.
+Every change builds new contexts (route tables, cluster references), one per
+filter chain of each listener, and swaps one reference per chain: requests in
+flight finish on the context they started with, new requests (also on existing
+connections) use the new one. Listeners whose address is unchanged keep their
+sockets and connections; clusters are updated in place so their connection
+pools survive.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import random
 from collections.abc import Callable, Mapping
 
 from trellis.core.config import (
+    AccessLogConfig,
     Cluster,
     Endpoint,
+    FilterChain,
     HttpConnectionManager,
     Listener,
     NodeIdentity,
@@ -31,13 +34,13 @@ from trellis.errors import ConfigError
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
 from trellis.runtime.deadline import Deadlines
 from trellis.runtime.http_context import HttpContext
-from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
+from trellis.runtime.listener import ConnectionBudget, Context, ListenerRuntime
 from trellis.runtime.tcp import TcpContext
 from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
 
 log = logging.getLogger("trellis.config")
 
-Context = HttpContext | TcpContext
+Sinks = dict[AccessLogConfig, AccessLogSink]
 
 
 class ConfigManager:
@@ -64,34 +67,60 @@ class ConfigManager:
         self.static_clusters = frozenset(clusters.clusters)
         self.static_listeners: frozenset[str] = frozenset()
         self._dynamic_clusters: dict[str, Cluster] = {}
-        self._sinks: dict[str, tuple[tuple[object, ...], tuple[AccessLogSink, ...]]] = {}
-        self._recorders: dict[str, tuple[Listener, HttpRecorder]] = {}
+        # Per listener: its distinct access log configs and one sink each, shared by
+        # its chains (one buffered file handle per path, so lines never interleave).
+        self._sinks: dict[str, tuple[tuple[AccessLogConfig, ...], Sinks]] = {}
+        self._recorders: dict[tuple[str, int], tuple[Listener, HttpRecorder]] = {}
         self._deadlines: Deadlines | None = None
         self._wanted_listeners: dict[str, Listener] = {}
 
     # -- contexts ------------------------------------------------------------------------
 
-    def _sinks_for(self, listener: Listener) -> tuple[AccessLogSink, ...]:
-        configs = tuple(listener.filter.access_logs)
+    def _sinks_for(self, listener: Listener) -> Sinks:
+        configs = tuple(
+            dict.fromkeys(c for chain in listener.chains for c in chain.filter.access_logs)
+        )
         known = self._sinks.get(listener.name)
         if known is not None and known[0] == configs:
             return known[1]
         if known is not None:
-            for sink in known[1]:
+            for sink in known[1].values():
                 sink.close()
-        sinks = tuple(AccessLogSink(c) for c in listener.filter.access_logs)
+        sinks = {config: AccessLogSink(config) for config in configs}
         self._sinks[listener.name] = (configs, sinks)
         return sinks
 
     def sinks(self) -> list[AccessLogSink]:
-        return [sink for _, sinks in self._sinks.values() for sink in sinks]
+        return [sink for _, sinks in self._sinks.values() for sink in sinks.values()]
 
-    def context_for(self, listener: Listener) -> Context | None:
-        """The listener's context on the current config; None while its routes are missing."""
+    def contexts_for(self, listener: Listener) -> tuple[Context, ...] | None:
+        """The listener's contexts on the current config, one per filter chain; None
+        while the routes of one of them are missing."""
         loop = asyncio.get_running_loop()
         if self._deadlines is None:
             self._deadlines = Deadlines(loop)
-        network_filter = listener.filter
+        sinks = self._sinks_for(listener)
+        contexts = []
+        for index, chain in enumerate(listener.chains):
+            context = self._context(listener, index, chain, sinks, loop)
+            if context is None:
+                return None
+            contexts.append(context)
+        for key in [k for k in self._recorders if k[0] == listener.name]:
+            if key[1] >= len(listener.chains):
+                del self._recorders[key]
+        return tuple(contexts)
+
+    def _context(
+        self,
+        listener: Listener,
+        index: int,
+        chain: FilterChain,
+        sinks: Sinks,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Context | None:
+        network_filter = chain.filter
+        logs = tuple(sinks[config] for config in network_filter.access_logs)
         if isinstance(network_filter, TcpProxy):
             host = service_from_cluster(network_filter.cluster) or network_filter.cluster
             return TcpContext(
@@ -99,7 +128,7 @@ class ConfigManager:
                 self.clusters.clusters.get(network_filter.cluster),
                 self.metrics,
                 peer_labels(self.node, listener.direction, host, protocol="tcp"),
-                self._sinks_for(listener),
+                logs,
                 self.stats,
                 own_principal=self.node.principal,
             )
@@ -110,7 +139,8 @@ class ConfigManager:
             if routes is None:
                 return None
             network_filter = dataclasses.replace(network_filter, route_config=routes)
-        known = self._recorders.get(listener.name)
+        key = (listener.name, index)
+        known = self._recorders.get(key)
         if known is None or known[0] != listener:
             recorder = HttpRecorder(
                 self.node,
@@ -118,11 +148,12 @@ class ConfigManager:
                 network_filter.stat_prefix,
                 self.metrics,
                 self.stats,
-                self._sinks_for(listener),
+                logs,
             )
-            self._recorders[listener.name] = (listener, recorder)
+            self._recorders[key] = (listener, recorder)
         else:
             recorder = known[1]
+        assert self._deadlines is not None
         return HttpContext(
             listener.name,
             network_filter,
@@ -139,9 +170,9 @@ class ConfigManager:
     def refresh(self) -> None:
         """Rebuild every listener's context on the current routes and clusters."""
         for runtime in self.listeners.values():
-            context = self.context_for(runtime.config)
-            if context is not None:
-                runtime.context = context
+            contexts = self.contexts_for(runtime.config)
+            if contexts is not None:
+                runtime.set_contexts(contexts)
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -151,10 +182,12 @@ class ConfigManager:
             await self._start_listener(listener)
 
     async def _start_listener(self, listener: Listener) -> bool:
-        context = self.context_for(listener)
-        if context is None:
+        contexts = self.contexts_for(listener)
+        if contexts is None:
             return False  # warming: starts when its route configuration arrives
-        runtime = ListenerRuntime(listener, context, self.budget, self.stats, self.clusters.secrets)
+        runtime = ListenerRuntime(
+            listener, contexts, self.budget, self.stats, self.clusters.secrets
+        )
         await runtime.start()
         self.listeners[listener.name] = runtime
         log.info("listener %s on %s", listener.name, listener.address)
@@ -173,10 +206,10 @@ class ConfigManager:
         for name, listener in listeners.items():
             await self._install(name, listener)
         return {
-            listener.filter.rds_name
+            chain.filter.rds_name
             for listener in listeners.values()
-            if isinstance(listener.filter, HttpConnectionManager)
-            and listener.filter.rds_name is not None
+            for chain in listener.chains
+            if isinstance(chain.filter, HttpConnectionManager) and chain.filter.rds_name is not None
         }
 
     async def start_warmed(self) -> None:
@@ -193,11 +226,11 @@ class ConfigManager:
         current = self.listeners.get(name)
         if current is not None and current.config == listener:
             return
-        context = self.context_for(listener)
-        if context is None:
+        contexts = self.contexts_for(listener)
+        if contexts is None:
             return
         if current is not None and current.config.address == listener.address:
-            await current.reconfigure(listener, context)
+            await current.reconfigure(listener, contexts)
             return
         if current is not None:
             self.listeners.pop(name).drain()

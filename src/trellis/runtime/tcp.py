@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 from trellis.core.accesslog import AccessLogEntry
 from trellis.core.authz import AuthzConfig, AuthzDecision
 from trellis.core.authz_match import AuthzRequest, parse_ip
-from trellis.core.config import TcpProxy
+from trellis.core.config import SocketAddress, TcpProxy
 from trellis.core.labels import with_peer_identity
 from trellis.core.metrics import (
     CounterCell,
@@ -37,7 +37,7 @@ from trellis.runtime.secrets import peer_principal, peer_sans
 
 if TYPE_CHECKING:
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
-    from trellis.runtime.listener import ListenerRuntime
+    from trellis.runtime.listener import ChainRuntime, ListenerRuntime
     from trellis.runtime.telemetry import AccessLogSink
 
 
@@ -112,12 +112,15 @@ class TcpContext:
         """Decide on `pipe`'s connection, count the outcome and remember it for the log."""
         transport = pipe.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
+        local = pipe.local
+        port = pipe.listener.config.address.port if local is None else local[1]
+        if local is None and transport is not None:
+            local = transport.get_extra_info("sockname")
         request = AuthzRequest(
             principal=pipe.peer_principal,
             source_ip=parse_ip(peer[0]) if isinstance(peer, tuple) else None,
             destination_ip=parse_ip(local[0]) if isinstance(local, tuple) else None,
-            destination_port=pipe.listener.config.address.port,
+            destination_port=port,
             method="",
             path="",
             authority="",
@@ -140,6 +143,7 @@ class TcpContext:
             upstream_host=str(host.address) if host is not None else None,
             upstream_cluster=self.config.cluster,
             downstream_remote_address=pipe.remote,
+            downstream_local_address=pipe.local_text,
             downstream_peer_uri_san=pipe.peer_principal,
         )
         decision = pipe.authz
@@ -195,12 +199,15 @@ class TcpDownstream(asyncio.Protocol):
         "_eof_up",
         "_pending",
         "authz",
+        "chain",
         "closed",
         "ctx",
         "flags",
         "host",
         "last_activity",
         "listener",
+        "local",
+        "local_text",
         "peer_principal",
         "received",
         "remote",
@@ -210,9 +217,18 @@ class TcpDownstream(asyncio.Protocol):
         "upstream",
     )
 
-    def __init__(self, listener: ListenerRuntime, ctx: TcpContext) -> None:
+    def __init__(
+        self,
+        listener: ListenerRuntime,
+        chain: ChainRuntime,
+        local: tuple[str, int] | None = None,
+    ) -> None:
         self.listener = listener
-        self.ctx = ctx
+        self.chain = chain
+        # The TCP proxy is chosen once: the connection keeps this context to the end.
+        self.ctx: TcpContext = chain.context  # type: ignore[assignment]
+        # The original destination (`use_original_dst`); None: the socket's address.
+        self.local = local
         self.transport: asyncio.Transport | None = None
         self.upstream: _UpstreamSide | None = None
         self.host: HostRuntime | None = None
@@ -226,6 +242,7 @@ class TcpDownstream(asyncio.Protocol):
         self.closed = False
         self.start = self.last_activity = time.monotonic()
         self.remote: str | None = None
+        self.local_text: str | None = None  # %DOWNSTREAM_LOCAL_ADDRESS%
         self.peer_principal: str | None = None  # set by the listener on mTLS connections
         self.authz: AuthzDecision | None = None  # the RBAC filters' decision, if any
 
@@ -242,6 +259,10 @@ class TcpDownstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.remote = f"{peer[0]}:{peer[1]}"
+        if self.ctx.logs:
+            local = self.local or transport.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                self.local_text = str(SocketAddress(local[0], local[1]))
         self.listener.connection_opened(self)
         if self.closed:  # refused: the connection limit, or a draining listener
             return

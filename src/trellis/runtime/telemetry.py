@@ -181,6 +181,7 @@ class HttpRecorder:
             route_name=route.route.name or None if route is not None else None,
             request_id=headers.get("x-request-id") or stream.request_id,
             downstream_remote_address=stream.conn.remote_ip,
+            downstream_local_address=stream.conn.local_address(),
             user_agent=headers.get("user-agent"),
             x_forwarded_for=headers.get("x-forwarded-for"),
             request_headers=headers,

@@ -98,7 +98,7 @@ class XdsClient:
 
     async def _session(self) -> None:
         address = self.ads.address
-        stream = await GrpcStream.open(address.host, address.port, ADS_METHOD, _CONNECT_TIMEOUT)
+        stream = await GrpcStream.open(address, ADS_METHOD, _CONNECT_TIMEOUT)
         self._stream = stream
         self.connected = True
         log.info("ADS stream to %s open", address)

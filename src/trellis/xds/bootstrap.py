@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pool, json_format
 
+from trellis.core.config import EndpointAddress, PipeAddress
 from trellis.errors import ConfigError
 from trellis.xds.protos import bootstrap_pb2
 
@@ -107,11 +108,14 @@ def _closest_field(type_name: str, field: str) -> str | None:
 ADS_CLUSTER = "xds-grpc"
 
 
-def with_ads(bootstrap: bootstrap_pb2.Bootstrap, host: str, port: int) -> bootstrap_pb2.Bootstrap:
-    """The bootstrap plus Envoy's usual ADS wiring to a control plane at host:port.
+def with_ads(
+    bootstrap: bootstrap_pb2.Bootstrap, control_plane: EndpointAddress
+) -> bootstrap_pb2.Bootstrap:
+    """The bootstrap plus Envoy's usual ADS wiring to a control plane at `control_plane`.
 
     Adds a STATIC HTTP/2 cluster `xds-grpc` and `dynamic_resources` with
-    `ads_config` and LDS/CDS over ADS (what `trellis proxy --xds` means).
+    `ads_config` and LDS/CDS over ADS (what `trellis proxy --xds` means). A
+    `PipeAddress` becomes the endpoint's `pipe` (a Unix socket), as in Envoy.
     """
     if bootstrap.HasField("dynamic_resources"):
         raise ConfigError("the bootstrap already has dynamic_resources", source="--xds")
@@ -132,16 +136,7 @@ def with_ads(bootstrap: bootstrap_pb2.Bootstrap, host: str, port: int) -> bootst
                             "endpoints": [
                                 {
                                     "lb_endpoints": [
-                                        {
-                                            "endpoint": {
-                                                "address": {
-                                                    "socket_address": {
-                                                        "address": host,
-                                                        "port_value": port,
-                                                    }
-                                                }
-                                            }
-                                        }
+                                        {"endpoint": {"address": _address_json(control_plane)}}
                                     ]
                                 }
                             ],
@@ -170,3 +165,10 @@ def with_ads(bootstrap: bootstrap_pb2.Bootstrap, host: str, port: int) -> bootst
     )
     result.MergeFrom(addition)
     return result
+
+
+def _address_json(address: EndpointAddress) -> dict[str, object]:
+    """A `core.v3.Address` as the dict `parse_bootstrap` takes."""
+    if isinstance(address, PipeAddress):
+        return {"pipe": {"path": address.path}}
+    return {"socket_address": {"address": address.host, "port_value": address.port}}

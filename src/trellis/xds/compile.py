@@ -95,8 +95,10 @@ def _check_static_only(
 ) -> None:
     """Without `dynamic_resources` nothing would ever deliver RDS routes or EDS endpoints."""
     for i, listener in enumerate(listeners):
-        network_filter = listener.filter
-        if isinstance(network_filter, HttpConnectionManager) and network_filter.rds_name:
+        if any(
+            isinstance(chain.filter, HttpConnectionManager) and chain.filter.rds_name
+            for chain in listener.chains
+        ):
             raise (
                 where.at("listeners")
                 .item(i)

@@ -21,8 +21,8 @@ from trellis.xds.compile_tls import endpoint_metadata, socket_matches, upstream_
 from trellis.xds.convert import (
     check_ads_source,
     duration,
+    endpoint_address,
     positive_duration,
-    socket_address,
     wrapped,
     wrapped_bool,
 )
@@ -120,7 +120,9 @@ def endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, here: Where) -> tu
             at = locality_where.at("lb_endpoints").item(j)
             if not lb_endpoint.HasField("endpoint") or not lb_endpoint.endpoint.HasField("address"):
                 raise at.at("endpoint").at("address").error("address is required")
-            address = socket_address(lb_endpoint.endpoint.address, at.at("endpoint").at("address"))
+            address = endpoint_address(
+                lb_endpoint.endpoint.address, at.at("endpoint").at("address")
+            )
             weight = wrapped(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 raise at.at("load_balancing_weight").error("weight must be at least 1")

@@ -1,5 +1,5 @@
-"""Listeners and their network filters: an HTTP connection manager, or a TCP proxy
-after any number of network RBAC filters."""
+"""Listeners, their filter chains and network filters: an HTTP connection manager,
+or a TCP proxy after any number of network RBAC filters, per chain."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from trellis.core.accesslog import AccessLogFormatter
 from trellis.core.authz import AuthzConfig
 from trellis.core.config import (
     AccessLogConfig,
+    FilterChain,
     HttpConnectionManager,
     Listener,
     NetworkFilter,
     TcpProxy,
     TrafficDirection,
 )
+from trellis.core.filter_chain import ChainMatch, chain_match
 from trellis.errors import ConfigError
 from trellis.xds.compile_rbac import http_filter_chain, network_filter_chain
 from trellis.xds.compile_route import route_config
-from trellis.xds.compile_tls import filter_chains
+from trellis.xds.compile_tls import chain_transport
 from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
 from trellis.xds.protos import (
     file_pb2,
@@ -48,6 +50,7 @@ DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_MAX_HEADERS_COUNT = 100  # Envoy's default
 MAX_REQUEST_HEADERS_KB = 8192
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
+MAX_PORT = 65535
 _NETWORK_FILTERS = frozenset({HCM_TYPE, TCP_PROXY_TYPE})
 _ACCESS_LOGGERS = frozenset({FILE_LOG_TYPE, STDOUT_LOG_TYPE})
 
@@ -55,40 +58,69 @@ _ACCESS_LOGGERS = frozenset({FILE_LOG_TYPE, STDOUT_LOG_TYPE})
 def listener(
     config: listener_pb2.Listener, clusters: frozenset[str] | None, where: Where
 ) -> Listener:
-    """Convert a listener; its filter chains may differ only in match and transport socket."""
+    """Convert a listener: its filter chains, each with its match, TLS and network filters."""
     if not config.HasField("address"):
         raise where.at("address").error("address is required")
     address = socket_address(config.address, where.at("address"))
-    chains = config.filter_chains
-    if not chains:
+    if not config.filter_chains:
         raise where.at("filter_chains").error("at least one filter chain is required")
     for i, item in enumerate(config.listener_filters):
         here = where.at("listener_filters").item(i).at("typed_config")
         if not item.HasField("typed_config"):
             raise here.error("typed_config is required (only the TLS inspector is supported)")
         unpack_any(item.typed_config, frozenset({TLS_INSPECTOR_TYPE}), here)
-    first = chains[0].filters
-    for i, chain in enumerate(chains):
-        if chain.filters != first:
-            raise (
-                where.at("filter_chains")
-                .item(i)
-                .at("filters")
-                .error(
-                    "every filter chain of a listener must carry the same filters "
-                    "(chains may differ in filter_chain_match and transport_socket only)"
-                )
-            )
     return Listener(
         name=config.name or f"{address.host}_{address.port}",
         address=address,
-        filter=_network_filter(chains[0], clusters, where.at("filter_chains").item(0)),
+        chains=_filter_chains(config.filter_chains, clusters, where.at("filter_chains")),
         direction=TrafficDirection(core_base_pb2.TrafficDirection.Name(config.traffic_direction)),
         per_connection_buffer_limit_bytes=wrapped(
             config, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT
         ),
-        chains=filter_chains(chains, where.at("filter_chains")),
+        use_original_dst=wrapped_bool(config, "use_original_dst", False),
     )
+
+
+def _filter_chains(
+    chains: Sequence[listener_components_pb2.FilterChain],
+    clusters: frozenset[str] | None,
+    where: Where,
+) -> tuple[FilterChain, ...]:
+    """Each chain's match (`destination_port`, `transport_protocol`), TLS and filters;
+    like Envoy, two chains with the same match are an error."""
+    result = []
+    seen: dict[ChainMatch, int] = {}
+    for i, chain in enumerate(chains):
+        here = where.item(i)
+        protocol, tls = chain_transport(chain, here)
+        compiled = FilterChain(
+            filter=_network_filter(chain, clusters, here),
+            name=chain.name,
+            destination_port=_destination_port(chain.filter_chain_match, here),
+            transport_protocol=protocol,
+            tls=tls,
+        )
+        match = chain_match(compiled)
+        if match in seen:
+            raise here.at("filter_chain_match").error(
+                f"filter chains {seen[match]} and {i} have the same match"
+            )
+        seen[match] = i
+        result.append(compiled)
+    return tuple(result)
+
+
+def _destination_port(match: listener_components_pb2.FilterChainMatch, where: Where) -> int | None:
+    if not match.HasField("destination_port"):
+        return None
+    port = match.destination_port.value
+    if not 1 <= port <= MAX_PORT:
+        raise (
+            where.at("filter_chain_match")
+            .at("destination_port")
+            .error(f"must be 1-{MAX_PORT}, got {port}")
+        )
+    return int(port)
 
 
 def _network_filter(

@@ -13,7 +13,6 @@ from trellis.core.tls import (
     TRANSPORT_SOCKET_MATCH,
     CommonTls,
     DownstreamTls,
-    FilterChain,
     NamedSecret,
     SanMatcher,
     Secret,
@@ -73,35 +72,25 @@ def downstream_transport(socket: base_pb2.TransportSocket, where: Where) -> Down
     return DownstreamTls(common=common, require_client_certificate=required)
 
 
-def filter_chains(
-    chains: Sequence[listener_components_pb2.FilterChain], where: Where
-) -> tuple[FilterChain, ...]:
-    """How each filter chain is chosen (`transport_protocol`) and terminates TLS."""
-    result = []
-    seen: dict[TransportProtocol, int] = {}
-    for i, chain in enumerate(chains):
-        here = where.item(i)
-        protocol_name = chain.filter_chain_match.transport_protocol
-        try:
-            protocol = TransportProtocol(protocol_name)
-        except ValueError:
-            raise (
-                here.at("filter_chain_match")
-                .at("transport_protocol")
-                .error(f"must be tls or raw_buffer, got {protocol_name!r}")
-            ) from None
-        if protocol in seen:
-            raise here.at("filter_chain_match").error(
-                f"filter chains {seen[protocol]} and {i} have the same match"
-            )
-        seen[protocol] = i
-        tls = None
-        if chain.HasField("transport_socket"):
-            tls = downstream_transport(chain.transport_socket, here.at("transport_socket"))
-        if tls is not None and protocol is TransportProtocol.RAW_BUFFER:
-            raise here.at("transport_socket").error("a raw_buffer chain cannot terminate TLS")
-        result.append(FilterChain(name=chain.name, transport_protocol=protocol, tls=tls))
-    return tuple(result)
+def chain_transport(
+    chain: listener_components_pb2.FilterChain, where: Where
+) -> tuple[TransportProtocol, DownstreamTls | None]:
+    """A filter chain's `transport_protocol` match and its TLS termination (None: plaintext)."""
+    protocol_name = chain.filter_chain_match.transport_protocol
+    try:
+        protocol = TransportProtocol(protocol_name)
+    except ValueError:
+        raise (
+            where.at("filter_chain_match")
+            .at("transport_protocol")
+            .error(f"must be tls or raw_buffer, got {protocol_name!r}")
+        ) from None
+    tls = None
+    if chain.HasField("transport_socket"):
+        tls = downstream_transport(chain.transport_socket, where.at("transport_socket"))
+    if tls is not None and protocol is TransportProtocol.RAW_BUFFER:
+        raise where.at("transport_socket").error("a raw_buffer chain cannot terminate TLS")
+    return protocol, tls
 
 
 def socket_matches(

@@ -12,9 +12,12 @@ from google.protobuf.message import Message
 
 from trellis.core.config import (
     NO_HEADER_MUTATION,
+    PIPE_PATH_MAX_BYTES,
     AppendAction,
+    EndpointAddress,
     HeaderMutation,
     HeaderToAdd,
+    PipeAddress,
     SocketAddress,
     StringMatcher,
     StringMatchKind,
@@ -64,7 +67,12 @@ def wrapped_bool(msg: Message, name: str, default: bool) -> bool:
 
 
 def socket_address(address: address_pb2.Address, where: Where) -> SocketAddress:
-    """An IP literal and a port from a `core.v3.Address`."""
+    """An IP literal and a port from a `core.v3.Address` (listeners, admin: no pipes)."""
+    if address.HasField("pipe"):
+        raise where.at("pipe").error(
+            "a Unix socket (pipe) is supported only as a cluster endpoint's address; "
+            "use socket_address"
+        )
     if not address.HasField("socket_address"):
         raise where.error("socket_address is required")
     sock = address.socket_address
@@ -77,6 +85,26 @@ def socket_address(address: address_pb2.Address, where: Where) -> SocketAddress:
     if not 0 < sock.port_value <= MAX_PORT:
         raise here.at("port_value").error(f"port must be 1-{MAX_PORT}, got {sock.port_value}")
     return SocketAddress(host, sock.port_value)
+
+
+def endpoint_address(address: address_pb2.Address, where: Where) -> EndpointAddress:
+    """A cluster endpoint's `core.v3.Address`: a socket address or a `pipe` (Unix socket)."""
+    if not address.HasField("pipe"):
+        return socket_address(address, where)
+    here = where.at("pipe").at("path")
+    path = address.pipe.path
+    if not path:
+        raise here.error("path is required")
+    if path.startswith("@"):
+        raise here.error(f"{path!r}: abstract Unix sockets are not supported; give a file path")
+    if "\0" in path:
+        raise here.error("the path must not contain NUL characters")
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > PIPE_PATH_MAX_BYTES:
+        raise here.error(
+            f"the path is {size} bytes long; a Unix socket path holds at most {PIPE_PATH_MAX_BYTES}"
+        )
+    return PipeAddress(path)
 
 
 def compile_regex(pattern: str, where: Where) -> re.Pattern[str]:

@@ -78,7 +78,8 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         ),
         "envoy.config.bootstrap.v3.Admin": frozenset({"address"}),
         _CORE + "Node": frozenset({"id", "cluster", "metadata"}),
-        _CORE + "Address": frozenset({"socket_address"}),
+        _CORE + "Address": frozenset({"socket_address", "pipe"}),
+        _CORE + "Pipe": frozenset({"path"}),  # `mode` is for servers; none listen on pipes
         _CORE + "SocketAddress": frozenset({"protocol", "address", "port_value"}),
         # listeners
         "envoy.config.listener.v3.Listener": frozenset(
@@ -90,10 +91,14 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "per_connection_buffer_limit_bytes",
                 "stat_prefix",
                 "listener_filters",
+                "use_original_dst",
             }
         ),
         "envoy.config.listener.v3.FilterChain": frozenset(
             {"name", "filters", "filter_chain_match", "transport_socket"}
+        ),
+        "envoy.config.listener.v3.FilterChainMatch": frozenset(
+            {"destination_port", "transport_protocol"}
         ),
         "envoy.config.listener.v3.Filter": frozenset({"name", "typed_config"}),
         HCM_TYPE: frozenset(

@@ -4,9 +4,9 @@ Transport sockets `envoy.transport_sockets.tls` (Upstream/DownstreamTlsContext)
 and `raw_buffer`; certificates and trusted CAs only as SDS secrets (static,
 over ADS, or the proxy's own identity); SAN matchers; protocol versions and
 ALPN; `transport_socket_matches` on clusters; filter chains matched by
-`transport_protocol` behind the TLS inspector. Cipher and curve choices,
-session tickets, OCSP, CRLs, SPKI/hash pinning and certificate providers are
-rejected by name.
+`transport_protocol` behind the TLS inspector (`FilterChainMatch` is listed
+with the listener fields). Cipher and curve choices, session tickets, OCSP,
+CRLs, SPKI/hash pinning and certificate providers are rejected by name.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ TLS_SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"name", "match", "transport_socket"}
         ),
         "envoy.config.listener.v3.ListenerFilter": frozenset({"name", "typed_config"}),
-        "envoy.config.listener.v3.FilterChainMatch": frozenset({"transport_protocol"}),
     }
 )
 """Added to `SUPPORTED_FIELDS`; the fields that carry these messages are listed there."""

@@ -28,6 +28,7 @@ from trellis.controlplane.ca_files import create_root, load_or_create_root
 from trellis.controlplane.ca_service import CREATE_CERTIFICATE, CertificateService
 from trellis.controlplane.join_token import KEY_FILE, JoinTokenAuthenticator, JoinTokens
 from trellis.controlplane.snapshot_cache import SnapshotCache
+from trellis.core.config import SocketAddress
 from trellis.runtime.ca_client import IdentityError, generate_key
 from trellis.runtime.grpc_stream import GrpcError, unary_call
 from trellis.runtime.identity import (
@@ -60,7 +61,7 @@ class Ca:
         return self.tokens.issue("default", account, f"{account}-1", ttl=ttl).token
 
     def manager(self, token: str, **settings: object) -> CertificateManager:
-        options = IdentitySettings("127.0.0.1", self.port, **settings)  # type: ignore[arg-type]
+        options = IdentitySettings(SocketAddress("127.0.0.1", self.port), **settings)  # type: ignore[arg-type]
         return CertificateManager(options, token_value(token))
 
 
@@ -174,7 +175,11 @@ async def create(port: int, csr: str, metadata: list[tuple[str, str]]) -> int:
     request = istio_ca_pb2.IstioCertificateRequest(csr=csr).SerializeToString()
     try:
         answer = await unary_call(
-            "127.0.0.1", port, CREATE_CERTIFICATE, request, metadata=metadata, call_timeout=10
+            SocketAddress("127.0.0.1", port),
+            CREATE_CERTIFICATE,
+            request,
+            metadata=metadata,
+            call_timeout=10,
         )
     except GrpcError as exc:
         return exc.status

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from trellis.core.config import SocketAddress
 from trellis.runtime.ca_client import IdentityError, pem_blocks, split_response
 from trellis.runtime.identity import (
     EXPIRY_METRIC,
@@ -104,7 +105,7 @@ def test_one_entry_holding_everything_is_split_at_the_last_block() -> None:
 
 def test_renewal_falls_between_forty_and_sixty_percent_of_the_lifetime() -> None:
     manager = CertificateManager(
-        IdentitySettings("127.0.0.1", 1), lambda: "t", rng=random.Random(7)
+        IdentitySettings(SocketAddress("127.0.0.1", 1)), lambda: "t", rng=random.Random(7)
     )
     issued = cert(issued_at=1000.0, not_after=1100.0)
     delays = [manager.renewal_delay(issued, now=1000.0) for _ in range(200)]
@@ -115,7 +116,9 @@ def test_renewal_falls_between_forty_and_sixty_percent_of_the_lifetime() -> None
 
 def test_backoff_is_capped() -> None:
     manager = CertificateManager(
-        IdentitySettings("127.0.0.1", 1, backoff_max=8.0), lambda: "t", rng=random.Random(1)
+        IdentitySettings(SocketAddress("127.0.0.1", 1), backoff_max=8.0),
+        lambda: "t",
+        rng=random.Random(1),
     )
     waits = [manager._backoff(failures) for failures in range(1, 30)]
     assert max(waits) <= 8.0 and waits[0] <= 2.0
@@ -124,7 +127,7 @@ def test_backoff_is_capped() -> None:
 def test_the_key_is_in_no_repr_or_status() -> None:
     issued = cert()
     assert "SECRET" not in repr(issued)
-    manager = CertificateManager(IdentitySettings("127.0.0.1", 1), lambda: "t")
+    manager = CertificateManager(IdentitySettings(SocketAddress("127.0.0.1", 1)), lambda: "t")
     assert manager.status() is None
     manager.current = issued
     status = manager.status()
@@ -135,7 +138,7 @@ def test_the_key_is_in_no_repr_or_status() -> None:
 
 def test_the_expiry_gauge_is_istios() -> None:
     manager = CertificateManager(
-        IdentitySettings("127.0.0.1", 1), lambda: "t", clock=lambda: 1040.5
+        IdentitySettings(SocketAddress("127.0.0.1", 1)), lambda: "t", clock=lambda: 1040.5
     )
     assert manager.prometheus() == ""
     manager.current = cert(not_after=1100.0)

@@ -77,8 +77,8 @@ def test_a_partial_eds_response_keeps_the_other_subscribed_assignments() -> None
         )
         # xDS lets a server send only what changed for EDS/RDS: "b" must stay.
         await client._handle(_response(ENDPOINT_TYPE, "2", _endpoints("a", 1002)))
-        assert [h.address.port for h in clusters["a"].hosts] == [1002]
-        assert [h.address.port for h in clusters["b"].hosts] == [2001]
+        assert [str(h.address) for h in clusters["a"].hosts] == ["127.0.0.1:1002"]
+        assert [str(h.address) for h in clusters["b"].hosts] == ["127.0.0.1:2001"]
         # An assignment no longer subscribed goes with its cluster.
         await client._handle(_response(CLUSTER_TYPE, "2", _eds_cluster("a")))
         await client._handle(_response(ENDPOINT_TYPE, "3", _endpoints("a", 1003)))

@@ -40,7 +40,7 @@ def full() -> ProxyConfig:
 
 
 def _hcm(config: ProxyConfig, index: int = 0) -> HttpConnectionManager:
-    flt = config.listeners[index].filter
+    flt = config.listeners[index].chains[0].filter
     assert isinstance(flt, HttpConnectionManager)
     return flt
 
@@ -76,7 +76,7 @@ def test_admin_and_listeners(full: ProxyConfig) -> None:
     assert outbound.direction is TrafficDirection.OUTBOUND
     assert outbound.per_connection_buffer_limit_bytes == 32768
     assert inbound.direction is TrafficDirection.INBOUND
-    assert inbound.filter == TcpProxy(
+    assert inbound.chains[0].filter == TcpProxy(
         stat_prefix="inbound_tcp",
         cluster="local-app",
         idle_timeout=600.0,
@@ -207,7 +207,7 @@ def test_envoy_defaults(minimal_dict: dict[str, Any], compile_dict: Compile) -> 
     assert http.name == "127.0.0.1_10000"  # derived from the address when unnamed
     assert http.direction is TrafficDirection.UNSPECIFIED
     assert http.per_connection_buffer_limit_bytes == 1024 * 1024
-    hcm = http.filter
+    hcm = http.chains[0].filter
     assert isinstance(hcm, HttpConnectionManager)
     assert hcm.allow_absolute_url is True
     assert hcm.generate_request_id is True
@@ -232,7 +232,7 @@ def test_envoy_defaults(minimal_dict: dict[str, Any], compile_dict: Compile) -> 
     assert (retry.base_interval, retry.max_interval) == (0.025, 0.25)
     assert retry.host_selection_retry_max_attempts == 1
     assert retry.avoid_previous_hosts is False
-    assert tcp.filter == TcpProxy("tcp", "app", 3600.0)
+    assert tcp.chains[0].filter == TcpProxy("tcp", "app", 3600.0)
     (cluster,) = config.clusters
     assert cluster.connect_timeout == 5.0
     assert cluster.lb_policy is LbPolicy.ROUND_ROBIN
@@ -248,7 +248,7 @@ def test_zero_idle_timeouts_disable(minimal_dict: dict[str, Any], compile_dict: 
     listeners[1]["filter_chains"][0]["filters"][0]["typed_config"]["idle_timeout"] = "0s"
     config = compile_dict(minimal_dict)
     assert _hcm(config).idle_timeout is None
-    assert config.listeners[1].filter == TcpProxy("tcp", "app", None)
+    assert config.listeners[1].chains[0].filter == TcpProxy("tcp", "app", None)
 
 
 def test_deprecated_append_true_and_legacy_header_matchers(

@@ -61,7 +61,7 @@ def with_rbac(data: dict[str, Any], rbac: list[dict[str, Any]]) -> dict[str, Any
 
 
 def tcp_authz(config: ProxyConfig) -> AuthzConfig | None:
-    proxy = config.listeners[1].filter
+    proxy = config.listeners[1].chains[0].filter
     assert isinstance(proxy, TcpProxy)
     return proxy.authz
 

@@ -79,7 +79,7 @@ def with_filters(data: dict[str, Any], filters: list[dict[str, Any]]) -> dict[st
 
 
 def authz_of(config: ProxyConfig) -> AuthzConfig | None:
-    manager = config.listeners[0].filter
+    manager = config.listeners[0].chains[0].filter
     assert isinstance(manager, HttpConnectionManager)
     return manager.authz
 

@@ -122,17 +122,34 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "filter chains 0 and 1 have the same match",
     ),
     (
-        "filter chains with different filters",
+        "two filter chains for the same destination port",
         lambda d: [
-            listener(d)["filter_chains"].append(
+            listener(d)["filter_chains"].extend(
                 {
-                    "filter_chain_match": {"transport_protocol": "tls"},
                     **listener(d, 1)["filter_chains"][0],
+                    "filter_chain_match": {"destination_port": 80},
                 }
+                for _ in range(2)
             )
         ],
-        f"{L0}.filter_chains[1].filters",
-        "must carry the same filters",
+        f"{L0}.filter_chains[2].filter_chain_match",
+        "filter chains 1 and 2 have the same match",
+    ),
+    (
+        "destination port zero",
+        lambda d: [
+            listener(d)["filter_chains"][0].update(filter_chain_match={"destination_port": 0})
+        ],
+        f"{L0}.filter_chains[0].filter_chain_match.destination_port",
+        "must be 1-65535, got 0",
+    ),
+    (
+        "destination port too big",
+        lambda d: [
+            listener(d)["filter_chains"][0].update(filter_chain_match={"destination_port": 65536})
+        ],
+        f"{L0}.filter_chains[0].filter_chain_match.destination_port",
+        "must be 1-65535, got 65536",
     ),
     (
         "two filters",
@@ -343,8 +360,8 @@ def test_semantic_error_names_the_field(
 
 
 def test_max_headers_count_is_read(minimal_dict: dict[str, Any], compile_dict: Compile) -> None:
-    default = compile_dict(minimal_dict).listeners[0].filter
+    default = compile_dict(minimal_dict).listeners[0].chains[0].filter
     hcm(minimal_dict)["common_http_protocol_options"] = {"max_headers_count": 7}
-    configured = compile_dict(minimal_dict).listeners[0].filter
+    configured = compile_dict(minimal_dict).listeners[0].chains[0].filter
     assert getattr(default, "max_request_headers_count", None) == 100  # Envoy's default
     assert getattr(configured, "max_request_headers_count", None) == 7

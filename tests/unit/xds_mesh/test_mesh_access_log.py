@@ -23,15 +23,15 @@ def _listeners(access_log: MeshAccessLog | None) -> list[object]:
 def test_without_the_setting_nothing_logs() -> None:
     for message in _listeners(None):
         listener = listener_resource(message)  # type: ignore[arg-type]
-        assert listener.filter.access_logs == ()
+        assert listener.chains[0].filter.access_logs == ()
 
 
 def test_every_listener_logs_json_the_proxy_can_format() -> None:
     listeners = [listener_resource(m) for m in _listeners(MeshAccessLog("/tmp/x.log"))]  # type: ignore[arg-type]
-    kinds = {type(listener.filter) for listener in listeners}
+    kinds = {type(listener.chains[0].filter) for listener in listeners}
     assert kinds == {HttpConnectionManager, TcpProxy}
     for listener in listeners:
-        (log,) = listener.filter.access_logs
+        (log,) = listener.chains[0].filter.access_logs
         assert log.path == "/tmp/x.log"
         assert log.json_format is not None
         formatter = AccessLogFormatter.from_config(log.text_format, log.json_format)
@@ -52,5 +52,5 @@ def test_every_listener_logs_json_the_proxy_can_format() -> None:
 def test_text_encoding_uses_envoys_default_format() -> None:
     settings = MeshAccessLog("/dev/stdout", LogEncoding.TEXT)
     for message in _listeners(settings):
-        (log,) = listener_resource(message).filter.access_logs  # type: ignore[arg-type]
+        (log,) = listener_resource(message).chains[0].filter.access_logs  # type: ignore[arg-type]
         assert (log.path, log.json_format, log.text_format) == ("/dev/stdout", None, None)

@@ -49,8 +49,8 @@ def compiled_authz(policies: str) -> AuthzConfig | None:
     resources = translate(config, _proxy(config))
     proxy_config = compile_bootstrap(inline_bootstrap(resources), "test")
     inbound = next(item for item in proxy_config.listeners if item.name.startswith("inbound"))
-    assert isinstance(inbound.filter, HttpConnectionManager)
-    return inbound.filter.authz
+    assert isinstance(inbound.chains[0].filter, HttpConnectionManager)
+    return inbound.chains[0].filter.authz
 
 
 def request(**changes: Any) -> AuthzRequest:
@@ -310,7 +310,7 @@ def test_golden_case_compiles_in_the_proxy() -> None:
     proxy_config = compile_bootstrap(
         inline_bootstrap(translate(case.config, case.proxy, case.options)), "golden/authz"
     )
-    by_name = {listener.name: listener.filter for listener in proxy_config.listeners}
+    by_name = {listener.name: listener.chains[0].filter for listener in proxy_config.listeners}
     http, tcp = by_name["inbound_18080"], by_name["inbound_19090"]
     assert isinstance(http, HttpConnectionManager) and http.authz is not None
     assert [layer.action.value for layer in http.authz.layers] == ["LOG", "DENY", "ALLOW"]

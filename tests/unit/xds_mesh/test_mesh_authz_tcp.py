@@ -54,13 +54,17 @@ def _compiled(policies: str) -> ProxyConfig:
 
 def tcp_authz(policies: str) -> AuthzConfig | None:
     """The authz of the TCP port's proxy, as the proxy compiles the translation."""
-    inbound = {item.name: item.filter for item in _compiled(policies).listeners}["inbound_5432"]
+    inbound = {item.name: item.chains[0].filter for item in _compiled(policies).listeners}[
+        "inbound_5432"
+    ]
     assert isinstance(inbound, TcpProxy)
     return inbound.authz
 
 
 def http_authz(policies: str) -> AuthzConfig | None:
-    inbound = {item.name: item.filter for item in _compiled(policies).listeners}["inbound_8080"]
+    inbound = {item.name: item.chains[0].filter for item in _compiled(policies).listeners}[
+        "inbound_8080"
+    ]
     assert isinstance(inbound, HttpConnectionManager)
     return inbound.authz
 

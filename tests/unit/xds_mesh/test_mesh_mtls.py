@@ -15,13 +15,13 @@ import pytest
 from mesh_support import load_case, load_config
 
 from trellis.core.config import Cluster, Endpoint, HttpConnectionManager, Listener, TcpProxy
+from trellis.core.filter_chain import select_chain
 from trellis.core.tls import (
     DownstreamTls,
     SecretRef,
     SecretSource,
     UpstreamTls,
     ValidationSecret,
-    select_chain,
     upstream_tls_for,
 )
 from trellis.xds.compile_dynamic import (
@@ -72,7 +72,9 @@ class Compiled:
     def transport(self, cluster: str, address: str) -> UpstreamTls | None:
         """The transport the proxy uses to `address` of `cluster`."""
         compiled = self.clusters[cluster]
-        [endpoint] = [e for e in self.endpoints[cluster] if e.address.host == address]
+        [endpoint] = [
+            e for e in self.endpoints[cluster] if str(e.address).startswith(f"{address}:")
+        ]
         return upstream_tls_for(
             compiled.transport_socket,
             compiled.transport_socket_matches,
@@ -85,9 +87,10 @@ def _compiled(name: str) -> Compiled:
     return Compiled(translate(case.config, case.proxy, case.options))
 
 
-def _chain_tls(listener: Listener, *, tls: bool) -> DownstreamTls | str | None:
-    """The TLS termination of the chain a connection gets ("refused": no chain)."""
-    chain = select_chain(listener.chains, is_tls=tls)
+def _chain_tls(listener: Listener, *, tls: bool, port: int = 0) -> DownstreamTls | str | None:
+    """The TLS termination of the chain a connection to `port` (default: the listener's)
+    gets ("refused": no chain)."""
+    chain = select_chain(listener.chains, port or listener.address.port, is_tls=tls)
     return "refused" if chain is None else chain.tls
 
 
@@ -116,12 +119,35 @@ def test_permissive_ports_serve_both_and_authorize_both() -> None:
     http = compiled.listeners["inbound_18080"]
     assert isinstance(_chain_tls(http, tls=True), DownstreamTls)
     assert _chain_tls(http, tls=False) is None  # a plaintext chain
-    assert isinstance(http.filter, HttpConnectionManager)
-    assert http.filter.authz is not None  # one filter for both chains, RBAC included
+    for chain in http.chains:  # both chains authorize
+        assert isinstance(chain.filter, HttpConnectionManager)
+        assert chain.filter.authz is not None
     tcp = compiled.listeners["inbound_19090"]
-    assert isinstance(tcp.filter, TcpProxy)
+    assert all(isinstance(chain.filter, TcpProxy) for chain in tcp.chains)
     assert isinstance(_chain_tls(tcp, tls=True), DownstreamTls)
     assert _chain_tls(tcp, tls=False) is None
+
+
+def test_transparent_capture_compiles_over_ads_with_per_port_mtls() -> None:
+    compiled = _compiled("mtls_transparent")
+    assert compiled.secrets == {"ROOTCA": ValidationSecret(trusted_ca=ROOT)}
+    inbound = compiled.listeners["virtualInbound"]
+    assert inbound.use_original_dst
+    assert compiled.listeners["virtualOutbound"].use_original_dst
+    # PERMISSIVE 18080: TLS and plaintext, each chain with its own connection manager
+    tls = _chain_tls(inbound, tls=True, port=18080)
+    assert isinstance(tls, DownstreamTls) and tls.require_client_certificate
+    assert _chain_tls(inbound, tls=False, port=18080) is None
+    http = [chain for chain in inbound.chains if chain.destination_port == 18080]
+    assert len(http) == 2
+    assert all(isinstance(chain.filter, HttpConnectionManager) for chain in http)
+    # STRICT 19090: TLS only, a TCP proxy
+    assert isinstance(_chain_tls(inbound, tls=True, port=19090), DownstreamTls)
+    assert _chain_tls(inbound, tls=False, port=19090) == "refused"
+    (tcp,) = [chain for chain in inbound.chains if chain.destination_port == 19090]
+    assert isinstance(tcp.filter, TcpProxy) and tcp.filter.cluster == "inbound|19090||"
+    # a port the workload does not have
+    assert _chain_tls(inbound, tls=True, port=15006) == "refused"
 
 
 def test_a_disabled_port_stays_plaintext_both_ways() -> None:

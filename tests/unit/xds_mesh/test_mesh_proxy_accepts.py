@@ -21,13 +21,14 @@ from trellis.core.config import (
     RetryOn,
     TcpProxy,
 )
+from trellis.core.filter_chain import select_chain
 from trellis.core.routing import RouteTable
 from trellis.xds.compile import compile_bootstrap
 from trellis.xds.mesh import CaptureMode, translate
 
-EXPLICIT_CASES = [
-    name for name in case_names() if load_case(name).options.capture_mode is CaptureMode.EXPLICIT
-]
+TRANSPARENT_CASES = {
+    name for name in case_names() if load_case(name).options.capture_mode is CaptureMode.TRANSPARENT
+}
 
 
 def _compile(name: str) -> ProxyConfig:
@@ -36,10 +37,38 @@ def _compile(name: str) -> ProxyConfig:
     return compile_bootstrap(bootstrap, f"golden/{name}")
 
 
-@pytest.mark.parametrize("name", EXPLICIT_CASES)
+@pytest.mark.parametrize("name", case_names())
 def test_proxy_compiles_the_translation(name: str) -> None:
     config = _compile(name)
-    assert any(listener.name == "outbound" for listener in config.listeners)
+    outbound = "virtualOutbound" if name in TRANSPARENT_CASES else "outbound"
+    assert any(listener.name == outbound for listener in config.listeners)
+
+
+def test_transparent_capture_has_both_cases() -> None:
+    assert {"transparent", "mtls_transparent"} <= TRANSPARENT_CASES
+
+
+def test_transparent_inbound_takes_the_chain_of_the_original_port() -> None:
+    config = _compile("transparent")
+    listeners = {listener.name: listener for listener in config.listeners}
+    outbound = listeners["virtualOutbound"]
+    assert outbound.use_original_dst
+    assert (outbound.address.host, outbound.address.port) == ("0.0.0.0", 15001)
+    (everything,) = outbound.chains  # one connection manager, whatever the port
+    assert select_chain(outbound.chains, 9080, is_tls=False) is everything
+    inbound = listeners["virtualInbound"]
+    assert inbound.use_original_dst
+    assert (inbound.address.host, inbound.address.port) == ("0.0.0.0", 15006)
+    http = select_chain(inbound.chains, 18080, is_tls=False)
+    assert http is not None and isinstance(http.filter, HttpConnectionManager)
+    assert http.filter.route_config is not None
+    found = RouteTable(http.filter.route_config).select_route("anything", "/x", [])
+    assert found is not None and isinstance(found[1].action, ClusterAction)
+    assert found[1].action.clusters[0].name == "inbound|18080||"
+    tcp = select_chain(inbound.chains, 19090, is_tls=False)
+    assert tcp is not None and isinstance(tcp.filter, TcpProxy)
+    assert tcp.filter.cluster == "inbound|19090||"
+    assert select_chain(inbound.chains, 15006, is_tls=False) is None  # not a workload port
 
 
 def test_the_proxy_honours_outlier_detection_from_a_destination_rule() -> None:
@@ -50,9 +79,9 @@ def test_the_proxy_honours_outlier_detection_from_a_destination_rule() -> None:
 
 def _table(config: ProxyConfig) -> RouteTable:
     listener = next(item for item in config.listeners if item.name == "outbound")
-    assert isinstance(listener.filter, HttpConnectionManager)
-    assert listener.filter.route_config is not None
-    return RouteTable(listener.filter.route_config)
+    assert isinstance(listener.chains[0].filter, HttpConnectionManager)
+    assert listener.chains[0].filter.route_config is not None
+    return RouteTable(listener.chains[0].filter.route_config)
 
 
 def _action(table: RouteTable, authority: str, path: str, **kwargs: object) -> object:
@@ -83,9 +112,7 @@ def test_weighted_split_retries_and_timeout_reach_the_proxy() -> None:
     assert retry.avoid_previous_hosts
     clusters = {cluster.name: cluster for cluster in config.clusters}
     v2 = clusters["outbound|9080|v2|reviews.default.svc.cluster.local"]
-    assert [(e.address.host, e.address.port, e.weight) for e in v2.endpoints] == [
-        ("10.0.0.2", 8080, 5)
-    ]
+    assert [(str(e.address), e.weight) for e in v2.endpoints] == [("10.0.0.2:8080", 5)]
     assert clusters["outbound|9080|v3|reviews.default.svc.cluster.local"].endpoints == ()
 
 
@@ -161,18 +188,16 @@ def test_inbound_listeners_forward_to_the_application() -> None:
     listeners = {listener.name: listener for listener in config.listeners}
     http = listeners["inbound_18080"]
     assert (http.address.host, http.address.port) == ("127.0.0.1", 18080)
-    assert isinstance(http.filter, HttpConnectionManager)
-    assert http.filter.route_config is not None
-    action = RouteTable(http.filter.route_config).select_route("anything", "/x", [])
+    assert isinstance(http.chains[0].filter, HttpConnectionManager)
+    assert http.chains[0].filter.route_config is not None
+    action = RouteTable(http.chains[0].filter.route_config).select_route("anything", "/x", [])
     assert action is not None
     assert isinstance(action[1].action, ClusterAction)
     assert action[1].action.clusters[0].name == "inbound|18080||"
     tcp = listeners["inbound_19090"]
-    assert isinstance(tcp.filter, TcpProxy)
-    assert tcp.filter.cluster == "inbound|19090||"
+    assert isinstance(tcp.chains[0].filter, TcpProxy)
+    assert tcp.chains[0].filter.cluster == "inbound|19090||"
     clusters = {cluster.name: cluster for cluster in config.clusters}
     app = clusters["inbound|18080||"].endpoints
-    assert [(e.address.host, e.address.port) for e in app] == [("127.0.0.1", 8080)]
-    assert [(e.address.host, e.address.port) for e in clusters["inbound|19090||"].endpoints] == [
-        ("127.0.0.1", 9090)
-    ]
+    assert [str(e.address) for e in app] == ["127.0.0.1:8080"]
+    assert [str(e.address) for e in clusters["inbound|19090||"].endpoints] == ["127.0.0.1:9090"]

@@ -1,6 +1,6 @@
 """Listeners (LDS): where the proxy takes the workload's outbound and inbound traffic.
 
-Explicit mode (what `trellis proxy` runs today):
+Explicit mode:
 - `outbound` on the outbound address and port: an HTTP connection manager for
   absolute-form HTTP_PROXY requests, its routes over RDS (`outbound`);
 - `inbound_<PORT>` on the workload's address and each of its ports: HTTP ports
@@ -10,9 +10,12 @@ Explicit mode (what `trellis proxy` runs today):
   cluster (after the policies' RBAC network filters).
 
 Transparent mode (Istio's `virtualOutbound`/`virtualInbound` on 0.0.0.0:15001
-and :15006 with `use_original_dst`, one inbound filter chain per destination
-port) is produced for Envoy-compatible proxies; `trellis proxy` does not
-implement original destinations or filter-chain matching yet and rejects it.
+and :15006 with `use_original_dst`): outbound, one connection manager with the
+`outbound` routes over RDS for every original destination; inbound, one filter
+chain per workload port matched by `destination_port`, each with that port's
+own network filters as above. `trellis proxy` and Envoy both consume it: the
+proxy reads each connection's original destination (SO_ORIGINAL_DST) and
+matches the chains against it.
 
 With mesh mTLS (`trellis.xds.mesh.mtls.InboundMtls`) each inbound port's
 PeerAuthentication mode decides its chains: STRICT one TLS chain
@@ -20,7 +23,7 @@ PeerAuthentication mode decides its chains: STRICT one TLS chain
 (`raw_buffer`) chain, both behind the TLS inspector, DISABLE the single
 plaintext chain of before. In transparent mode these matches are added to the
 port's `destination_port` match (chains `inbound|PORT||` and
-`inbound|PORT||mtls`), which only Envoy can consume.
+`inbound|PORT||mtls`).
 """
 
 from __future__ import annotations

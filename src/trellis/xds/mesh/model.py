@@ -143,9 +143,9 @@ class CaptureMode(enum.StrEnum):
     proxy listens and forwards to the application on `app_address`."""
     TRANSPARENT = "transparent"
     """iptables sends everything to 0.0.0.0:15001 (outbound) and 0.0.0.0:15006
-    (inbound) and the listeners recover the destination (`use_original_dst`).
-    The Trellis proxy does not implement original destinations yet: these
-    resources are for Envoy (and for later), not consumable by `trellis proxy`."""
+    (inbound) and the listeners recover the destination (`use_original_dst`):
+    `trellis proxy` reads it with SO_ORIGINAL_DST and picks the inbound filter
+    chain of the original port; Envoy does the same."""
 
 
 @dataclass(frozen=True, slots=True)
