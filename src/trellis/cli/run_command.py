@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import click
 
 from trellis.cli.options import server_options
-from trellis.proxy.cli import host_port
+from trellis.proxy.cli import control_plane_address
 
 XDS_PORT = 15010
 
@@ -36,10 +36,10 @@ def _default_xds(server: str) -> str:
 
 def _check_xds(value: str) -> str:
     try:
-        host_port(value)
+        address = control_plane_address(value, "--xds")
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--xds") from None
-    return value
+        raise click.BadParameter(str(exc).removeprefix("--xds: "), param_hint="--xds") from None
+    return f"unix:{address}" if value.startswith("unix:") else value
 
 
 @click.command(
@@ -63,7 +63,7 @@ def _check_xds(value: str) -> str:
     type=click.IntRange(1, 65535),
     default=None,
     help="The port the application listens on (127.0.0.1), also given to it as PORT "
-    "[default: a free port, given as PORT].",
+    "[default: a free port; 8080 with --capture transparent].",
 )
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Another workload label.")
 @click.option(
@@ -71,15 +71,17 @@ def _check_xds(value: str) -> str:
     type=click.Choice(["explicit", "transparent"]),
     default="explicit",
     show_default=True,
-    help="explicit: the application gets HTTP_PROXY. transparent: not supported yet.",
+    help="explicit: the application gets HTTP_PROXY. transparent (root on Linux): the "
+    "application runs in a network namespace of its own whose TCP iptables sends to the "
+    "sidecar; service names resolve to virtual IPs there.",
 )
 @click.option(
     "--xds",
     envvar="TRELLIS_XDS_ADDRESS",
     default=None,
-    metavar="HOST:PORT",
+    metavar="HOST:PORT|unix:PATH",
     help="The control plane's xDS address [env: TRELLIS_XDS_ADDRESS; default: the --server "
-    "host, port 15010].",
+    "host, port 15010; with --capture transparent the control plane's Unix socket].",
 )
 @click.option(
     "--ready-timeout",
@@ -149,7 +151,8 @@ def run(
 ) -> None:
     """Run COMMAND with a sidecar injected: register it, start its proxy, then COMMAND.
 
-    The application gets HTTP_PROXY (its sidecar), NO_PROXY (loopback) and PORT;
+    The application gets HTTP_PROXY (its sidecar), NO_PROXY (loopback) and PORT, or
+    with --capture transparent a network namespace where its TCP goes to the sidecar;
     peers reach it as http://SERVICE/ through their own sidecars, over mTLS.
     Exits with the application's status, 125 when the launch failed.
     """
@@ -160,11 +163,6 @@ def run(
     from trellis.platform.launcher import run as launch  # noqa: PLC0415
     from trellis.platform.spec import WorkloadSpec  # noqa: PLC0415
 
-    if capture == "transparent":
-        raise click.UsageError(
-            "--capture transparent is not supported yet; use --capture explicit (the default): "
-            "the application then reaches the mesh through HTTP_PROXY"
-        )
     try:
         spec = WorkloadSpec(
             name=name,
@@ -188,6 +186,7 @@ def run(
         drain_time=drain_time,
         sidecar_log=sidecar_log,
         sidecar_log_level=sidecar_log_level,
+        capture=capture,
     )
     logging.basicConfig(
         stream=sys.stderr,

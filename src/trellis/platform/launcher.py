@@ -18,6 +18,17 @@ The order of a launch (explicit capture):
    sidecar, delete the registration, release ports and locks, remove the run
    directory; exit with the application's status (125 when the launcher or
    the sidecar failed).
+
+Transparent capture (root on Linux) differs in step 3: instead of loopback
+ports, the workload gets a network namespace of its own on the bridge
+(`trellis.platform.netns`; what dead launchers left behind is removed
+first), whose /etc/hosts names the services' virtual IPs (kept up to date
+while it runs) and whose iptables rules send the application's TCP to the
+sidecar. The sidecar runs in it as the proxy's group, with Istio's fixed
+ports (15001 outbound, 15006 inbound, 15000 admin on the namespace's
+address), and talks to the control plane over its Unix socket; the
+WorkloadEntry is the namespace's address with the application's port. The
+namespace goes last, in step 6.
 """
 
 from __future__ import annotations
@@ -46,6 +57,14 @@ from trellis.platform.child import (
     spawn,
     stop,
 )
+from trellis.platform.hosts import render_hosts
+from trellis.platform.netns import (
+    NetworkSettings,
+    WorkloadNetwork,
+    create_workload_network,
+    remove_stale,
+    transparent_unavailable,
+)
 from trellis.platform.paths import (
     RunDir,
     lock_workload,
@@ -55,8 +74,9 @@ from trellis.platform.paths import (
 )
 from trellis.platform.ports import PortAllocator, PortLease
 from trellis.platform.registration import Registration
-from trellis.platform.sidecar import PortClashError, Sidecar, accepts
+from trellis.platform.sidecar import PortClashError, Sidecar, accepts, listening
 from trellis.platform.spec import (
+    DEFAULT_APP_PORT,
     LaunchError,
     SidecarPorts,
     WorkloadSpec,
@@ -78,6 +98,10 @@ DEREGISTER_TIMEOUT = 10.0
 PROPAGATION_WAIT = 3.0
 """Bound on waiting for every proxy to acknowledge that the workload left its service."""
 MAX_SIGNALS = 1000
+SERVICE_WATCH = 60.0
+"""Transparent capture: the namespace's /etc/hosts follows a watch on ServiceEntries,
+renewed this often (and after an error, after `WATCH_RETRY`)."""
+WATCH_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +129,11 @@ class LaunchSettings:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     runtime_dir: Path | None = None
     """The per-user base directory (default: `paths.runtime_base`)."""
+    capture: str = "explicit"
+    """`explicit` (HTTP_PROXY) or `transparent` (a network namespace and iptables)."""
+    network: NetworkSettings | None = None
+    """Transparent capture: the bridge, subnet and rules (default: from the environment,
+    `NetworkSettings.from_environ`)."""
 
 
 def run(settings: LaunchSettings) -> int:
@@ -128,6 +157,7 @@ class Launch:
         self.sidecar: Sidecar | None = None
         self.app: asyncio.subprocess.Process | None = None
         self.ports: SidecarPorts | None = None
+        self.network: WorkloadNetwork | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
@@ -180,6 +210,10 @@ class Launch:
                 spec.namespace, spec.account, spec.name, f"{settings.token_ttl_seconds}s"
             )
         )
+        if settings.capture == "transparent":
+            await self._start_in_namespace()
+            assert self.ports is not None
+            return await self._start_app(self.ports)
         allocator = PortAllocator(base)
         if spec.app_port is not None:
             self.leases.append(allocator.reserve(spec.app_port))
@@ -223,15 +257,11 @@ class Launch:
             settings.sidecar_log or self.run_dir.sidecar_log,
         )
         await self.sidecar.start()
-        listeners = {"outbound": ports.outbound, f"inbound_{ports.inbound}": ports.inbound}
-
-        async def rejected() -> str | None:
-            try:
-                return rejection(await self.api.proxies(), spec.node_id)
-            except LaunchError:
-                return None  # only a diagnosis: the wait goes on
-
-        await self.sidecar.wait_ready(listeners, settings.ready_timeout, rejected)
+        listeners: dict[str, int | None] = {
+            "outbound": ports.outbound,
+            f"inbound_{ports.inbound}": ports.inbound,
+        }
+        await self.sidecar.wait_ready(listeners, settings.ready_timeout, self._rejected)
         log.info(
             "sidecar (pid %d) ready: outbound (HTTP_PROXY) 127.0.0.1:%d, inbound 127.0.0.1:%d "
             "-> application 127.0.0.1:%d, admin 127.0.0.1:%d",
@@ -242,12 +272,109 @@ class Launch:
             ports.admin,
         )
 
+    async def _start_in_namespace(self) -> None:
+        """Step 3 of transparent capture: the namespace, the registration, the sidecar."""
+        settings, spec = self.settings, self.spec
+        assert self.run_dir is not None
+        why_not = transparent_unavailable()
+        if why_not is not None:
+            raise LaunchError(f"{why_not}; use --capture explicit")
+        network = settings.network or NetworkSettings.from_environ(settings.environ)
+        for line in await asyncio.to_thread(remove_stale, network):
+            log.info("removed what a launcher that died left behind: %s", line)
+        xds = await self._xds_socket()
+        hosts = await self._hosts_text()
+        self.network = await asyncio.to_thread(create_workload_network, spec.name, network, hosts)
+        ports = SidecarPorts.in_namespace(self.network.address, spec.app_port or DEFAULT_APP_PORT)
+        self.ports = ports
+        await self.registration.register(ports)
+        arguments = proxy_arguments(
+            spec,
+            ports,
+            xds=xds,
+            token_file=str(self.run_dir.token_file),
+            drain_time=settings.drain_time,
+            log_level=settings.sidecar_log_level,
+        )
+        self.sidecar = Sidecar(
+            [*self.network.proxy_prefix(), *settings.proxy_command, *arguments],
+            child_environment(settings.environ),
+            ports.admin,
+            settings.sidecar_log or self.run_dir.sidecar_log,
+            host=ports.address,
+        )
+        await self.sidecar.start()
+        # From outside, every port but the admin's is redirected to the inbound capture port.
+        listeners = {"virtualOutbound": None, "virtualInbound": ports.inbound}
+        await self.sidecar.wait_ready(listeners, settings.ready_timeout, self._rejected)
+        log.info(
+            "sidecar (pid %d) ready in network namespace %s at %s: outbound capture :%d, "
+            "inbound capture :%d -> application 127.0.0.1:%d, admin %s:%d",
+            self.sidecar.pid,
+            self.network.namespace,
+            ports.address,
+            ports.outbound,
+            ports.inbound,
+            ports.app,
+            ports.address,
+            ports.admin,
+        )
+
+    async def _xds_socket(self) -> str:
+        """Transparent capture: the control plane's xDS socket (127.0.0.1 in the namespace
+        is not the host's), from `--xds unix:PATH` or the control plane."""
+        if self.settings.xds.startswith("unix:"):
+            return self.settings.xds
+        path = await self.api.xds_socket()
+        if path is None:
+            raise LaunchError(
+                "transparent capture needs the control plane's xDS Unix socket, and it serves "
+                "none (started with --xds-socket ''?); give --xds unix:PATH"
+            )
+        return f"unix:{path}"
+
+    async def _hosts_text(self) -> str:
+        return render_hosts(
+            (await self.api.service_addresses(self.spec.namespace)).items, self.spec.namespace
+        )
+
+    async def _rejected(self) -> str | None:
+        try:
+            return rejection(await self.api.proxies(), self.spec.node_id)
+        except LaunchError:
+            return None  # only a diagnosis: the wait goes on
+
+    async def _follow_services(self) -> None:
+        """Keep the namespace's /etc/hosts in step with the services' virtual IPs: rewrite
+        it whenever a ServiceEntry changes (and once per watch, for what came before)."""
+        written: str | None = None
+        for _ in range(100_000_000):
+            try:
+                async with self.api.watch("ServiceEntry", SERVICE_WATCH) as events:
+                    written = await self._write_hosts(written)
+                    async for _event in events:
+                        written = await self._write_hosts(written)
+            except LaunchError as exc:
+                log.debug("cannot follow the services for /etc/hosts: %s", exc)
+                await asyncio.sleep(WATCH_RETRY)
+
+    async def _write_hosts(self, written: str | None) -> str:
+        """Rewrite /etc/hosts if the services changed; its text."""
+        assert self.network is not None
+        text = await self._hosts_text()
+        if text != written:
+            await asyncio.to_thread(self.network.update_hosts, text)
+        return text
+
     async def _start_app(self, ports: SidecarPorts) -> int | None:
         command = self.settings.command
+        prefix = self.network.exec_prefix() if self.network is not None else []
         stdin = application_stdin()
         try:
             self.app = await spawn(
-                command, app_environment(self.settings.environ, self.spec, ports), stdin=stdin
+                [*prefix, *command],
+                app_environment(self.settings.environ, self.spec, ports),
+                stdin=stdin,
             )
         except FileNotFoundError:
             log.error("%s: command not found", command[0])
@@ -258,6 +385,8 @@ class Launch:
         log.info("started %s (pid %d)", command[0], self.app.pid)
         self.tasks.append(asyncio.create_task(self._join_service(ports.app), name="serving"))
         self.tasks.append(asyncio.create_task(self._refresh_token(), name="join token"))
+        if self.network is not None:
+            self.tasks.append(asyncio.create_task(self._follow_services(), name="hosts"))
         return None
 
     async def _join_service(self, port: int) -> None:
@@ -265,7 +394,7 @@ class Launch:
         deadline = time.monotonic() + SERVING_WAIT
         delay = 0.05
         while time.monotonic() < deadline:
-            if await accepts(port):
+            if await self._app_listens(port):
                 try:
                     await self.registration.set_serving()
                 except LaunchError as exc:
@@ -281,6 +410,12 @@ class Launch:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         log.info("the application has not listened on port %d: not in its service", port)
+
+    async def _app_listens(self, port: int) -> bool:
+        if self.network is None:
+            return await accepts(port)
+        # From outside, the port leads to the sidecar: ask the namespace's socket table.
+        return self.sidecar is not None and listening(self.sidecar.pid, port)
 
     async def _refresh_token(self) -> None:
         """Write a new join token at each half-life: the sidecar renews its certificate with it."""
@@ -381,6 +516,8 @@ class Launch:
             log.info("sidecar stopped (%s)", describe_exit(sidecar.returncode))
         if self.registration.registered:  # last: while a proxy runs, its entry describes it
             await _step("deregister", self._deregister())
+        if self.network is not None:  # after the sidecar: its namespace, rules and link
+            await _step("remove the network namespace", asyncio.to_thread(self.network.close))
         for lease in self.leases:
             lease.release()
         if self.run_dir is not None:

@@ -27,6 +27,8 @@ REJECTION_EVERY = 5
 """Ask the control plane for rejected updates every this many polls."""
 TAIL_LINES = 25
 IN_USE = "address already in use"
+_TCP_LISTEN = "0A"
+"""The state column of a listening socket in /proc/net/tcp."""
 
 
 class SidecarError(LaunchError):
@@ -56,16 +58,37 @@ def listener_names(dump: Mapping[str, Any]) -> set[str]:
     return names
 
 
-async def accepts(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:`port` (1 s bound)."""
+async def accepts(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts TCP connections on `host`:`port` (1 s bound)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 1.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
     except (OSError, TimeoutError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket listens on `port` in the network namespace of process `pid`
+    (Linux: its /proc/PID/net/tcp and tcp6). False when the process is gone.
+
+    Transparent capture: a connection from outside to the application's port
+    would reach the sidecar (iptables), so only the namespace's own table
+    tells whether the application listens.
+    """
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            listens = len(fields) > 3 and fields[3] == _TCP_LISTEN
+            if listens and int(fields[1].rpartition(":")[2], 16) == port:
+                return True
+    return False
 
 
 class Sidecar:
@@ -77,10 +100,13 @@ class Sidecar:
         env: Mapping[str, str],
         admin_port: int,
         log_path: Path,
+        host: str = LOOPBACK,
     ) -> None:
+        """`host`: where the sidecar's admin port and listeners are reached."""
         self.command = list(command)
         self.env = dict(env)
-        self.admin = f"http://{LOOPBACK}:{admin_port}"
+        self.host = host
+        self.admin = f"http://{host}:{admin_port}"
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
         self._http = httpx.AsyncClient(timeout=1.0)
@@ -124,11 +150,12 @@ class Sidecar:
 
     async def wait_ready(
         self,
-        listeners: Mapping[str, int],
+        listeners: Mapping[str, int | None],
         seconds: float,
         rejection: Callable[[], Awaitable[str | None]],
     ) -> None:
-        """Wait until LIVE with `listeners` (name -> port) accepting; at most `seconds`.
+        """Wait until LIVE with `listeners` (name -> port, None: not reachable from here)
+        accepting; at most `seconds`.
 
         `rejection` returns the proxy's last rejected update (from the control
         plane), if any: a listener it could not bind keeps it from getting
@@ -162,13 +189,13 @@ class Sidecar:
             f"the sidecar was not ready within {seconds:g}s ({state}); its log:\n{self.tail()}"
         )
 
-    async def _check_listeners(self, listeners: Mapping[str, int]) -> str:
+    async def _check_listeners(self, listeners: Mapping[str, int | None]) -> str:
         """What is still missing ('' when nothing)."""
         missing = sorted(set(listeners) - await self.listeners())
         if missing:
             return f"LIVE, waiting for listeners {', '.join(missing)}"
         for name, port in listeners.items():
-            if not await accepts(port):
+            if port is not None and not await accepts(port, self.host):
                 return f"listener {name} on port {port} does not accept connections"
         return ""
 

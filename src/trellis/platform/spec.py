@@ -20,9 +20,21 @@ from trellis.errors import ConfigError, TrellisError
 NETWORKING_VERSION = "networking.istio.io/v1"
 LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
+PROXY_ENV = tuple(
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+)
+"""Proxy variables a transparently captured application must not inherit."""
 SERVICE_PORT = 80
 """The port of a ServiceEntry the launcher creates: clients call `http://SVC/`."""
 SERVICE_PORT_NAME = "http"
+OUTBOUND_CAPTURE_PORT = 15001
+INBOUND_CAPTURE_PORT = 15006
+ADMIN_PORT = 15000
+"""Transparent capture: the sidecar's ports in the workload's network namespace (DESIGN.md §4)."""
+DEFAULT_APP_PORT = 8080
+"""Transparent capture: the application's port when `--port` is not given."""
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 SERVING_LABEL = "app"
 """The label that puts the workload into its service; added once the application listens."""
@@ -130,12 +142,36 @@ class WorkloadSpec:
 
 @dataclass(frozen=True, slots=True)
 class SidecarPorts:
-    """The loopback ports of one workload: the sidecar's three and the application's."""
+    """Where one workload's sidecar and application listen.
+
+    Explicit capture (`transparent` False): loopback ports the launcher
+    allocated, the inbound one registered as the workload's address.
+    Transparent capture: Istio's fixed capture ports inside the workload's own
+    network namespace, `address` its address on the bridge (registered with
+    the application's port; the sidecar's admin port listens there too).
+    """
 
     outbound: int
     inbound: int
     admin: int
     app: int
+    address: str = LOOPBACK
+    transparent: bool = False
+
+    @classmethod
+    def in_namespace(cls, address: str, app: int) -> SidecarPorts:
+        """Transparent capture: 15001 outbound, 15006 inbound, 15000 admin on `address`."""
+        return cls(OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, ADMIN_PORT, app, address, True)
+
+    @property
+    def capture(self) -> str:
+        return "transparent" if self.transparent else "explicit"
+
+    @property
+    def workload_port(self) -> int:
+        """The port peers connect to: the sidecar's inbound listener (explicit), else the
+        application's own port, which iptables redirects to the inbound capture port."""
+        return self.app if self.transparent else self.inbound
 
 
 def service_entry(spec: WorkloadSpec, owner: str) -> dict[str, Any]:
@@ -204,7 +240,7 @@ def workload_entry(
     serving: bool,
     resource_version: str,
 ) -> dict[str, Any]:
-    """The workload's registration: its sidecar's inbound port under every service port name.
+    """The workload's registration: `ports.workload_port` under every service port name.
 
     `resource_version` makes the write conditional ("0": create only).
     """
@@ -219,8 +255,8 @@ def workload_entry(
             "resourceVersion": resource_version,
         },
         "spec": {
-            "address": LOOPBACK,
-            "ports": {name: ports.inbound for name in port_names},
+            "address": ports.address,
+            "ports": {name: ports.workload_port for name in port_names},
             "labels": spec.labels(serving=serving),
             "serviceAccount": spec.account,
         },
@@ -245,16 +281,19 @@ def proxy_arguments(
 ) -> list[str]:
     """`trellis proxy` arguments (after `proxy`) for the workload's sidecar."""
     args = ["--xds", xds, "--node-id", spec.node_id, "--admin-port", str(ports.admin)]
+    if ports.address != LOOPBACK:
+        args += ["--admin-address", ports.address]
     args += ["--join-token-file", token_file, "--drain-time-s", f"{drain_time:g}"]
     args += ["--log-level", log_level]
     metadata = {
         "WORKLOAD_NAME": spec.name,
         "NAMESPACE": spec.namespace,
         "SERVICE_ACCOUNT": spec.account,
-        "TRELLIS_CAPTURE_MODE": "explicit",
+        "TRELLIS_CAPTURE_MODE": ports.capture,
         "TRELLIS_OUTBOUND_PORT": str(ports.outbound),
-        "TRELLIS_APP_PORTS": f"{ports.inbound}:{ports.app}",
     }
+    if not ports.transparent:
+        metadata["TRELLIS_APP_PORTS"] = f"{ports.inbound}:{ports.app}"
     for key, value in metadata.items():
         args += ["--metadata", f"{key}={value}"]
     # All of them: the proxy labels its metrics with `app` and `version` (destination_app,
@@ -272,14 +311,16 @@ def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
 def app_environment(
     environ: Mapping[str, str], spec: WorkloadSpec, ports: SidecarPorts
 ) -> dict[str, str]:
-    """The application's environment: the caller's, plus its sidecar as HTTP proxy."""
+    """The application's environment: the caller's, plus its sidecar as HTTP proxy
+    (explicit capture; transparent capture needs none, and drops any the caller had)."""
     env = child_environment(environ)
-    proxy = f"http://{LOOPBACK}:{ports.outbound}"
+    if ports.transparent:
+        for key in PROXY_ENV:
+            env.pop(key, None)
+    else:
+        proxy = f"http://{LOOPBACK}:{ports.outbound}"
+        env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY=NO_PROXY, no_proxy=NO_PROXY)
     env.update(
-        HTTP_PROXY=proxy,
-        http_proxy=proxy,
-        NO_PROXY=NO_PROXY,
-        no_proxy=NO_PROXY,
         PORT=str(ports.app),
         TRELLIS_WORKLOAD=spec.name,
         TRELLIS_NAMESPACE=spec.namespace,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,28 @@ READY = re.compile(
     r"sidecar \(pid (\d+)\) ready: outbound \(HTTP_PROXY\) 127\.0\.0\.1:(\d+), "
     r"inbound 127\.0\.0\.1:(\d+) -> application 127\.0\.0\.1:(\d+), admin 127\.0\.0\.1:(\d+)"
 )
+READY_IN_NAMESPACE = re.compile(
+    r"sidecar \(pid (\d+)\) ready in network namespace (\S+) at ([0-9.]+): "
+    r"outbound capture :(\d+), inbound capture :(\d+) -> application 127\.0\.0\.1:(\d+), "
+    r"admin ([0-9.]+):(\d+)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarInfo:
+    """What a launcher's log says about its ready sidecar, in either capture mode.
+
+    Explicit: `outbound` is the application's HTTP_PROXY port on 127.0.0.1 and
+    `namespace` is None. Transparent: `namespace` is the workload's network
+    namespace and `address` its address there.
+    """
+
+    pid: int
+    app: int
+    admin: str
+    outbound: int
+    namespace: str | None = None
+    address: str = "127.0.0.1"
 
 
 def app_command(script: str, *args: str) -> list[str]:
@@ -80,6 +103,25 @@ class Launched:
         assert match is not None
         keys = ("pid", "outbound", "inbound", "app", "admin")
         return dict(zip(keys, map(int, match.groups()), strict=True))
+
+    def sidecar(self, timeout: float = 20.0) -> SidecarInfo:
+        """The ready sidecar, whichever the capture mode (see `SidecarInfo`)."""
+
+        def found() -> SidecarInfo | None:
+            assert self.proc is not None
+            assert self.proc.poll() is None, f"the launcher exited\n{self.describe()}"
+            text = self.log()
+            if (explicit := READY.search(text)) is not None:
+                pid, outbound, _, app, admin = map(int, explicit.groups())
+                return SidecarInfo(pid, app, f"127.0.0.1:{admin}", outbound)
+            if (inside := READY_IN_NAMESPACE.search(text)) is not None:
+                g = inside.groups()
+                return SidecarInfo(int(g[0]), int(g[5]), f"{g[6]}:{g[7]}", int(g[3]), g[1], g[2])
+            return None
+
+        info = until(found, timeout, f"{self.name}'s sidecar\n{self.describe()}")
+        assert info is not None
+        return info
 
     def wait(self, timeout: float = 20.0) -> int:
         assert self.proc is not None

@@ -1,4 +1,5 @@
-"""Issue 5, end to end: the shop (examples/shop) on the mesh with `trellis run`, explicit capture.
+"""Issue 5, end to end: the shop (examples/shop) on the mesh with `trellis run`, in explicit
+capture and (as root on Linux) in transparent capture.
 
 A real control plane; db, catalog, cart, payment v1 and v2 and web each started
 by `trellis run` in namespace `shop`, and a `client` workload whose sidecar the
@@ -9,7 +10,13 @@ to end; every edge is mutual TLS; the 90/10 canary holds; payment v1 failing
 20% of requests is invisible to users thanks to the retries while its sidecar
 shows the 503s; web -> db is refused by the policy; a stopped workload leaves
 the registry and its traffic moves to the other version without errors; and
-nothing is left running at the end.
+nothing is left running at the end - in transparent capture, also no network
+namespace, link, iptables chain or state record.
+
+In transparent capture the test reaches into the namespaces: the client
+workload is a relay on a Unix socket (requests it makes are captured by its
+sidecar), and requests as web, or to payment's own port, run as one-shot
+programs inside that workload's namespace.
 
 The control plane configures no access log on the sidecars' listeners (like
 Istio's default profile; there is no switch for one yet), so the policy that
@@ -26,7 +33,11 @@ to the `payment` service as a whole (both versions, by endpoint).
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -38,21 +49,25 @@ from pathlib import Path
 import pytest
 
 from trellis.platform.api_client import acknowledged
+from trellis.platform.netns import transparent_unavailable
 
 from ..controlplane.mesh_procs import ControlPlane, until
-from .launch_procs import Launched, api_get, process_gone, workload_entry
+from .launch_procs import APPS, Launched, api_get, process_gone, workload_entry
 from .shop_procs import (
     MESH_YAML,
     NAMESPACE,
     SERVICES,
+    Caller,
     Checkout,
+    ProxyCaller,
+    RelayCaller,
     admin_addresses,
     app_pid,
+    caller,
     checkout,
     config_dump,
     direct,
     metrics,
-    send,
     total,
 )
 
@@ -110,38 +125,105 @@ def apply(control: ControlPlane, text: str) -> None:
     wait_synced(control, max(int(r["resourceVersion"]) for r in answer["results"]))
 
 
-def checkouts(client_port: int, prefix: str, count: int) -> list[Checkout]:
+def checkouts(client: Caller, prefix: str, count: int) -> list[Checkout]:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(
-            pool.map(lambda i: checkout(client_port, f"{prefix}-{i}", "p-mug"), range(count))
-        )
+        return list(pool.map(lambda i: checkout(client, f"{prefix}-{i}", "p-mug"), range(count)))
 
 
+class Capture:
+    """How the test's workloads are launched: `--capture MODE`, and for transparent
+    capture a bridge, subnet, name prefix and state directory of the test's own."""
+
+    def __init__(self, mode: str, tmp_path: Path) -> None:
+        self.mode = mode
+        tag = f"{random.randrange(16**4):04x}"
+        self.prefix = f"ts{tag}"
+        self.bridge = f"trt{tag}"
+        self.state_dir = tmp_path / "net"
+        self.relay = tmp_path / "client.sock"
+        self.env = {
+            "TRELLIS_NET_BRIDGE": self.bridge,
+            "TRELLIS_NET_SUBNET": f"10.216.{random.randrange(256)}.0/24",
+            "TRELLIS_NET_PREFIX": self.prefix,
+            "TRELLIS_NET_STATE_DIR": str(self.state_dir),
+        }
+
+    @property
+    def transparent(self) -> bool:
+        return self.mode == "transparent"
+
+    def launch(
+        self, control: ControlPlane, tmp_path: Path, name: str, args: list[str], command: list[str]
+    ) -> Launched:
+        launched = Launched(control, tmp_path, name, [*args, "--capture", self.mode], command)
+        if self.transparent:
+            launched.env.update(self.env)
+        return launched.start()
+
+    def client_command(self) -> list[str]:
+        if self.transparent:
+            return [sys.executable, str(APPS / "unix_relay.py"), str(self.relay)]
+        return ["sleep", "300"]
+
+    def client(self, launched: Launched) -> Caller:
+        if not self.transparent:
+            return ProxyCaller(launched.sidecar().outbound)
+        until(self.relay.exists, 10, f"the client's relay\n{launched.describe()}")
+        return RelayCaller(str(self.relay))
+
+    def leftovers(self) -> list[str]:
+        """What the launchers' networks left behind (transparent capture)."""
+        if not self.transparent:
+            return []
+        found = [f"netns {n}" for n in _lines(["ip", "netns", "list"]) if self.prefix in n]
+        links = _lines(["ip", "-br", "link"])
+        found += [f"link {n}" for n in links if n.startswith((self.prefix, self.bridge))]
+        forward = _lines(["iptables", "-S", "FORWARD"])
+        found += [f"iptables {rule}" for rule in forward if self.bridge in rule]
+        found += [f"/etc/netns/{n}" for n in _listdir(Path("/etc/netns")) if self.prefix in n]
+        found += [f"record {n}" for n in _listdir(self.state_dir) if n.endswith(".json")]
+        return found
+
+
+def _lines(command: list[str]) -> list[str]:
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=10)
+    return done.stdout.splitlines()
+
+
+def _listdir(path: Path) -> list[str]:
+    return os.listdir(path) if path.is_dir() else []
+
+
+@pytest.mark.parametrize("mode", ["explicit", "transparent"])
 def test_the_shop_on_the_mesh(
-    control: ControlPlane, launched: dict[str, Launched], tmp_path: Path
+    control: ControlPlane, launched: dict[str, Launched], tmp_path: Path, mode: str
 ) -> None:
+    if mode == "transparent" and (why := transparent_unavailable()) is not None:
+        pytest.skip(why)
+    capture = Capture(mode, tmp_path)
     for workload in SERVICES:
-        launched[workload.name] = Launched(
+        launched[workload.name] = capture.launch(
             control, tmp_path, workload.name, workload.run_args(), workload.command()
-        ).start()
+        )
     client_args = ["-n", NAMESPACE]
-    launched["client"] = Launched(control, tmp_path, "client", client_args, ["sleep", "300"])
-    launched["client"].start()
-    sidecars = {name: item.ready(30) for name, item in launched.items()}
+    launched["client"] = capture.launch(
+        control, tmp_path, "client", client_args, capture.client_command()
+    )
+    sidecars = {name: item.sidecar(30) for name, item in launched.items()}
     for name in launched.keys() - {"client"}:
         until(partial(serving_in_shop, control, name), 30, f"{name} serving")
     pids = [item.proc.pid for item in launched.values() if item.proc is not None]
-    pids += [found["pid"] for found in sidecars.values()]
+    pids += [info.pid for info in sidecars.values()]
     pids += [pid for item in launched.values() if (pid := app_pid(item)) is not None]
     assert control.proc is not None
     pids.append(control.proc.pid)
 
     # The mesh config applies cleanly once the services are registered (analysis passes).
     apply(control, MESH_YAML.read_text())
-    client = sidecars["client"]["outbound"]
+    client = capture.client(launched["client"])
 
     # A checkout end to end: client -> web -> cart (-> catalog, db) and web -> payment.
-    status, body = send(client, "GET", "http://web/products")
+    status, body = client.send("GET", "http://web/products")
     assert status == 200 and b"p-mug" in body, body
     first = checkout(client, "first", "p-espresso")
     assert first.status == 200, first.body
@@ -162,8 +244,8 @@ def test_the_shop_on_the_mesh(
         for sample_name, labels, value in metrics(address):
             if sample_name != REQUESTS or labels["reporter"] != "destination" or not value:
                 continue
-            caller = labels["source_principal"].rsplit("/sa/", 1)[-1]
-            edges.add((caller, name))
+            source = labels["source_principal"].rsplit("/sa/", 1)[-1]
+            edges.add((source, name))
             assert labels["connection_security_policy"] == "mutual_tls", (name, labels)
     expected = {("client", "web"), ("web", "catalog"), ("web", "cart"), ("cart", "catalog")}
     expected |= {("cart", "db"), ("web", "payment-v1"), ("web", "payment-v2")}
@@ -171,12 +253,12 @@ def test_the_shop_on_the_mesh(
 
     # payment v1 fails 20% of payments: users see no errors, v1's sidecar sees the 503s.
     v1 = sidecars["payment-v1"]
-    direct(v1["app"], "/admin/faults", {"fail_rate": 0.2})
+    direct(v1, "/admin/faults", {"fail_rate": 0.2})
     before = total(metrics(addresses["payment-v1"]), REQUESTS, reporter="destination")
     faulty = checkouts(client, "faults", FAULT_CHECKOUTS)
     failed = [c for c in faulty if c.status != 200]
     assert len(failed) <= 2, failed  # all four tries failing: 0.2**4 per checkout
-    faults = direct(v1["app"], "/admin/faults", {"fail_rate": 0.0})
+    faults = direct(v1, "/admin/faults", {"fail_rate": 0.0})
     assert faults["failed"] >= 5, faults
     after = metrics(addresses["payment-v1"])
     assert total(after, REQUESTS, reporter="destination", response_code="503") >= 5
@@ -187,7 +269,7 @@ def test_the_shop_on_the_mesh(
     # web -> db is refused by db-only-from-cart; client -> payment by payment-only-from-web.
     db = addresses["db"]
     denied_before = total(metrics(db), RBAC_DENIED)
-    status, body = send(sidecars["web"]["outbound"], "GET", "http://db/carts")
+    status, body = caller(sidecars["web"]).send("GET", "http://db/carts")
     assert (status, body) == (403, b"RBAC: access denied")
     db_samples = metrics(db)
     assert total(db_samples, RBAC_DENIED) == denied_before + 1
@@ -200,7 +282,7 @@ def test_the_shop_on_the_mesh(
     assert denial["authz_policy"] == "ns[shop]-policy[db-only-from-cart]-rule[0]"
     assert denial["downstream_peer_principal"] == WEB
     assert denial["response_code"] == 403
-    status, body = send(client, "POST", "http://payment/pay", {"user": "x", "amount_cents": 1})
+    status, body = client.send("POST", "http://payment/pay", {"user": "x", "amount_cents": 1})
     assert (status, body) == (403, b"RBAC: access denied")
 
     # payment v2 stops while checkouts go on: it leaves the registry, v1 takes its traffic.
@@ -221,13 +303,15 @@ def test_the_shop_on_the_mesh(
     for name, item in reversed(launched.items()):
         if item.proc is not None and item.proc.poll() is None:
             item.signal(signal.SIGTERM)
-            expected_status = 143 if name == "client" else 0  # sleep dies of SIGTERM
+            # sleep dies of SIGTERM; the relay exits 0 on it
+            expected_status = 143 if name == "client" and not capture.transparent else 0
             assert item.wait(25) == expected_status, item.describe()
     entries = api_get(control, f"/apis/networking.istio.io/v1/namespaces/{NAMESPACE}/{WE}")
     assert entries is not None and entries["items"] == []
     control.stop()
     for pid in pids:
         until(partial(process_gone, pid), 10, f"process {pid} to end")
+    assert capture.leftovers() == []
 
 
 def serving_in_shop(control: ControlPlane, name: str) -> bool:
@@ -238,8 +322,8 @@ def serving_in_shop(control: ControlPlane, name: str) -> bool:
 class Background:
     """Checkouts one after another from the client's sidecar until the block ends (bounded)."""
 
-    def __init__(self, client_port: int) -> None:
-        self.client_port = client_port
+    def __init__(self, client: Caller) -> None:
+        self.client = client
         self.results: list[Checkout] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkouts", daemon=True)
@@ -249,7 +333,7 @@ class Background:
         for i in range(2000):
             if self._stop.is_set() or time.monotonic() > deadline:
                 return
-            self.results.append(checkout(self.client_port, f"background-{i}", "p-mug"))
+            self.results.append(checkout(self.client, f"background-{i}", "p-mug"))
 
     def versions(self) -> Counter[str | None]:
         return Counter(c.version for c in list(self.results))

@@ -12,10 +12,8 @@ from trellis.cli.run_command import _default_xds
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (
-            ["--name", "web", "--capture", "transparent", "--", "true"],
-            "--capture transparent is not supported yet",
-        ),
+        (["--name", "web", "--capture", "sideways", "--", "true"], "Invalid value for '--capture'"),
+        (["--name", "web", "--xds", "unix:", "--", "true"], "unix: needs a socket path"),
         (["--name", "web"], "Missing argument 'COMMAND...'"),
         (["--", "true"], "Missing option '--name'"),
         (["--name", "Web", "--", "true"], "Invalid value for --name"),
@@ -32,12 +30,13 @@ def test_bad_command_lines_are_usage_errors(args: list[str], text: str) -> None:
 
 def test_options_after_the_command_belong_to_it() -> None:
     # `--port` after COMMAND is the application's: click must stop parsing at COMMAND,
-    # so the only problem here is the capture mode, found before anything starts.
+    # so the only problem here is the label, found before anything starts.
     result = CliRunner().invoke(
-        cli, ["run", "--name", "w", "--capture", "transparent", "echo", "--port", "x"]
+        cli, ["run", "--name", "w", "--label", "tier", "echo", "--port", "x"]
     )
     assert result.exit_code == 2
-    assert "not supported yet" in result.output
+    assert "expected KEY=VALUE" in result.output
+    assert "--port" not in result.output
 
 
 def test_xds_address_defaults_to_the_api_host() -> None:

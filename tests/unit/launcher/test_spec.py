@@ -225,3 +225,41 @@ def test_a_change_is_acknowledged_when_every_proxy_has_it() -> None:
     assert not acknowledged([{"id": "c", "snapshotVersion": "14", "types": stale}], 12)
     assert acknowledged([{"id": "broken", "snapshotVersion": "", "types": synced}], 12)
     assert acknowledged([], 12)
+
+
+IN_NAMESPACE = SidecarPorts.in_namespace("10.213.0.7", 8080)
+
+
+def test_transparent_capture_registers_the_namespace_address_and_the_app_port() -> None:
+    entry = workload_entry(
+        SPEC, IN_NAMESPACE, ["http"], owner="h/1/a", serving=True, resource_version="3"
+    )
+    assert entry["spec"]["address"] == "10.213.0.7"
+    assert entry["spec"]["ports"] == {"http": 8080}  # iptables sends it to 15006
+
+
+def test_transparent_capture_proxy_arguments() -> None:
+    args = proxy_arguments(
+        SPEC, IN_NAMESPACE, xds="unix:/d/xds.sock", token_file="/run/t", drain_time=1
+    )
+    text = " ".join(args)
+    assert text.startswith(
+        "--xds unix:/d/xds.sock --node-id payment-v1.shop --admin-port 15000 "
+        "--admin-address 10.213.0.7 "
+    )
+    assert "--metadata TRELLIS_CAPTURE_MODE=transparent" in text
+    assert "--metadata TRELLIS_OUTBOUND_PORT=15001" in text
+    assert "TRELLIS_APP_PORTS" not in text
+
+
+def test_transparent_capture_gives_the_application_no_proxy() -> None:
+    env = app_environment(
+        {"PATH": "/bin", "HTTP_PROXY": "http://corp:3128", "no_proxy": "x"}, SPEC, IN_NAMESPACE
+    )
+    assert env == {
+        "PATH": "/bin",
+        "PORT": "8080",
+        "TRELLIS_WORKLOAD": "payment-v1",
+        "TRELLIS_NAMESPACE": "shop",
+        "TRELLIS_SERVICE": "payment",
+    }
