@@ -1,13 +1,15 @@
 """`make demo`: the shop on the Trellis mesh, with a live table of every edge.
 
-    python examples/shop/demo.py [--duration S] [--users N]     (or DURATION=S)
+    python examples/shop/demo.py [--duration S] [--users N] [--capture MODE]   (or DURATION=S)
 
 1. starts `trellis control-plane` (temporary data directory, free loopback ports);
 2. applies examples/shop/mesh.yaml: STRICT mTLS, the 90/10 payment canary with
    retries, the policies;
-3. starts db, catalog, cart, payment v1 and v2 and web with `trellis run`
-   (explicit capture: each program gets HTTP_PROXY pointing at its sidecar) and
-   waits until all are registered, serving and in sync;
+3. starts db, catalog, cart, payment v1 and v2 and web with `trellis run` and
+   waits until all are registered, serving and in sync. Capture is transparent
+   when it can be (root on Linux: each program in a network namespace of its
+   own, its TCP sent to its sidecar by iptables), else explicit (each program
+   gets HTTP_PROXY pointing at its sidecar); the first line says which and why;
 4. runs the shopper as a mesh workload too (`trellis run --name shopper`);
 5. shows a table per edge every 2 s from the sidecars' /stats/prometheus;
 6. after a third of the run, makes payment v1 fail 20% of payments: the
@@ -29,8 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -56,9 +56,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-CAPTURE_NOTE = (
+from trellis.platform.netns import transparent_unavailable
+
+EXPLICIT_NOTE = (
     "capture: explicit (each program's HTTP_PROXY is its sidecar; peers reach it through its "
-    "sidecar's inbound port; transparent capture is a later issue)"
+    "sidecar's inbound port)"
+)
+TRANSPARENT_NOTE = (
+    "capture: transparent (each program in a network namespace of its own on bridge trellis0; "
+    "service names resolve to virtual IPs and iptables sends its TCP to its sidecar)"
 )
 LOG_EVERY = 10.0
 """Without a terminal (a log), the screen is printed this often instead of redrawn."""
@@ -76,6 +82,7 @@ class Options:
     faults_after: float
     fail_rate: float
     keep_logs: bool
+    capture: str
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -92,6 +99,10 @@ def parse_args(argv: list[str] | None) -> Options:
     )  # fmt: skip
     parser.add_argument("--fail-rate", type=float, default=0.2, help="payment v1's failures")
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs directory")
+    parser.add_argument(
+        "--capture", choices=("auto", "explicit", "transparent"), default="auto",
+        help="how programs reach their sidecars (default: transparent when root on Linux)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     duration = args.duration
     if duration is None and os.environ.get("DURATION"):
@@ -108,7 +119,27 @@ def parse_args(argv: list[str] | None) -> Options:
     faults_after = args.faults_after
     if faults_after is None:
         faults_after = duration / 3 if duration else 20.0
-    return Options(duration, args.users, args.refresh, faults_after, args.fail_rate, args.keep_logs)
+    return Options(
+        duration,
+        args.users,
+        args.refresh,
+        faults_after,
+        args.fail_rate,
+        args.keep_logs,
+        args.capture,
+    )
+
+
+def choose_capture(asked: str) -> tuple[str, str]:
+    """The capture mode to run with, and a line that says which and why."""
+    why_not = transparent_unavailable() if asked != "explicit" else None
+    if asked == "explicit":
+        return "explicit", f"{EXPLICIT_NOTE}; asked for"
+    if why_not is None:
+        return "transparent", TRANSPARENT_NOTE
+    if asked == "transparent":
+        raise ShopError(why_not)
+    return "explicit", f"{EXPLICIT_NOTE}; not transparent: {why_not}"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -129,8 +160,9 @@ def _trellis_command() -> str:
 class Demo:
     """One run of the demo: what it started, what it saw."""
 
-    def __init__(self, options: Options, console: Console, work: Path) -> None:
+    def __init__(self, options: Options, console: Console, work: Path, capture: str) -> None:
         self.options = options
+        self.capture = capture
         self.console = console
         self.logs = work / "logs"
         self.logs.mkdir()
@@ -156,7 +188,7 @@ class Demo:
         applied = self.plane.apply(MESH_YAML, force=True)  # the services register in step 3
         names = ", ".join(f"{r['kind']} {r['namespace']}/{r['name']}" for r in applied)
         self.say("2/5", f"applied {MESH_YAML.name}: {names}")
-        self.services = start_shop(self.plane, self.logs, self.env)
+        self.services = start_shop(self.plane, self.logs, self.env, self.capture)
         wait_serving(self.plane, self.services, START_TIMEOUT)
         self.say(
             "3/5",
@@ -167,7 +199,9 @@ class Demo:
         duration = self.options.duration or UNBOUNDED
         args = ["--users", str(self.options.users), "--duration", f"{duration:g}"]
         args += ["--progress", "2"]
-        self.shopper = Launcher(self.plane, shopper(*args), self.logs, self.env).start()
+        self.shopper = Launcher(
+            self.plane, shopper(*args), self.logs, self.env, self.capture
+        ).start()
         deadline = time.monotonic() + 30
         while self.shopper.sidecar() is None:
             if not self.shopper.running or time.monotonic() > deadline:
@@ -181,18 +215,13 @@ class Demo:
         """web → db through web's own sidecar: the AuthorizationPolicy db-only-from-cart says no."""
         web = self._service("web").sidecar()
         assert web is not None
-        proxy = urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{web.outbound}"})
-        try:
-            with urllib.request.build_opener(proxy).open("http://db/carts", timeout=5) as answer:
-                return (
-                    f"policy check: web → http://db/carts answered {answer.status} (expected 403!)"
-                )
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace").strip()
-            return (
-                f"policy check: web → http://db/carts through web's sidecar: {exc.code} "
-                f"{body!r} (only cart may call db)"
-            )
+        status, body = web.send("http://db/carts")
+        if status != 403:
+            return f"policy check: web → http://db/carts answered {status} (expected 403!)"
+        return (
+            f"policy check: web → http://db/carts through web's sidecar: {status} "
+            f"{body.decode(errors='replace').strip()!r} (only cart may call db)"
+        )
 
     def _service(self, name: str) -> Launcher:
         return next(s for s in self.services if s.name == name)
@@ -215,7 +244,7 @@ class Demo:
             coming, " · Ctrl-C to stop" if not self.options.duration else "",
         )  # fmt: skip
         return Screen(
-            header=[Text("Trellis: the shop on the mesh · capture: explicit (HTTP_PROXY)", "bold")],
+            header=[Text(f"Trellis: the shop on the mesh · capture: {self.capture_label}", "bold")],
             progress=progress,
             current=window(before, after) if before is not None else {},
             total=window(Snapshot(self.started), after),
@@ -223,6 +252,12 @@ class Demo:
             faults=self.faults_view(after),
             next_steps=self.next_steps(),
         )
+
+    @property
+    def capture_label(self) -> str:
+        if self.capture == "transparent":
+            return "transparent (network namespaces, iptables)"
+        return "explicit (HTTP_PROXY)"
 
     def faults_view(self, after: Snapshot) -> Faults | None:
         """The faults, and what the mesh made of them up to `after`."""
@@ -237,7 +272,7 @@ class Demo:
     def next_steps(self) -> list[str]:
         cli, server = _trellis_command(), self.plane.server
         web = self._service("web").sidecar()
-        admin = f"127.0.0.1:{web.admin}" if web else "WEB_ADMIN"
+        admin = web.admin if web else "WEB_ADMIN"
         return [
             f"{cli} proxy-status -s {server}",
             f"{cli} get virtualservices,destinationrules,authorizationpolicies -n shop -s {server}",
@@ -250,7 +285,7 @@ class Demo:
         payment = self._service("payment-v1").sidecar()
         assert payment is not None
         at = self.take_snapshot()
-        set_faults(payment.app, self.options.fail_rate)
+        set_faults(payment, self.options.fail_rate)
         self.faults = (at.taken, payment.app, at)
 
     def loop(self) -> None:
@@ -335,10 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=130)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT: even if ignored
         signal.signal(signum, _interrupt)
+    try:
+        capture, note = choose_capture(options.capture)
+    except ShopError as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="trellis-shop-"))
-    demo = Demo(options, console, work)
+    demo = Demo(options, console, work, capture)
     console.print(Text("Trellis: the shop on the mesh", style="bold"))
-    console.print(CAPTURE_NOTE, style="dim")
+    console.print(note, style="dim")
     failed = interrupted = False
     try:
         demo.start()

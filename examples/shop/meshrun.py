@@ -1,9 +1,12 @@
 """The shop on a Trellis mesh on this machine: a control plane and one `trellis run` per workload.
 
 Explicit capture: each service gets `HTTP_PROXY` pointing at its own sidecar
-and is reached by its peers through their sidecars, over mutual TLS. The
-services keep their plain command lines; the launcher tells each its port in
-`$PORT`, which a `sh -c` wrapper turns into the `--port` flag they take.
+and is reached by its peers through their sidecars, over mutual TLS.
+Transparent capture (root on Linux): each service runs in a network namespace
+of its own, where `http://payment` resolves to the service's virtual IP and
+iptables hands the connection to the sidecar. The services keep their plain
+command lines either way; the launcher tells each its port in `$PORT`, which a
+`sh -c` wrapper turns into the `--port` flag they take.
 
 Every process runs in its own session, so a Ctrl-C at the terminal reaches
 only the driver, which then stops them in order: the launchers (each takes its
@@ -42,7 +45,11 @@ STOP_TIMEOUT = 25.0
 _PORT_FLAG = 'exec "$0" "$@" --port "$PORT"'
 _READY = re.compile(
     r"sidecar \(pid (\d+)\) ready: outbound \(HTTP_PROXY\) 127\.0\.0\.1:(\d+), "
-    r"inbound 127\.0\.0\.1:(\d+) -> application 127\.0\.0\.1:(\d+), admin 127\.0\.0\.1:(\d+)"
+    r"inbound 127\.0\.0\.1:\d+ -> application 127\.0\.0\.1:(\d+), admin (127\.0\.0\.1:\d+)"
+)
+_READY_IN_NAMESPACE = re.compile(
+    r"sidecar \(pid (\d+)\) ready in network namespace (\S+) at [0-9.]+: outbound capture "
+    r":\d+, inbound capture :\d+ -> application 127\.0\.0\.1:(\d+), admin ([0-9.]+:\d+)"
 )
 _STARTED = re.compile(r"trellis\.run: started \S+ \(pid (\d+)\)")
 _PRIVATE_ENV = ("TRELLIS_SERVER", "TRELLIS_TOKEN", "TRELLIS_XDS_ADDRESS", "TRELLIS_JOIN_TOKEN")
@@ -239,23 +246,91 @@ class ControlPlane:
 
 @dataclass(frozen=True, slots=True)
 class SidecarInfo:
-    """What the launcher's log says about its sidecar once it is ready."""
+    """What the launcher's log says about its sidecar once it is ready.
+
+    Explicit capture: `outbound` is the program's HTTP_PROXY port on 127.0.0.1.
+    Transparent capture: `namespace` is the workload's network namespace (its
+    program listens on 127.0.0.1:`app` in there) and `outbound` is None.
+    """
 
     pid: int
-    outbound: int
-    inbound: int
     app: int
-    admin: int
+    admin: str
+    outbound: int | None = None
+    namespace: str | None = None
+
+    @classmethod
+    def from_log(cls, text: str) -> SidecarInfo | None:
+        if (explicit := _READY.search(text)) is not None:
+            pid, outbound, app, admin = explicit.groups()
+            return cls(int(pid), int(app), admin, outbound=int(outbound))
+        if (inside := _READY_IN_NAMESPACE.search(text)) is not None:
+            pid, namespace, app, admin = inside.groups()
+            return cls(int(pid), int(app), admin, namespace=namespace)
+        return None
+
+    @staticmethod
+    def pids_in(text: str) -> list[int]:
+        found = _READY.findall(text) + _READY_IN_NAMESPACE.findall(text)
+        return [int(groups[0]) for groups in found]
+
+    def send(self, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """A request as this workload's program would make it (through its sidecar for a
+        service name; to itself for 127.0.0.1): (status, body)."""
+        if self.namespace is not None:
+            return _in_namespace(self.namespace, url, body)
+        proxies = {"http": f"http://127.0.0.1:{self.outbound}"} if self.outbound else {}
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+        headers = {"content-type": "application/json"} if body is not None else {}
+        request = urllib.request.Request(url, data=body, headers=headers)
+        try:
+            with opener.open(request, timeout=HTTP_TIMEOUT) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+
+
+_ONE_REQUEST = """
+import sys, urllib.error, urllib.request
+url, body = sys.argv[1], sys.argv[2].encode() or None
+request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(request, timeout=float(sys.argv[3])) as answer:
+        status, data = answer.status, answer.read()
+except urllib.error.HTTPError as exc:
+    status, data = exc.code, exc.read()
+sys.stdout.write(f"{status}\\n{data.decode(errors='replace')}")
+"""
+
+
+def _in_namespace(namespace: str, url: str, body: bytes | None) -> tuple[int, bytes]:
+    """One request made inside a workload's network namespace (as root: `ip netns exec`)."""
+    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", _ONE_REQUEST]
+    command += [url, (body or b"").decode(), str(HTTP_TIMEOUT)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=HTTP_TIMEOUT + 10, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise ShopError(f"a request in network namespace {namespace} failed: {exc}") from None
+    status, _, data = done.stdout.partition(b"\n")
+    return int(status), data
 
 
 class Launcher:
     """`trellis run` for one workload of the shop, its output in `log_dir/NAME.log`."""
 
     def __init__(
-        self, plane: ControlPlane, workload: Workload, log_dir: Path, env: Mapping[str, str]
+        self,
+        plane: ControlPlane,
+        workload: Workload,
+        log_dir: Path,
+        env: Mapping[str, str],
+        capture: str = "explicit",
     ) -> None:
         self.plane = plane
         self.workload = workload
+        self.capture = capture
         self.log = log_dir / f"{workload.name}.log"
         self.out = log_dir / f"{workload.name}.out"
         self.sidecar_log = log_dir / f"{workload.name}.sidecar.log"
@@ -268,7 +343,9 @@ class Launcher:
 
     def start(self) -> Launcher:
         command = trellis("run", *self.workload.run_args(), "-s", self.plane.server)
-        command += ["--xds", self.plane.xds, "--sidecar-log", str(self.sidecar_log)]
+        command += ["--capture", self.capture, "--sidecar-log", str(self.sidecar_log)]
+        if self.capture == "explicit":  # transparent: the control plane's Unix socket
+            command += ["--xds", self.plane.xds]
         command += ["--", *self.workload.command()]
         with self.log.open("ab") as log, self.out.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -286,14 +363,17 @@ class Launcher:
         return self.proc is not None and self.proc.poll() is None
 
     def sidecar(self) -> SidecarInfo | None:
-        match = _READY.search(self.log.read_text(errors="replace")) if self.log.exists() else None
-        return SidecarInfo(*map(int, match.groups())) if match else None
+        return (
+            SidecarInfo.from_log(self.log.read_text(errors="replace"))
+            if self.log.exists()
+            else None
+        )
 
     def pids(self) -> list[int]:
         """The launcher's, its sidecar's and its program's pids (those it has logged)."""
         pids = [self.proc.pid] if self.proc is not None else []
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        pids += [int(groups[0]) for groups in _READY.findall(text)]
+        pids += SidecarInfo.pids_in(text)
         pids += [int(found) for found in _STARTED.findall(text)]
         return pids
 
@@ -312,9 +392,11 @@ class Launcher:
         return None if self.proc is None else _stop_process(self.proc, signum, timeout)
 
 
-def start_shop(plane: ControlPlane, log_dir: Path, env: Mapping[str, str]) -> list[Launcher]:
+def start_shop(
+    plane: ControlPlane, log_dir: Path, env: Mapping[str, str], capture: str = "explicit"
+) -> list[Launcher]:
     """Start every service of the shop with `trellis run` (they start side by side)."""
-    return [Launcher(plane, workload, log_dir, env).start() for workload in SHOP]
+    return [Launcher(plane, workload, log_dir, env, capture).start() for workload in SHOP]
 
 
 def wait_serving(plane: ControlPlane, launchers: Sequence[Launcher], timeout: float) -> None:
@@ -370,11 +452,14 @@ def still_running(pids: Iterable[int]) -> list[int]:
     return alive
 
 
-def set_faults(app_port: int, fail_rate: float, delay_ms: int = 0) -> dict[str, Any]:
+def set_faults(payment: SidecarInfo, fail_rate: float, delay_ms: int = 0) -> dict[str, Any]:
     """Tell a payment instance, on its own (loopback) port, to fail a share of payments."""
     body = json.dumps({"fail_rate": fail_rate, "delay_ms": delay_ms}).encode()
-    answer: dict[str, Any] = request_json(f"http://127.0.0.1:{app_port}/admin/faults", body)
-    return answer
+    status, answer = payment.send(f"http://127.0.0.1:{payment.app}/admin/faults", body)
+    if status != 200:
+        raise ShopError(f"payment did not take the faults ({status}): {answer[:200]!r}")
+    result: dict[str, Any] = json.loads(answer)
+    return result
 
 
 def admin_addresses(plane: ControlPlane) -> dict[str, str]:
