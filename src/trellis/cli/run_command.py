@@ -71,9 +71,9 @@ def _check_xds(value: str) -> str:
     type=click.Choice(["explicit", "transparent"]),
     default="explicit",
     show_default=True,
-    help="explicit: the application gets HTTP_PROXY. transparent (root on Linux): the "
-    "application runs in a network namespace of its own whose TCP iptables sends to the "
-    "sidecar; service names resolve to virtual IPs there.",
+    help="explicit: the application gets HTTP_PROXY. transparent (root on Linux): it runs "
+    "in a network namespace of its own, where iptables sends its TCP to the sidecar and "
+    "service names resolve to virtual IPs.",
 )
 @click.option(
     "--xds",

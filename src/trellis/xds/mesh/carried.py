@@ -40,7 +40,8 @@ def _service_entry(entry: ServiceEntry) -> UnsupportedConfigError | None:
         return unsupported(
             entry,
             "spec.addresses",
-            "virtual IPs need transparent capture, which the Trellis proxy does not implement yet",
+            "virtual IPs chosen in the ServiceEntry are not supported yet; the control plane "
+            "allocates one per service itself (GET /api/v1/service-addresses)",
         )
     return None
 
