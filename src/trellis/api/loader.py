@@ -29,6 +29,7 @@ from trellis.api.networking import (
 )
 from trellis.api.problem import Problem, ResourceError, problems_from
 from trellis.api.security import AuthorizationPolicy, PeerAuthentication
+from trellis.api.telemetry import Telemetry
 
 ResourceType = (
     type[ServiceEntry]
@@ -37,6 +38,7 @@ ResourceType = (
     | type[DestinationRule]
     | type[PeerAuthentication]
     | type[AuthorizationPolicy]
+    | type[Telemetry]
 )
 
 RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType(
@@ -47,13 +49,14 @@ RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType(
         "DestinationRule": DestinationRule,
         "PeerAuthentication": PeerAuthentication,
         "AuthorizationPolicy": AuthorizationPolicy,
+        "Telemetry": Telemetry,
     }
 )
 """kind -> model class, for every kind Trellis implements."""
 
 LATER_KINDS = frozenset(
     {"Gateway", "Sidecar", "RequestAuthentication"}
-    | {"Telemetry", "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
+    | {"EnvoyFilter", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
 )
 """Istio kinds Trellis does not implement (yet): rejected with a clear message."""
 

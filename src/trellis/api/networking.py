@@ -37,6 +37,7 @@ from trellis.api.service_entry import (
     WorkloadEntrySpec,
     WorkloadSelector,
 )
+from trellis.api.telemetry import Telemetry
 from trellis.api.virtual_service import (
     MESH_GATEWAY,
     Destination,
@@ -66,9 +67,10 @@ NetworkingResource = (
     | DestinationRule
     | PeerAuthentication
     | AuthorizationPolicy
+    | Telemetry
 )
-"""Any resource of a kind Trellis implements: the networking kinds defined here
-and the security kinds of `trellis.api.security`."""
+"""Any resource of a kind Trellis implements: the networking kinds defined here,
+the security kinds of `trellis.api.security` and `trellis.api.telemetry`'s."""
 
 KINDS: tuple[type[Resource], ...] = (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)
 

@@ -13,6 +13,8 @@ NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 SECURITY_GROUP = "security.istio.io"
 SECURITY_VERSIONS = ("v1", "v1beta1")
+TELEMETRY_GROUP = "telemetry.istio.io"
+TELEMETRY_VERSIONS = ("v1", "v1alpha1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,14 @@ KINDS: tuple[KindInfo, ...] = (
         ("ap",),
         SECURITY_GROUP,
         SECURITY_VERSIONS,
+    ),
+    KindInfo(
+        "Telemetry",
+        "telemetries",
+        "telemetry",
+        (),
+        TELEMETRY_GROUP,
+        TELEMETRY_VERSIONS,
     ),
 )
 

@@ -335,7 +335,7 @@ def test_envelope_errors() -> None:
         "Trellis yet",
         "mixed.yaml: document 3 (Service default/svc): kind: unknown kind 'Service' "
         "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, "
-        "VirtualService, WorkloadEntry)",
+        "Telemetry, VirtualService, WorkloadEntry)",
         "mixed.yaml: document 4 (default/nokind): kind: required field is missing",
         "mixed.yaml: document 5 (WorkloadEntry shop/<no name>): metadata.name: required field "
         "is missing",

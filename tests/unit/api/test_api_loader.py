@@ -68,7 +68,7 @@ def test_all_problems_of_all_files_are_collected(tmp_path: Path) -> None:
         "spec.http[0].route[0].weight: must be >= 0",
         f"{tmp_path / 'b.json'}: document 1 (Nope default/<no name>): kind: unknown kind "
         "'Nope' (supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
-        "ServiceEntry, VirtualService, WorkloadEntry)",
+        "ServiceEntry, Telemetry, VirtualService, WorkloadEntry)",
         f"{tmp_path / 'missing.yaml'}: No such file or directory",
     ]
 

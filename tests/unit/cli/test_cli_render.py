@@ -81,7 +81,7 @@ def test_unknown_kind_lists_the_known_ones() -> None:
         resolve_kind("vs.security.istio.io")
     assert {info.plural for info in KINDS} == {
         "virtualservices", "destinationrules", "serviceentries", "workloadentries",
-        "peerauthentications", "authorizationpolicies",
+        "peerauthentications", "authorizationpolicies", "telemetries",
     }  # fmt: skip
 
 

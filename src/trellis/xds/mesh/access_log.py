@@ -101,6 +101,22 @@ class ListenerLogs:
 NO_LOGS = ListenerLogs()
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyLogs:
+    """One proxy's access logs: on its outbound listener (Telemetry's CLIENT side) and on
+    its inbound listeners (SERVER)."""
+
+    outbound: ListenerLogs = NO_LOGS
+    inbound: ListenerLogs = NO_LOGS
+
+    @classmethod
+    def both(cls, logs: ListenerLogs) -> ProxyLogs:
+        return cls(logs, logs)
+
+
+NO_PROXY_LOGS = ProxyLogs()
+
+
 def listener_logs(settings: MeshAccessLog | None) -> ListenerLogs:
     """The loggers for `settings` (none without), built once per mesh config."""
     if settings is None:

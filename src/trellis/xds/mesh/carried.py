@@ -9,8 +9,10 @@ behaviour that is not there — above all mTLS that is not happening.
 from __future__ import annotations
 
 from trellis.api.networking import DestinationRule, ServiceEntry, TLSMode, VirtualService
+from trellis.api.telemetry import Telemetry
 from trellis.xds.mesh.errors import UnsupportedConfigError, unsupported
 from trellis.xds.mesh.model import MeshConfig
+from trellis.xds.mesh.telemetry import ACCESS_LOG_PROVIDERS, ENVOY_PROVIDER
 from trellis.xds.re2 import Re2SyntaxError, compile_re2
 
 
@@ -32,6 +34,27 @@ def first_uncarried(config: MeshConfig, *, mtls: bool = False) -> UnsupportedCon
         problem = _destination_rule(rule, mtls)
         if problem is not None:
             return problem
+    for telemetry in config.telemetries:
+        problem = _telemetry(telemetry)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _telemetry(telemetry: Telemetry) -> UnsupportedConfigError | None:
+    if telemetry.spec.tracing:
+        return unsupported(
+            telemetry, "spec.tracing", "tracing is not configured through Telemetry yet"
+        )
+    for i, entry in enumerate(telemetry.spec.access_logging or ()):
+        for j, provider in enumerate(entry.providers):
+            if provider.name not in ACCESS_LOG_PROVIDERS:
+                return unsupported(
+                    telemetry,
+                    f"spec.accessLogging[{i}].providers[{j}].name",
+                    f"unknown access log provider {provider.name!r}; Trellis has Istio's "
+                    f"built-in {ENVOY_PROVIDER!r} (the mesh access log)",
+                )
     return None
 
 

@@ -35,7 +35,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from trellis.xds.mesh.access_log import NO_LOGS, ListenerLogs
+from trellis.xds.mesh.access_log import NO_PROXY_LOGS, ListenerLogs, ProxyLogs
 from trellis.xds.mesh.authz import NO_AUTHZ, InboundAuthz
 from trellis.xds.mesh.build import ads_source, boolean, duration, pack, socket_address, u32
 from trellis.xds.mesh.model import CaptureMode, ProxyIdentity, TranslateOptions
@@ -71,23 +71,23 @@ def listeners(
     ports: Sequence[InboundPort],
     authz: InboundAuthz = NO_AUTHZ,
     mtls: InboundMtls | None = None,
-    logs: ListenerLogs = NO_LOGS,
+    logs: ProxyLogs = NO_PROXY_LOGS,
 ) -> list[listener_pb2.Listener]:
     """The outbound listener and the inbound listener(s) for `ports`.
 
     `authz`: the RBAC filters inbound HTTP goes through before the router, and
     inbound TCP before the TCP proxy; `mtls`: with mesh mTLS, how each port
     terminates it (None: plaintext); `logs`: the access logs of every connection
-    manager and TCP proxy.
+    manager and TCP proxy, outbound and inbound.
     """
     if options.capture_mode is CaptureMode.TRANSPARENT:
-        result = [_virtual_outbound(options, logs)]
+        result = [_virtual_outbound(options, logs.outbound)]
         if ports:
-            result.append(_virtual_inbound(options, ports, authz, mtls, logs))
+            result.append(_virtual_inbound(options, ports, authz, mtls, logs.inbound))
         return result
-    result = [_explicit_outbound(options, logs)]
+    result = [_explicit_outbound(options, logs.outbound)]
     address = options.inbound_address or proxy.address
-    result += [_explicit_inbound(address, item, authz, mtls, logs) for item in ports]
+    result += [_explicit_inbound(address, item, authz, mtls, logs.inbound) for item in ports]
     return result
 
 

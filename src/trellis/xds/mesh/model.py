@@ -16,6 +16,7 @@ from trellis.api.networking import (
     WorkloadEntry,
 )
 from trellis.api.security import AuthorizationPolicy, PeerAuthentication
+from trellis.api.telemetry import Telemetry
 from trellis.errors import ConfigError
 from trellis.xds.mesh.access_log import MeshAccessLog
 
@@ -53,6 +54,7 @@ class MeshConfig:
     destination_rules: tuple[DestinationRule, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    telemetries: tuple[Telemetry, ...] = ()
     tls: MeshTls | None = None
     access_log: MeshAccessLog | None = None  # meshConfig.accessLogFile; None: no access log
 
@@ -71,6 +73,7 @@ class MeshConfig:
         rules: list[DestinationRule] = []
         peer_authentications: list[PeerAuthentication] = []
         authorization_policies: list[AuthorizationPolicy] = []
+        telemetries: list[Telemetry] = []
         for resource in resources:
             if isinstance(resource, ServiceEntry):
                 entries.append(resource)
@@ -84,6 +87,8 @@ class MeshConfig:
                 peer_authentications.append(resource)
             elif isinstance(resource, AuthorizationPolicy):
                 authorization_policies.append(resource)
+            elif isinstance(resource, Telemetry):
+                telemetries.append(resource)
             else:
                 raise ConfigError(
                     f"{resource.kind} is not a kind the translator reads",
@@ -96,6 +101,7 @@ class MeshConfig:
             destination_rules=tuple(sorted(rules, key=_key)),
             peer_authentications=tuple(sorted(peer_authentications, key=_key)),
             authorization_policies=tuple(sorted(authorization_policies, key=_key)),
+            telemetries=tuple(sorted(telemetries, key=_key)),
             tls=tls,
             access_log=access_log,
         )

@@ -17,10 +17,17 @@ from google.protobuf.message import Message
 from trellis.api.hosts import is_ip
 from trellis.api.networking import ServiceEntry
 from trellis.api.services import labels_match
+from trellis.api.telemetry import WorkloadMode
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
-from trellis.xds.mesh.access_log import listener_logs
+from trellis.xds.mesh.access_log import (
+    NO_LOGS,
+    ListenerLogs,
+    MeshAccessLog,
+    ProxyLogs,
+    listener_logs,
+)
 from trellis.xds.mesh.authz import InboundAuthz, inbound_authz, selected_policies
 from trellis.xds.mesh.carried import first_uncarried
 from trellis.xds.mesh.clusters import inbound_cluster_for, outbound_clusters
@@ -39,6 +46,7 @@ from trellis.xds.mesh.names import (
 )
 from trellis.xds.mesh.registry import InboundPort, Registry, inbound_ports
 from trellis.xds.mesh.routes import outbound_route_config
+from trellis.xds.mesh.telemetry import ENVOY_PROVIDER, access_log_providers, telemetry_levels
 from trellis.xds.protos import cluster_pb2, http_connection_manager_pb2
 from trellis.xds.supported import HCM_TYPE
 
@@ -122,7 +130,10 @@ class Translator:
         tls = config.tls
         self.uncarried = first_uncarried(config, mtls=tls is not None)
         self._mtls = AutoMtls(tls, config.peer_authentications) if tls is not None else None
-        self._logs = listener_logs(config.access_log)
+        self._mesh_logs = ProxyLogs.both(listener_logs(config.access_log))
+        self._provider_logs = listener_logs(config.access_log or MeshAccessLog())
+        # Access logs by the providers each side has on (Telemetry); most proxies share one.
+        self._logs: dict[tuple[frozenset[str] | None, frozenset[str] | None], ProxyLogs] = {}
         self._downstream_tls = downstream_tls_socket(tls.trust_domain) if tls is not None else None
         self.secrets: Mapping[str, Message] = (
             {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
@@ -151,6 +162,28 @@ class Translator:
         if authz is None:
             authz = self._authz[key] = inbound_authz(chosen)
         return authz
+
+    def _proxy_logs(self, proxy: ProxyIdentity) -> ProxyLogs:
+        """The access logs of `proxy`'s listeners: the mesh's, unless Telemetry says otherwise."""
+        if not self.config.telemetries:
+            return self._mesh_logs
+        levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
+        key = (
+            access_log_providers(levels, WorkloadMode.CLIENT),
+            access_log_providers(levels, WorkloadMode.SERVER),
+        )
+        logs = self._logs.get(key)
+        if logs is None:
+            logs = self._logs[key] = ProxyLogs(
+                self._side_logs(key[0], self._mesh_logs.outbound),
+                self._side_logs(key[1], self._mesh_logs.inbound),
+            )
+        return logs
+
+    def _side_logs(self, providers: frozenset[str] | None, default: ListenerLogs) -> ListenerLogs:
+        if providers is None:
+            return default
+        return self._provider_logs if ENVOY_PROVIDER in providers else NO_LOGS
 
     def _selecting_entries(self, proxy: ProxyIdentity) -> list[ServiceEntry]:
         """The ServiceEntries whose selector may select the proxy (`inbound_ports` checks)."""
@@ -195,7 +228,8 @@ class Translator:
         if self._mtls is not None and self._downstream_tls is not None:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
-        built = listeners(proxy, options, ports, self._inbound_authz(proxy), mtls, self._logs)
+        authz = self._inbound_authz(proxy)
+        built = listeners(proxy, options, ports, authz, mtls, self._proxy_logs(proxy))
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,
