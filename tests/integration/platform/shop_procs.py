@@ -21,6 +21,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ from .launch_procs import Launched, SidecarInfo, api_get
 SHOP_DIR = Path(__file__).resolve().parents[3] / "examples" / "shop"
 MESH_YAML = SHOP_DIR / "mesh.yaml"
 NAMESPACE = "shop"
+CONNECT_ATTEMPTS = 50
 STARTED = re.compile(r"trellis\.run: started \S+ \(pid (\d+)\)")
 
 
@@ -113,10 +115,23 @@ class _UnixConnection(http.client.HTTPConnection):
         self.path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path)
-        self.sock = sock
+        # A full listen queue answers EAGAIN at once on a Unix socket: wait a little and retry.
+        for attempt in range(CONNECT_ATTEMPTS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except BlockingIOError:
+                sock.close()
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 @dataclass(frozen=True, slots=True)

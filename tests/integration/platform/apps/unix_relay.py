@@ -64,6 +64,7 @@ class Relay(BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 64  # the test sends from several threads at once
 
 
 def main() -> int:
