@@ -59,9 +59,9 @@ def test_levels_go_from_the_mesh_to_the_workload() -> None:
 
 def test_the_most_specific_level_decides_per_side() -> None:
     levels = [MESH, NAMESPACE_OFF, WORKLOAD_SERVER]
-    assert access_log_providers(levels, WorkloadMode.SERVER) == {"envoy"}
+    assert access_log_providers(levels, WorkloadMode.SERVER) == frozenset({"envoy"})
     assert access_log_providers(levels, WorkloadMode.CLIENT) == frozenset()
-    assert access_log_providers([MESH], WorkloadMode.CLIENT) == {"envoy"}
+    assert access_log_providers([MESH], WorkloadMode.CLIENT) == frozenset({"envoy"})
     assert access_log_providers([], WorkloadMode.CLIENT) is None
 
 
@@ -84,7 +84,7 @@ def _logs_by_listener(*telemetries: Telemetry, mesh_log: MeshAccessLog | None) -
     resources = Translator(config).translate(case.proxy, case.options)
     found = {}
     for name, message in resources[LISTENER_TYPE].items():
-        listener = listener_resource(message)  # type: ignore[arg-type]
+        listener = listener_resource(message)
         found[name] = len(listener.chains[0].filter.access_logs)
     return found
 
