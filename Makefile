@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-bench
 NET_STAMP := $(VENV)/.apt-net
+PROM_STAMP := $(VENV)/.apt-prometheus
+BROWSER_STAMP := $(VENV)/.apt-browser
 
 .PHONY: demo demo-proxy test lint typecheck imports unit integration bench deps clean
 
@@ -36,6 +38,25 @@ $(NET_STAMP): | $(STAMP)
 	fi; \
 	touch $@
 
+# Debian packages the dashboard's browser test needs (headless Chromium and its WebDriver).
+# Without root they are only reported: that test is then skipped.
+$(BROWSER_STAMP): | $(STAMP)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || exit 1; \
+	  else echo "note: the dashboard browser test needs chromium and chromium-driver (and root to install them)" >&2; exit 0; fi; \
+	fi; \
+	touch $@
+
+# Debian's prometheus: the metrics tests scrape real sidecars with it (skipped without it).
+$(PROM_STAMP): | $(STAMP)
+	@if ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || exit 1; \
+	  else echo "note: the Prometheus tests need the prometheus package (and root to install it)" >&2; exit 0; fi; \
+	fi; \
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -52,7 +73,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
-test: lint typecheck imports $(NET_STAMP)
+test: lint typecheck imports $(NET_STAMP) $(PROM_STAMP) $(BROWSER_STAMP)
 	$(BIN)/pytest -q
 
 # The shop on the mesh, live; DURATION=seconds to stop by itself (else Ctrl-C).

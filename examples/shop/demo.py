@@ -274,6 +274,8 @@ class Demo:
         web = self._service("web").sidecar()
         admin = web.admin if web else "WEB_ADMIN"
         return [
+            f"dashboard: {server}/dashboard   (service graph, golden signals, traces, config)",
+            f"{cli} top -n shop -s {server}   (live per-edge table)",
             f"{cli} proxy-status -s {server}",
             f"{cli} get virtualservices,destinationrules,authorizationpolicies -n shop -s {server}",
             f"{cli} proxy-config web.shop routes -s {server}   (or listeners, clusters, ...)",

@@ -185,6 +185,9 @@ class ControlPlane:
         command += ["--api-port", str(self.api_port), "--xds-address", self.xds]
         # Sidecars log every request as JSON to their stdout (the launchers' sidecar logs).
         command += ["--access-log-file", "/dev/stdout"]
+        # Spans go to the control plane itself (its dashboard's traces); mesh.yaml's
+        # Telemetry samples every request of the shop.
+        command += ["--tracing-otlp-address", "self"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,

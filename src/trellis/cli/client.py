@@ -171,6 +171,14 @@ class ApiClient:
         )
         return result
 
+    def graph(self, window: str = "60s", namespace: str | None = None) -> dict[str, Any]:
+        """`GET /api/v1/graph`: the service graph and per-edge rows over `window`."""
+        params = {"window": window}
+        if namespace:
+            params["namespace"] = namespace
+        result: dict[str, Any] = self._call("GET", "/api/v1/graph", params=params)
+        return result
+
     def config_dump(self, proxy: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
             "GET", f"/api/v1/proxies/{quote(proxy, safe='')}/config_dump"

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from trellis.cli.inject_command import injection_options, injection_settings, serve_beside_webhook
+from trellis.cli.inject_command import webhook_address as parse_webhook_address
+
 if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pay for them
     from trellis.controlplane.ads import AdsServer
     from trellis.controlplane.api_mesh import MeshInfo
@@ -97,6 +100,23 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     "or Envoy's default text format.",
 )
 @click.option(
+    "--tracing-otlp-address",
+    metavar="HOST:PORT|unix:PATH|self",
+    help="Every sidecar records spans and sends them over OTLP/gRPC to this collector "
+    "(an IP address the sidecars reach: Jaeger or an OpenTelemetry collector; or `self`: "
+    "this control plane, which keeps recent traces for the dashboard, reached on its xDS "
+    "Unix socket, else its xDS address). Default: no tracing.",
+)
+@click.option(
+    "--tracing-sampling",
+    type=click.FloatRange(0, 100),
+    default=1.0,
+    show_default=True,
+    metavar="PERCENT",
+    help="Percentage of new traces the sidecars sample (Istio's mesh default is 1; the demo "
+    "uses 100). An incoming trace's own decision is always honoured.",
+)
+@click.option(
     "--orphan-grace",
     default="60s",
     show_default=True,
@@ -112,6 +132,22 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     help="IPv4 block services' virtual IPs come from (transparent capture: service names "
     "resolve to them inside workload namespaces); kept across restarts in DATA_DIR.",
 )
+@click.option(
+    "--scrape-interval",
+    default="5s",
+    show_default=True,
+    metavar="DURATION",
+    help="How often the dashboard's metrics are read from every connected proxy's "
+    "/stats/prometheus (the last 15 minutes are kept in memory).",
+)
+@click.option(
+    "--webhook-address",
+    metavar="HOST:PORT",
+    help="Serve the Kubernetes sidecar injection webhook over HTTPS here (0.0.0.0:15017 in a "
+    "cluster), with a certificate from the mesh CA; the --inject-* flags set what it adds "
+    "(see `trellis inject --help`). Default: off (the local platform has no API server).",
+)
+@injection_options("inject-")
 @click.option(
     "--log-level",
     "-l",
@@ -133,8 +169,12 @@ def control_plane(
     ca_chain: Path | None,
     access_log_file: str | None,
     access_log_encoding: str,
+    tracing_otlp_address: str | None,
+    tracing_sampling: float,
     orphan_grace: str,
     service_vip_range: str,
+    scrape_interval: str,
+    webhook_address: str | None,
     log_level: str,
 ) -> None:
     """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
@@ -154,6 +194,7 @@ def control_plane(
     )
     from trellis.controlplane.store import ConfigStore  # noqa: PLC0415
     from trellis.errors import TrellisError  # noqa: PLC0415
+    from trellis.xds.mesh.tracing import MeshTracing  # noqa: PLC0415
     from trellis.xds.mesh.vips import VipRange  # noqa: PLC0415
 
     logging.basicConfig(
@@ -174,9 +215,24 @@ def control_plane(
     if grace < 1:
         raise click.BadParameter("must be at least 1s", param_hint="--orphan-grace")
     try:
+        scrape_every = parse_duration(scrape_interval)
+    except DurationSyntaxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scrape-interval") from None
+    if not 0.5 <= scrape_every <= 300:
+        raise click.BadParameter("must be between 500ms and 5m", param_hint="--scrape-interval")
+    try:
         check_trust_domain(trust_domain)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
+    tracing = None
+    socket = _xds_socket(xds_socket, data_dir)
+    if tracing_otlp_address == SELF_COLLECTOR:
+        tracing_otlp_address = f"unix:{socket}" if socket is not None else xds_address
+    if tracing_otlp_address:
+        try:
+            tracing = MeshTracing.parse(tracing_otlp_address, tracing_sampling)
+        except TrellisError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tracing-otlp-address") from None
     try:
         VipRange.parse(service_vip_range, "range")
     except ValueError as exc:
@@ -194,10 +250,14 @@ def control_plane(
         ca_chain=ca_chain,
         access_log_file=access_log_file or None,
         access_log_json=access_log_encoding == "json",
+        tracing=tracing,
         orphan_grace=grace,
-        xds_socket=_xds_socket(xds_socket, data_dir),
+        xds_socket=socket,
         vip_range=service_vip_range,
+        scrape_interval=scrape_every,
     )
+    webhook = parse_webhook_address(webhook_address)
+    injection = injection_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)
 
@@ -212,8 +272,10 @@ def control_plane(
             trust_domain=trust_domain,
             mesh=_mesh_info(trust_domain, xds_address, ads),
             service_addresses=plane.service_addresses,
+            metrics=plane.metrics,
+            traces=plane.traces,
         )
-        await serve_api(app, api_host, api_port)
+        await serve_beside_webhook(serve_api(app, api_host, api_port), plane.ca, injection, webhook)
 
     # The control plane holds a large, long-lived heap (parsed config, shared xDS
     # resources, one stream per proxy); with the default thresholds full
@@ -225,6 +287,10 @@ def control_plane(
         for problem in group.exceptions:
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+SELF_COLLECTOR = "self"
+"""`--tracing-otlp-address self`: the control plane's own OTLP receiver."""
 
 
 def _xds_socket(value: str | None, data_dir: Path) -> Path | None:

@@ -9,9 +9,13 @@ import click
 from trellis import __version__
 from trellis.cli.config_commands import analyze, apply, delete, get
 from trellis.cli.controlplane_command import control_plane
+from trellis.cli.inject_command import inject
+from trellis.cli.install_command import install
+from trellis.cli.iptables_command import iptables
 from trellis.cli.join_token_command import join_token
 from trellis.cli.proxy_commands import proxy_config, proxy_status
 from trellis.cli.run_command import run
+from trellis.cli.top_command import dashboard, top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +46,11 @@ cli.add_command(proxy_status)
 cli.add_command(proxy_config)
 cli.add_command(join_token)
 cli.add_command(run)
+cli.add_command(install)
+cli.add_command(inject)
+cli.add_command(iptables)
+cli.add_command(top)
+cli.add_command(dashboard)
 
 
 def main() -> None:

@@ -67,6 +67,19 @@ def _check_xds(value: str) -> str:
 )
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Another workload label.")
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="The port (127.0.0.1) where the application serves Prometheus metrics: the "
+    "sidecar's /stats/prometheus then includes them (Istio's metrics merging).",
+)
+@click.option(
+    "--metrics-path",
+    default="/metrics",
+    show_default=True,
+    help="The path of the application's metrics (with --metrics-port).",
+)
+@click.option(
     "--capture",
     type=click.Choice(["explicit", "transparent"]),
     default="explicit",
@@ -137,6 +150,8 @@ def run(
     service_account: str | None,
     port: int | None,
     label: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_path: str,
     capture: str,
     xds: str | None,
     ready_timeout: float,
@@ -172,6 +187,8 @@ def run(
             service_account=service_account or "",
             app_port=port,
             extra_labels=_labels(label),
+            metrics_port=metrics_port,
+            metrics_path=metrics_path,
         )
     except ConfigError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint=exc.path) from None

@@ -29,6 +29,12 @@ from trellis.api.loader import MAX_SOURCE_BYTES
 from trellis.controlplane.ads_status import ProxyStatus
 from trellis.controlplane.api_apply import analyze_config, apply_batch
 from trellis.controlplane.api_auth import TokenAuthMiddleware
+from trellis.controlplane.api_dashboard import (
+    OPEN_PAGE_PATHS,
+    config_router,
+    dashboard_page_router,
+    stats_router,
+)
 from trellis.controlplane.api_join_tokens import join_token_router
 from trellis.controlplane.api_mesh import MeshInfo, mesh_router
 from trellis.controlplane.api_proxies import proxies_json, resolve_proxy
@@ -36,7 +42,10 @@ from trellis.controlplane.api_routes import resource_router, watch_router
 from trellis.controlplane.api_service_addresses import ServiceAddressSource, service_address_router
 from trellis.controlplane.api_status import StatusError, status_body
 from trellis.controlplane.join_token import JoinTokens
+from trellis.controlplane.otlp import trace_router
+from trellis.controlplane.stats_collector import MetricsCollector
 from trellis.controlplane.store import ConfigStore, StoreError
+from trellis.controlplane.traces import TraceStore
 from trellis.errors import TrellisError
 
 log = logging.getLogger("trellis.controlplane.api")
@@ -47,7 +56,7 @@ ProxyAdmin = Callable[[str], str | None]
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 JSON_TYPES = frozenset({"application/json"})
 CONFIG_DUMP_TIMEOUT = 5.0
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", *OPEN_PAGE_PATHS)
 BEARER_HELP = (
     "Needed from non-loopback callers: the token in the control plane's data directory "
     "(file api-token)."
@@ -116,6 +125,8 @@ def create_app(
     trust_domain: str = "cluster.local",
     service_addresses: ServiceAddressSource | None = None,
     mesh: MeshInfo | None = None,
+    metrics: MetricsCollector | None = None,
+    traces: TraceStore | None = None,
 ) -> FastAPI:
     """The REST API over `store`.
 
@@ -125,6 +136,10 @@ def create_app(
     `join_tokens`: issues `POST /api/v1/join-tokens` (SPIFFE IDs in `trust_domain`).
     `service_addresses`: serves `GET /api/v1/service-addresses` (services' virtual IPs).
     `mesh`: serves `GET /api/v1/mesh` (trust domain, where proxies connect).
+    `metrics`: the proxies' scraped metrics behind `GET /api/v1/graph` and
+    `/api/v1/services/stats` (503 without). `traces`: where OTLP exports to
+    `POST /v1/traces` go and `GET /api/v1/traces` reads (a store of its own if None).
+    The dashboard is at `/dashboard`.
     """
     app = FastAPI(
         title="Trellis control plane",
@@ -147,6 +162,10 @@ def create_app(
         app.include_router(service_address_router(service_addresses))
     if mesh is not None:
         app.include_router(mesh_router(mesh))
+    app.include_router(stats_router(metrics))
+    app.include_router(trace_router(traces if traces is not None else TraceStore()))
+    app.include_router(config_router(store))
+    app.include_router(dashboard_page_router())
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -186,6 +186,43 @@ class CertificateAuthority:
             spiffe_id=identity,
         )
 
+    def sign_server(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        dns_names: Sequence[str],
+        ttl: float,
+        now: datetime.datetime,
+    ) -> tuple[str, ...]:
+        """A serving certificate for the control plane's own `dns_names` (the webhook's).
+
+        Not a workload identity: DNS SANs only, serverAuth only. Returns the chain
+        (leaf first, root last) as PEM.
+        """
+        if ttl <= 0 or not dns_names:
+            raise ValueError("a serving certificate needs a positive lifetime and a DNS name")
+        not_after = min(now + datetime.timedelta(seconds=ttl), self.certificate.not_valid_after_utc)
+        if not_after <= now:
+            raise CaError(f"the CA certificate {describe(self.certificate)} has expired")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, dns_names[0])]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_LEAF_KEY_USAGE, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]),
+                critical=False,
+            )
+            .add_extension(self._authority_key_id, critical=False)
+        )
+        leaf = builder.sign(self._key, signature_hash(self._key))
+        return (to_pem(leaf), *self._chain_pem)
+
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
     digital_signature=True,

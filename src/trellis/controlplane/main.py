@@ -4,7 +4,8 @@ Stored config changes are watched, debounced, translated for every connected
 proxy and pushed over ADS; a proxy that connects gets its snapshot built on the
 spot. An acknowledged apply is durable (SQLite, WAL, synchronous=FULL). The
 same gRPC server carries the CA's certificate service (`ca_service`); its
-root is `ControlPlane.ca.root_bundle_pem`.
+root is `ControlPlane.ca.root_bundle_pem`, and the OTLP trace receiver (`otlp`).
+The proxies' metrics are scraped for the dashboard (`stats_collector`).
 """
 
 from __future__ import annotations
@@ -28,19 +29,23 @@ from trellis.controlplane.ca_files import open_authority
 from trellis.controlplane.ca_service import CertificateService
 from trellis.controlplane.join_token import JoinTokenAuthenticator, JoinTokens
 from trellis.controlplane.mesh_state import MeshState
+from trellis.controlplane.otlp import trace_rpc_handler
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.controlplane.sqlite_store import SqliteConfigStore
+from trellis.controlplane.stats_collector import DEFAULT_INTERVAL, MetricsCollector, ScrapeTarget
 from trellis.controlplane.store import (
     ConfigStore,
     ConflictError,
     WatchEventType,
     WatchExpiredError,
 )
+from trellis.controlplane.traces import TraceStore
 from trellis.controlplane.vips import ServiceVips
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
 from trellis.xds.mesh.service_addresses import ServiceAddressList
+from trellis.xds.mesh.tracing import MeshTracing
 from trellis.xds.mesh.vips import DEFAULT_VIP_HOLD, DEFAULT_VIP_RANGE, VipPolicy, VipRange
 
 log = logging.getLogger("trellis.controlplane")
@@ -65,6 +70,7 @@ class ControlPlaneSettings:
     ca_chain: Path | None = None
     access_log_file: str | None = None  # every sidecar's access log; None: none
     access_log_json: bool = True
+    tracing: MeshTracing | None = None  # every sidecar's spans to this OTLP collector
     # How long a `trellis run` workload's sidecar may stay disconnected before its
     # registration is removed (the launcher died without deregistering).
     orphan_grace: float = 60.0
@@ -75,6 +81,8 @@ class ControlPlaneSettings:
     # xDS and the CA also on this Unix socket (absolute path; None: not served):
     # sidecars in other network namespaces reach the control plane through it.
     xds_socket: Path | None = None
+    # Every connected proxy's /stats/prometheus is read this often for the dashboard.
+    scrape_interval: float = DEFAULT_INTERVAL
 
 
 class ControlPlane:
@@ -88,6 +96,8 @@ class ControlPlane:
         self.ca: CertificateAuthority | None = None
         self.join_tokens: JoinTokens | None = None
         self.vips: ServiceVips | None = None
+        self.metrics: MetricsCollector | None = None
+        self.traces = TraceStore()
         self._republish = asyncio.Event()
 
     async def load(self) -> None:
@@ -125,6 +135,17 @@ class ControlPlane:
                 address = node.metadata.get("TRELLIS_ADMIN_ADDRESS")
                 return str(address) if address else None
         return None
+
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        """The connected proxies that announced an admin address, once each."""
+        if self.ads is None:
+            return []
+        targets: dict[str, ScrapeTarget] = {}
+        for node in self.ads.service.connected_nodes():
+            address = node.metadata.get("TRELLIS_ADMIN_ADDRESS")
+            if address and node.id not in targets:
+                targets[node.id] = ScrapeTarget(node.id, str(address))
+        return list(targets.values())
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         """The ADS server's source for a proxy that has no snapshot yet."""
@@ -254,6 +275,8 @@ async def serve(
         if settings.access_log_file is not None:
             encoding = LogEncoding.JSON if settings.access_log_json else LogEncoding.TEXT
             plane.state.set_access_log(MeshAccessLog(settings.access_log_file, encoding))
+        if settings.tracing is not None:
+            plane.state.set_tracing(settings.tracing)
         plane.join_tokens = JoinTokens.load_or_create(settings.data_dir)
         certificates = CertificateService(
             plane.ca, JoinTokenAuthenticator(plane.join_tokens), cert_ttl=settings.cert_ttl
@@ -262,10 +285,11 @@ async def serve(
             settings.xds_address,
             cache,
             plane.snapshot_for,
-            handlers=(certificates.rpc_handler(),),
+            handlers=(certificates.rpc_handler(), trace_rpc_handler(plane.traces)),
             unix_socket=settings.xds_socket,
         )
         log.info("xDS (ADS) on port %d", plane.ads.port)
+        plane.metrics = MetricsCollector(plane.scrape_targets, interval=settings.scrape_interval)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -278,6 +302,7 @@ async def serve(
                     plane.reap_orphans(settings.orphan_grace, min(5.0, settings.orphan_grace)),
                     name="orphan reaper",
                 ),
+                group.create_task(plane.metrics.run(), name="metrics collector"),
             ]
             if make_api is not None:
                 tasks.append(group.create_task(make_api(store, plane), name="rest api"))

@@ -19,6 +19,7 @@ Proxyless gRPC clients (metadata `GENERATOR: grpc`, else a gRPC user agent:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -50,6 +51,7 @@ from trellis.xds.mesh import (
     Translator,
     is_grpc_node,
 )
+from trellis.xds.mesh.tracing import MeshTracing
 
 log = logging.getLogger("trellis.controlplane")
 
@@ -98,6 +100,7 @@ class MeshState:
     def __init__(self, tls: MeshTls | None = None, access_log: MeshAccessLog | None = None) -> None:
         self._tls = tls
         self._access_log = access_log
+        self._tracing: MeshTracing | None = None
         self._resources: dict[Key, Resource] = {}
         self._translator: Translator | None = None
         self._grpc: GrpcTranslator | None = None
@@ -139,6 +142,11 @@ class MeshState:
         self._access_log = access_log
         self._changed()
 
+    def set_tracing(self, tracing: MeshTracing | None) -> None:
+        """Where every sidecar sends spans (None: no tracing); every proxy changes."""
+        self._tracing = tracing
+        self._changed()
+
     def _changed(self) -> None:
         self._translator = None
         self._grpc = None
@@ -149,9 +157,10 @@ class MeshState:
     @property
     def translator(self) -> Translator:
         if self._translator is None:
-            self._translator = Translator(
-                MeshConfig.of(self._resources.values(), self._tls, self._access_log)
-            )
+            config = MeshConfig.of(self._resources.values(), self._tls, self._access_log)
+            if self._tracing is not None:
+                config = dataclasses.replace(config, tracing=self._tracing)
+            self._translator = Translator(config)
         return self._translator
 
     def resources(self) -> list[Resource]:

@@ -19,6 +19,7 @@ from trellis.core.tls import (
     TransportSocketMatch,
     UpstreamTls,
 )
+from trellis.core.tracing import TracingConfig
 
 # --- common ------------------------------------------------------------------
 
@@ -363,6 +364,7 @@ class HttpConnectionManager:
     rds_name: str | None = None  # the RouteConfiguration to take from RDS
     access_logs: tuple[AccessLogConfig, ...] = ()
     authz: AuthzConfig | None = None  # RBAC filters before the router; None: no RBAC filter
+    tracing: TracingConfig | None = None  # None: no spans, trace headers pass untouched
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,12 +426,29 @@ class NodeIdentity:
     app: str = "unknown"
     version: str = "unknown"
     trust_domain: str = "cluster.local"
+    # Istio's canonical service labels (`service.istio.io/canonical-name`/`-revision`,
+    # else `app.kubernetes.io/name`/`version`, `app`/`version`), CLUSTER_ID and NAME.
+    canonical_service: str = "unknown"
+    canonical_revision: str = "latest"
+    cluster_id: str = "unknown"
+    instance: str = ""
+    # The application's own Prometheus endpoint (ANNOTATIONS prometheus.io/port, /path),
+    # merged into the sidecar's /stats/prometheus; None: nothing to merge.
+    app_metrics: AppMetrics | None = None
 
     @property
     def principal(self) -> str:
         if self.service_account == "unknown" or self.namespace == "unknown":
             return "unknown"
         return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@dataclass(frozen=True, slots=True)
+class AppMetrics:
+    """Where the application serves its metrics: `http://127.0.0.1:PORT/PATH`."""
+
+    port: int
+    path: str = "/metrics"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ ports, the workload gets a network namespace of its own on the bridge
 first), whose /etc/hosts names the services' virtual IPs (kept up to date
 while it runs) and whose iptables rules send the application's TCP to the
 sidecar. The sidecar runs in it as the proxy's group, with Istio's fixed
-ports (15001 outbound, 15006 inbound, 15000 admin on the namespace's
-address), and talks to the control plane over its Unix socket; the
+ports (15001 outbound, 15006 inbound, 15000 admin, 15020 merged metrics and
+15021 health on the namespace's address), and talks to the control plane over its Unix socket; the
 WorkloadEntry is the namespace's address with the application's port. The
 namespace goes last, in step 6.
 """
@@ -309,7 +309,8 @@ class Launch:
         await self.sidecar.wait_ready(listeners, settings.ready_timeout, self._rejected)
         log.info(
             "sidecar (pid %d) ready in network namespace %s at %s: outbound capture :%d, "
-            "inbound capture :%d -> application 127.0.0.1:%d, admin %s:%d",
+            "inbound capture :%d -> application 127.0.0.1:%d, admin %s:%d, "
+            "merged metrics :%s, health :%s",
             self.sidecar.pid,
             self.network.namespace,
             ports.address,
@@ -318,6 +319,8 @@ class Launch:
             ports.app,
             ports.address,
             ports.admin,
+            ports.stats,
+            ports.health,
         )
 
     async def _xds_socket(self) -> str:

@@ -236,6 +236,8 @@ class CaptureRules:
     inbound_port: int = INBOUND_PORT
     exclude_inbound_ports: Sequence[int] = field(default=SIDECAR_PORTS)
     exclude_outbound_ports: Sequence[int] = ()
+    exclude_outbound_ip_ranges: Sequence[str] = ()
+    """IPv4 CIDRs the application reaches without its sidecar (Istio's excludeOutboundIPRanges)."""
 
     @classmethod
     def from_settings(cls, settings: NetworkSettings) -> CaptureRules:
@@ -259,7 +261,7 @@ def capture_rules(rules: CaptureRules) -> str:
       goes through inbound capture, so inbound policy applies to it too;
     - the application calling itself over `lo` stays put;
     - the proxy's own traffic (its group) stays put;
-    - anything to 127.0.0.1, and to excluded ports, stays put;
+    - anything to 127.0.0.1, to excluded ports and excluded ranges, stays put;
     - everything else goes to the outbound capture port.
     """
     gid = str(rules.proxy_gid)
@@ -282,6 +284,7 @@ def capture_rules(rules: CaptureRules) -> str:
         f"-A {CHAIN_OUTPUT} -m owner --gid-owner {gid} -j RETURN",
         f"-A {CHAIN_OUTPUT} -d 127.0.0.1/32 -j RETURN",
         *(f"-A {CHAIN_OUTPUT} -p tcp --dport {p} -j RETURN" for p in rules.exclude_outbound_ports),
+        *(f"-A {CHAIN_OUTPUT} -d {cidr} -j RETURN" for cidr in rules.exclude_outbound_ip_ranges),
         f"-A {CHAIN_OUTPUT} -j {CHAIN_REDIRECT}",
         f"-A {CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports {rules.outbound_port}",
         "COMMIT",

@@ -32,6 +32,8 @@ SERVICE_PORT_NAME = "http"
 OUTBOUND_CAPTURE_PORT = 15001
 INBOUND_CAPTURE_PORT = 15006
 ADMIN_PORT = 15000
+STATS_PORT = 15020
+HEALTH_PORT = 15021
 """Transparent capture: the sidecar's ports in the workload's network namespace (DESIGN.md §4)."""
 DEFAULT_APP_PORT = 8080
 """Transparent capture: the application's port when `--port` is not given."""
@@ -82,6 +84,10 @@ class WorkloadSpec:
     service_account: str = ""
     app_port: int | None = None
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    # The application's Prometheus endpoint on 127.0.0.1, merged into the sidecar's
+    # /stats/prometheus (the annotations prometheus.io/port and prometheus.io/path).
+    metrics_port: int | None = None
+    metrics_path: str = "/metrics"
 
     def __post_init__(self) -> None:
         checks = (
@@ -97,6 +103,15 @@ class WorkloadSpec:
                 raise ConfigError(str(exc).strip(), path=flag) from None
         if self.app_port is not None and not 0 < self.app_port < 65536:
             raise ConfigError(f"expected a port 1-65535, got {self.app_port}", path="--port")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(
+                f"expected a port 1-65535, got {self.metrics_port}", path="--metrics-port"
+            )
+        if not self.metrics_path.startswith("/") or any(c in self.metrics_path for c in " \r\n"):
+            raise ConfigError(
+                f"expected a path starting with '/', got {self.metrics_path!r}",
+                path="--metrics-path",
+            )
         labels = {"--version": {"version": self.version}} if self.version else {}
         labels["--label"] = dict(self.extra_labels)
         for flag, items in labels.items():
@@ -148,7 +163,8 @@ class SidecarPorts:
     allocated, the inbound one registered as the workload's address.
     Transparent capture: Istio's fixed capture ports inside the workload's own
     network namespace, `address` its address on the bridge (registered with
-    the application's port; the sidecar's admin port listens there too).
+    the application's port; the sidecar's admin, merged-metrics (`stats`) and
+    health ports listen there too).
     """
 
     outbound: int
@@ -157,11 +173,23 @@ class SidecarPorts:
     app: int
     address: str = LOOPBACK
     transparent: bool = False
+    stats: int | None = None
+    health: int | None = None
 
     @classmethod
     def in_namespace(cls, address: str, app: int) -> SidecarPorts:
-        """Transparent capture: 15001 outbound, 15006 inbound, 15000 admin on `address`."""
-        return cls(OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, ADMIN_PORT, app, address, True)
+        """Transparent capture: 15001 outbound, 15006 inbound, 15000 admin, 15020 merged
+        metrics and 15021 health on `address`."""
+        return cls(
+            OUTBOUND_CAPTURE_PORT,
+            INBOUND_CAPTURE_PORT,
+            ADMIN_PORT,
+            app,
+            address,
+            transparent=True,
+            stats=STATS_PORT,
+            health=HEALTH_PORT,
+        )
 
     @property
     def capture(self) -> str:
@@ -283,6 +311,11 @@ def proxy_arguments(
     args = ["--xds", xds, "--node-id", spec.node_id, "--admin-port", str(ports.admin)]
     if ports.address != LOOPBACK:
         args += ["--admin-address", ports.address]
+    for flag, port in (("--stats-port", ports.stats), ("--health-port", ports.health)):
+        if port is not None:
+            args += [flag, str(port)]
+    if (ports.stats, ports.health) != (None, None) and ports.address != LOOPBACK:
+        args += ["--public-address", ports.address]
     args += ["--join-token-file", token_file, "--drain-time-s", f"{drain_time:g}"]
     args += ["--log-level", log_level]
     metadata = {
@@ -300,6 +333,13 @@ def proxy_arguments(
     # canonical service). The control plane goes by the WorkloadEntry while it exists.
     for key, value in spec.labels(serving=True).items():
         args += ["--label", f"{key}={value}"]
+    if spec.metrics_port is not None:
+        for key, value in (
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", str(spec.metrics_port)),
+            ("prometheus.io/path", spec.metrics_path),
+        ):
+            args += ["--annotation", f"{key}={value}"]
     return args
 
 

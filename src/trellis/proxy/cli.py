@@ -20,6 +20,30 @@ from trellis.core.config import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddres
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, given its width: left to itself it imports shutil (and
+    with it bz2 and lzma, ~0.5 MiB the sidecar would keep) for `add_argument` to check
+    each flag's metavar."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns` without shutil: $COLUMNS, the terminal, or 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    stream = sys.__stdout__
+    if columns <= 0 and stream is not None:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (ValueError, OSError):  # not a terminal, or closed
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -29,6 +53,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     found = _Parser(
         prog="trellis proxy",
+        formatter_class=_Formatter,
         description="Run the sidecar proxy from a bootstrap file and/or a control plane.",
     )
     add = found.add_argument
@@ -56,6 +81,14 @@ def parser() -> argparse.ArgumentParser:
         "(repeatable).",
     )
     add("--label", action="append", default=[], metavar="KEY=VALUE", help="Workload label.")
+    add(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Workload annotation, e.g. prometheus.io/port=9100 to merge the application's "
+        "metrics into /stats/prometheus (repeatable).",
+    )
     add("--admin-port", type=_port, metavar="PORT", help="Admin port (on --admin-address).")
     add(
         "--admin-address",
@@ -63,6 +96,29 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         metavar="IP",
         help="Where --admin-port listens (default: 127.0.0.1).",
+    )
+    add(
+        "--stats-port",
+        type=_port,
+        metavar="PORT",
+        help="Serve the merged Prometheus metrics (GET /stats/prometheus: the proxy's and "
+        "the application's) and /healthz/ready on --public-address:PORT, like Istio's "
+        "15020 (default: not served).",
+    )
+    add(
+        "--health-port",
+        type=_port,
+        metavar="PORT",
+        help="Serve GET /healthz/ready on --public-address:PORT: 200 once the proxy is "
+        "ready, 503 before and while draining, like Istio's 15021 (default: not served).",
+    )
+    add(
+        "--public-address",
+        type=_ip,
+        default="127.0.0.1",
+        metavar="IP",
+        help="Where --stats-port and --health-port listen (default: 127.0.0.1). Both are "
+        "read-only, so a pod binds them to 0.0.0.0, as Istio's agent does.",
     )
     add(
         "--ca-address",
@@ -160,7 +216,11 @@ def control_plane_address(value: str | None, flag: str) -> EndpointAddress | Non
 
 
 def node_fields(
-    node_id: str | None, cluster: str | None, metadata: Sequence[str], labels: Sequence[str]
+    node_id: str | None,
+    cluster: str | None,
+    metadata: Sequence[str],
+    labels: Sequence[str],
+    annotations: Sequence[str] = (),
 ) -> dict[str, object]:
     """The `node` of the bootstrap from flags; ValueError naming a bad KEY=VALUE."""
     node: dict[str, object] = {}
@@ -169,18 +229,23 @@ def node_fields(
     if cluster:
         node["cluster"] = cluster
     meta: dict[str, object] = {}
-    workload_labels: dict[str, str] = {}
-    for flag, items in (("--metadata", metadata), ("--label", labels)):
+    mappings: dict[str, dict[str, str]] = {"--label": {}, "--annotation": {}}
+    for flag, items in (
+        ("--metadata", metadata),
+        ("--label", labels),
+        ("--annotation", annotations),
+    ):
         for item in items:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ValueError(f"{flag}: expected KEY=VALUE, got {item!r}")
-            if flag == "--label":
-                workload_labels[key] = value
+            if flag in mappings:
+                mappings[flag][key] = value
             else:
                 meta[key] = value
-    if workload_labels:
-        meta["LABELS"] = workload_labels
+    for flag, key in (("--label", "LABELS"), ("--annotation", "ANNOTATIONS")):
+        if mappings[flag]:
+            meta[key] = mappings[flag]
     if meta:
         node["metadata"] = meta
     return node
@@ -195,9 +260,13 @@ def main(argv: Sequence[str]) -> int:
     try:
         control_plane = control_plane_address(args.xds, "--xds")
         ca = control_plane_address(args.ca_address, "--ca-address") or control_plane
-        node = node_fields(args.node_id, args.node_cluster, args.metadata, args.label)
+        node = node_fields(
+            args.node_id, args.node_cluster, args.metadata, args.label, args.annotation
+        )
     except ValueError as exc:
         args_parser.error(str(exc))
+    if args.stats_port and args.stats_port == args.health_port:
+        args_parser.error(f"--stats-port and --health-port are both {args.stats_port}")
     join_token = os.environ.get("TRELLIS_JOIN_TOKEN") if args.join_token_file is None else None
     if (args.join_token_file is not None or join_token) and ca is None:
         args_parser.error("a join token needs --ca-address HOST:PORT or unix:PATH (or --xds)")
@@ -218,4 +287,7 @@ def main(argv: Sequence[str]) -> int:
         ca=ca,
         join_token_file=args.join_token_file,
         join_token=join_token,
+        stats_port=args.stats_port,
+        health_port=args.health_port,
+        public_address=args.public_address,
     )

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-from trellis.core.config import EndpointAddress, HttpConnectionManager, ProxyConfig
+from trellis.core.config import (
+    EndpointAddress,
+    HttpConnectionManager,
+    ProxyConfig,
+    SocketAddress,
+)
 from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer
@@ -81,6 +86,9 @@ def run(
     ca: EndpointAddress | None = None,
     join_token_file: Path | None = None,
     join_token: str | None = None,
+    stats_port: int | None = None,
+    health_port: int | None = None,
+    public_address: str = "127.0.0.1",
 ) -> int:
     """Run the proxy in this process; returns the exit status.
 
@@ -88,6 +96,8 @@ def run(
     `drain_timeout` of the bootstrap's HTTP connection managers (Envoy's 5 s).
     With `join_token_file` (read on every request) or `join_token`, the proxy
     gets its certificate from the CA at `ca` (default: the `xds` address).
+    `stats_port` and `health_port` (on `public_address`) serve what Istio's
+    agent serves beside Envoy: the merged `/stats/prometheus` and `/healthz/ready`.
     """
     try:
         message, config = load(
@@ -122,7 +132,13 @@ def run(
             secrets=[status] if status is not None else [],
         )
 
-    server = ProxyServer(config, dump, drain_time=drain_time)
+    server = ProxyServer(
+        config,
+        dump,
+        drain_time=drain_time,
+        stats_address=_at(public_address, stats_port),
+        health_address=_at(public_address, health_port),
+    )
     if config.ads is not None:
         from trellis.runtime.xds_client import XdsClient  # noqa: PLC0415 - h2 only with ADS
 
@@ -130,10 +146,16 @@ def run(
     return uvloop.run(_serve(server, client[0] if client else None, identity))
 
 
+def _at(host: str, port: int | None) -> SocketAddress | None:
+    return SocketAddress(host, port) if port is not None else None
+
+
 def _identity(
     ca: EndpointAddress | None, token_file: Path | None, token: str | None
 ) -> CertificateManager | str | None:
     """The certificate manager when a join token is given; a problem as text."""
+    if token_file is None and not token:
+        return None  # before the import: without a token the proxy needs no CA client (nor h2)
     from trellis.runtime.identity import (  # noqa: PLC0415 - only with a join token
         CertificateManager,
         IdentitySettings,
@@ -145,10 +167,9 @@ def _identity(
     source: TokenSource
     if token_file is not None:
         source = token_from_file(token_file)
-    elif token:
-        source = token_value(token.strip())
     else:
-        return None
+        assert token is not None
+        source = token_value(token.strip())
     if ca is None:
         return "a join token needs the CA's address: give --ca-address or --xds"
     return CertificateManager(IdentitySettings(ca=ca), source)
@@ -188,6 +209,14 @@ async def _serve(
         identity_task = await _first_certificate(identity)
         if identity_task is None:
             return 1
+    # Before the ports open: the first scrape already holds everything.
+    app_metrics = server.config.node.app_metrics
+    if app_metrics is not None:
+        from trellis.runtime.app_metrics import AppMetricsScraper  # noqa: PLC0415
+
+        server.prometheus_sources.add_async(AppMetricsScraper(app_metrics).render)
+    if identity is not None:
+        server.prometheus_sources.add(identity.prometheus)
     try:
         await server.start(live=client is None)
     except OSError as exc:
@@ -197,7 +226,6 @@ async def _serve(
             identity_task.cancel()
         return 1
     if identity is not None and server.admin is not None:
-        server.admin.add_prometheus_source(identity.prometheus)
         server.admin.add_json_route("/certs", lambda: _certs(identity))
     xds_task = loop.create_task(client.run(), name="ads client") if client is not None else None
     draining = False

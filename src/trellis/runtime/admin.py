@@ -1,11 +1,18 @@
-"""The admin listener (Envoy's :15000): readiness, stats, config dump, clusters, quit."""
+"""The admin listener (Envoy's :15000): readiness, stats, config dump, clusters, quit.
+
+The same server, restricted to a few read-only routes, also answers on the
+ports Istio's agent serves beside Envoy, which are reachable from outside the
+workload: 15020 (`STATS_ROUTES`, the merged `/stats/prometheus`) and 15021
+(`HEALTH_ROUTES`, `/healthz/ready`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,16 +38,60 @@ class AdminTarget(Protocol):
 
 
 Response = tuple[int, bytes, bytes]  # status, content type, body
+Route = tuple[str, str]  # method, path
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
 _PROM = b"text/plain; version=0.0.4; charset=utf-8"
 
+STATS_ROUTES: frozenset[Route] = frozenset(
+    {("GET", "/stats/prometheus"), ("GET", "/healthz/ready")}
+)
+"""Istio's merged-metrics port (15020): the proxy's and the application's metrics."""
+HEALTH_ROUTES: frozenset[Route] = frozenset({("GET", "/healthz/ready")})
+"""Istio's health port (15021), the one readiness probes ask."""
+
+
+class PrometheusSources:
+    """Families added to `/stats/prometheus` at scrape time, beyond the proxy's own.
+
+    One set per proxy, shared by every port serving that path, so the admin
+    port and the merged-metrics port answer the same text.
+    """
+
+    def __init__(self) -> None:
+        self._sync: list[Callable[[], str]] = []
+        self._async: list[Callable[[], Awaitable[str]]] = []
+
+    def add(self, render: Callable[[], str]) -> None:
+        """Families rendered in process (e.g. the certificate's expiry)."""
+        self._sync.append(render)
+
+    def add_async(self, render: Callable[[], Awaitable[str]]) -> None:
+        """Families fetched from elsewhere (the application's metrics, merged)."""
+        self._async.append(render)
+
+    def render(self) -> str:
+        return "".join(render() for render in self._sync)
+
+    async def fetch(self) -> str:
+        return "".join([await render() for render in self._async])
+
 
 class AdminServer:
-    def __init__(self, target: AdminTarget) -> None:
+    """A small HTTP/1.1 server over `target`; `routes` limits it to those (method, path)
+    pairs (a port reachable from outside must not offer `/quitquitquit`)."""
+
+    def __init__(
+        self,
+        target: AdminTarget,
+        routes: Collection[Route] | None = None,
+        sources: PrometheusSources | None = None,
+    ) -> None:
         self.target = target
         self.server: asyncio.Server | None = None
-        self._routes: dict[tuple[str, str], Callable[[dict[str, list[str]]], Response]] = {
+        self.sources = sources if sources is not None else PrometheusSources()
+        self._only = frozenset(routes) if routes is not None else None
+        self._routes: dict[Route, Callable[[dict[str, list[str]]], Response]] = {
             ("GET", "/ready"): self._ready,
             ("GET", "/healthz/ready"): self._ready,
             ("GET", "/stats/prometheus"): lambda q: (200, _PROM, self._prometheus().encode()),
@@ -53,21 +104,38 @@ class AdminServer:
             ("POST", "/logging"): self._logging,
             ("GET", "/help"): self._help,
         }
-        self._prometheus_sources: list[Callable[[], str]] = []
+        if self._only is not None:
+            unknown = self._only - set(self._routes)
+            if unknown:
+                raise ValueError(f"no such admin routes: {sorted(unknown)}")
+            self._routes = {route: self._routes[route] for route in self._only}
 
     def add_prometheus_source(self, render: Callable[[], str]) -> None:
         """More families for `/stats/prometheus`, rendered at scrape time (e.g. cert expiry)."""
-        self._prometheus_sources.append(render)
+        self.sources.add(render)
+
+    def add_async_prometheus_source(self, render: Callable[[], Awaitable[str]]) -> None:
+        """Families fetched at scrape time (the application's metrics, merged)."""
+        self.sources.add_async(render)
 
     def add_json_route(self, path: str, render: Callable[[], object]) -> None:
-        """Another `GET` endpoint answering JSON (e.g. Envoy's `/certs`)."""
-        self._routes[("GET", path)] = lambda q: (200, _JSON, _json(render()))
+        """Another `GET` endpoint answering JSON (e.g. Envoy's `/certs`); a restricted
+        server keeps to its routes and ignores it."""
+        if self._only is None or ("GET", path) in self._only:
+            self._routes[("GET", path)] = lambda q: (200, _JSON, _json(render()))
 
     def _prometheus(self) -> str:
-        return self.target.prometheus() + "".join(render() for render in self._prometheus_sources)
+        return self.target.prometheus() + self.sources.render()
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        # Bound here rather than by `start_server(host, port)`: uvloop resolves that
+        # host, even an IP literal, on libuv's thread pool, whose four threads (and
+        # their malloc arenas) would then stay for the proxy's lifetime: ~0.5 MiB of
+        # the sidecar's 40 MB budget (DESIGN.md §8).
+        sock = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+        self.server = await asyncio.start_server(self._serve, sock=sock)
 
     @property
     def bound_port(self) -> int:
@@ -126,6 +194,8 @@ class AdminServer:
             status, ctype, body = (405 if known else 404), _TEXT, b"invalid path or method\n"
         else:
             status, ctype, body = handler(parse_qs(url.query))
+            if url.path == "/stats/prometheus":
+                body += (await self.sources.fetch()).encode()
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         writer.write(wire.local_reply(status, body, close=not keep_alive, content_type=ctype))
         return keep_alive

@@ -28,6 +28,7 @@ from trellis.core.headers import (
     set_forwarded_proto,
     strip_hop_by_hop,
 )
+from trellis.core.peer_metadata import is_mesh_cluster
 from trellis.core.routing import RouteTable, WeightedPicker, redirect_location, rewrite_path
 from trellis.runtime import wire
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
@@ -35,7 +36,9 @@ from trellis.runtime.deadline import Deadlines
 from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
+    from trellis.core.peer_metadata import PeerExchange
     from trellis.runtime.router import Stream
+    from trellis.runtime.tracing import Tracer
 
 _CHUNKED = (b"transfer-encoding", b"chunked")
 _SERVER = (b"server", wire.SERVER_NAME)
@@ -54,6 +57,7 @@ class RouteRuntime:
 
     __slots__ = (
         "_clusters",
+        "_mesh",
         "_mutations",
         "_picker",
         "_route_mutations",
@@ -83,6 +87,8 @@ class RouteRuntime:
         compiled = table.mutations(route)
         self._route_mutations = (compiled.request, compiled.response)
         self._mutations: dict[int, tuple[Mutations, Mutations]] = {}
+        # The clusters (by identity) whose requests carry our peer metadata.
+        self._mesh: frozenset[int] = frozenset()
         if isinstance(action, ClusterAction):
             self.timeout = action.timeout
             self.retry_policy = action.retry_policy
@@ -97,6 +103,11 @@ class RouteRuntime:
                     (*own.request, *compiled.request),
                     (*own.response, *compiled.response),
                 )
+            self._mesh = frozenset(
+                id(runtime)
+                for runtime in self._clusters.values()
+                if runtime is not None and is_mesh_cluster(runtime.config.name)
+            )
 
     def pick_cluster(self, rng: random.Random) -> ClusterRuntime | None:
         picker = self._picker
@@ -136,6 +147,11 @@ class RouteRuntime:
             append_forwarded_for(headers, stream.conn.remote_ip)
         for mutation in self._mutations.get(id(cluster), self._route_mutations)[0]:
             mutation.apply(headers)
+        if stream.trace is not None and ctx.tracer is not None:
+            ctx.tracer.inject(stream.trace, headers)
+        exchange = ctx.outbound_exchange
+        if exchange is not None and id(cluster) in self._mesh:
+            headers.extend(exchange.headers)  # tell the server's sidecar who we are
         if stream.request_chunked:
             headers.append(_CHUNKED)
         path = stream.path
@@ -148,7 +164,15 @@ class RouteRuntime:
         """The response head sent downstream; decides framing and keep-alive."""
         upgrade = status == 101
         out, has_length, upstream_chunked = forwardable_response(headers, upgrade)
-        mutations = self._mutations.get(id(stream.cluster), self._route_mutations)[1]
+        ctx = stream.ctx
+        exchange = ctx.outbound_exchange
+        cluster = stream.cluster
+        if exchange is not None:
+            if id(cluster) in self._mesh:
+                stream.peer_workload = exchange.take(out)
+        elif stream.peer_workload is not None and ctx.inbound_exchange is not None:
+            out.extend(ctx.inbound_exchange.headers)
+        mutations = self._mutations.get(id(cluster), self._route_mutations)[1]
         for mutation in mutations:
             mutation.apply(out)
         service_ms = int((time.monotonic() - stream.upstream_start) * 1000)
@@ -201,12 +225,15 @@ class HttpContext:
         "config",
         "deadlines",
         "direction",
+        "inbound_exchange",
         "listener_name",
         "loop",
         "note_retry",
+        "outbound_exchange",
         "record",
         "rng",
         "table",
+        "tracer",
     )
 
     def __init__(
@@ -221,8 +248,15 @@ class HttpContext:
         record: Callable[[Stream], None],
         note_retry: Callable[[ClusterRuntime], None],
         deadlines: Deadlines,
+        tracer: Tracer | None = None,
+        exchange: PeerExchange | None = None,
     ) -> None:
         self.listener_name = listener_name
+        # Istio's metadata exchange, by direction (None: this side does not take part).
+        inbound = direction is TrafficDirection.INBOUND
+        self.inbound_exchange = exchange if inbound else None
+        self.outbound_exchange = None if inbound else exchange
+        self.tracer = tracer  # None: tracing off, trace headers pass untouched
         self.config = config
         self.direction = direction
         self.clusters = clusters

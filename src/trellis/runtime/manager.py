@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from trellis.core.config import (
     AccessLogConfig,
@@ -29,7 +30,9 @@ from trellis.core.config import (
 )
 from trellis.core.labels import peer_labels, service_from_cluster
 from trellis.core.metrics import IstioMetrics, StatsRegistry
+from trellis.core.peer_metadata import PeerExchange
 from trellis.core.tls import CommonTls, Secret, SecretSource
+from trellis.core.tracing import TracingProvider
 from trellis.errors import ConfigError
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime
 from trellis.runtime.deadline import Deadlines
@@ -37,6 +40,11 @@ from trellis.runtime.http_context import HttpContext
 from trellis.runtime.listener import ConnectionBudget, Context, ListenerRuntime
 from trellis.runtime.tcp import TcpContext
 from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
+from trellis.runtime.trace_export import SpanExporter
+from trellis.runtime.tracing import Tracer, service_name, traced
+
+if TYPE_CHECKING:
+    from trellis.runtime.router import Stream
 
 log = logging.getLogger("trellis.config")
 
@@ -55,6 +63,7 @@ class ConfigManager:
         note_retry: Callable[[ClusterRuntime], None],
     ) -> None:
         self.node = node
+        self.exchange = PeerExchange(node)  # our metadata, encoded once; peers met, cached
         self.clusters = clusters
         self.budget = budget
         self.metrics = metrics
@@ -73,6 +82,9 @@ class ConfigManager:
         self._recorders: dict[tuple[str, int], tuple[Listener, HttpRecorder]] = {}
         self._deadlines: Deadlines | None = None
         self._wanted_listeners: dict[str, Listener] = {}
+        # One span exporter per tracing provider, shared by the connection managers
+        # that name it (kept for the process: their number is the configs' number).
+        self.exporters: dict[TracingProvider, SpanExporter] = {}
 
     # -- contexts ------------------------------------------------------------------------
 
@@ -154,6 +166,11 @@ class ConfigManager:
         else:
             recorder = known[1]
         assert self._deadlines is not None
+        tracer = None
+        record: Callable[[Stream], None] = recorder.record
+        if network_filter.tracing is not None:
+            tracer = self._tracer(network_filter, listener, loop)
+            record = traced(record, tracer.finish)
         return HttpContext(
             listener.name,
             network_filter,
@@ -162,10 +179,30 @@ class ConfigManager:
             loop,
             self.rng,
             listener.per_connection_buffer_limit_bytes,
-            recorder.record,
+            record,
             self.note_retry,
             self._deadlines,
+            tracer,
+            exchange=self.exchange,
         )
+
+    def _tracer(
+        self, hcm: HttpConnectionManager, listener: Listener, loop: asyncio.AbstractEventLoop
+    ) -> Tracer:
+        config = hcm.tracing
+        assert config is not None
+        exporter = self.exporters.get(config.provider)
+        if exporter is None:
+            node = self.node
+            exporter = self.exporters[config.provider] = SpanExporter(
+                config.provider,
+                service_name(node, config.provider.service_name),
+                (("service.instance.id", node.id), ("service.namespace", node.namespace)),
+                self.clusters,
+                self.stats,
+                loop,
+            )
+        return Tracer(config, listener.direction, self.node, exporter, self.rng)
 
     def refresh(self) -> None:
         """Rebuild every listener's context on the current routes and clusters."""

@@ -24,9 +24,11 @@ from trellis.runtime.upstream import UpstreamConnection
 from trellis.runtime.wire import Headers
 
 if TYPE_CHECKING:
+    from trellis.core.peer_metadata import WorkloadMetadata
     from trellis.runtime.cluster import ClusterRuntime, HostRuntime
     from trellis.runtime.downstream import DownstreamHttp1
     from trellis.runtime.http_context import HttpContext, RouteRuntime
+    from trellis.runtime.tracing import ActiveTrace
 
 
 class Stream(Attempts):
@@ -43,6 +45,7 @@ class Stream(Attempts):
         "keep_alive",
         "method",
         "path",
+        "peer_workload",
         "request_chunked",
         "request_head_bytes",
         "request_id",
@@ -52,6 +55,7 @@ class Stream(Attempts):
         "response_head_bytes",
         "response_until_close",
         "start",
+        "trace",
         "tunnel",
         "upgrade",
         "upstream_keep_alive",
@@ -115,6 +119,10 @@ class Stream(Attempts):
         self._try_timer: Deadline | None = None
         self._backoff: asyncio.TimerHandle | None = None
         self.tunnel: Tunnel | None = None  # an upgrade request's byte pipe
+        # The peer's workload from the metadata exchange (inbound: the client's, taken
+        # off the request; outbound: the server's, taken off the response).
+        self.peer_workload: WorkloadMetadata | None = None
+        self.trace: ActiveTrace | None = None  # set when the connection manager traces
         self.done = False
 
     # -- request side (called by the downstream connection) -----------------------
@@ -123,6 +131,10 @@ class Stream(Attempts):
         """Route the request and act on the route's action."""
         self.begun = True
         ctx = self.ctx
+        if ctx.inbound_exchange is not None:
+            self.peer_workload = ctx.inbound_exchange.take(self.headers)
+        if ctx.tracer is not None:
+            self.trace = ctx.tracer.start(self)
         if ctx.authz is not None:
             decision = self.authz = ctx.authz.decide(self.conn.authz_request(self))
             if not decision.allowed:
@@ -328,6 +340,8 @@ class Stream(Attempts):
         self.response_code = code
         self.response_bytes = 0 if self.is_head else len(body)
         headers = list(extra) if extra else []
+        if self.peer_workload is not None and self.ctx.inbound_exchange is not None:
+            headers.extend(self.ctx.inbound_exchange.headers)  # answer the client's metadata
         if mutate and self.route is not None:
             self.route.mutate_response(headers)
         close = not self.keep_alive or self.conn.draining or not self.request_done

@@ -11,9 +11,9 @@ import time
 from typing import TYPE_CHECKING
 
 from trellis import __version__
-from trellis.core.config import ProxyConfig
+from trellis.core.config import ProxyConfig, SocketAddress
 from trellis.core.metrics import CounterCell, IstioMetrics, StatsRegistry
-from trellis.runtime.admin import AdminServer
+from trellis.runtime.admin import HEALTH_ROUTES, STATS_ROUTES, AdminServer, PrometheusSources
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime, publish_outlier_stats
 from trellis.runtime.listener import ConnectionBudget, ListenerRuntime
 from trellis.runtime.manager import ConfigManager
@@ -37,7 +37,11 @@ class ProxyServer:
         *,
         drain_time: float = 5.0,
         rng: random.Random | None = None,
+        stats_address: SocketAddress | None = None,
+        health_address: SocketAddress | None = None,
     ) -> None:
+        """`stats_address`, `health_address`: where to serve Istio's agent ports (15020
+        merged metrics, 15021 readiness), which Envoy's bootstrap has no field for."""
         self.config = config
         self._dump = dump
         self.drain_time = drain_time
@@ -57,6 +61,14 @@ class ProxyServer:
             self._note_retry,
         )
         self.admin: AdminServer | None = None
+        self.prometheus_sources = PrometheusSources()
+        """What every `/stats/prometheus` adds to the proxy's own metrics."""
+        self._agent_ports = (
+            ("stats", STATS_ROUTES, stats_address),
+            ("health", HEALTH_ROUTES, health_address),
+        )
+        self.agent_servers: dict[str, AdminServer] = {}
+        """The started agent ports by name (`stats`, `health`)."""
         self.started = time.time()
         self._state = "PRE_INITIALIZING"
         self._stop = asyncio.Event()
@@ -85,9 +97,18 @@ class ProxyServer:
         """Open the admin port and the static listeners; `live=False` waits for `set_live`."""
         loop = asyncio.get_running_loop()
         if self.config.admin is not None:
-            self.admin = AdminServer(self)
+            self.admin = AdminServer(self, sources=self.prometheus_sources)
             address = self.config.admin.address
             await self.admin.start(address.host, address.port)
+        for name, routes, where in self._agent_ports:
+            if where is not None:
+                agent = AdminServer(self, routes, self.prometheus_sources)
+                try:
+                    await agent.start(where.host, where.port)
+                except OSError as exc:
+                    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise OSError(f"the {name} port {where}: {reason}") from exc
+                self.agent_servers[name] = agent
         await self.manager.add_static(self.config.listeners)
         self._housekeeping = loop.create_task(self._housekeep(), name="housekeeping")
         if live:
@@ -132,6 +153,8 @@ class ProxyServer:
             self._housekeeping.cancel()
         if self.admin is not None:
             self.admin.close()
+        for agent in self.agent_servers.values():
+            agent.close()
         for sink in self.manager.sinks():
             sink.flush()
             sink.close()

@@ -17,6 +17,7 @@ from trellis.core.metrics import (
     StatsRegistry,
     format_flags,
 )
+from trellis.core.peer_metadata import WorkloadMetadata
 from trellis.core.routing import strip_port
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class HttpRecorder:
         self.metrics = metrics
         self.stats = stats
         self.logs = logs
-        self._peers: dict[tuple[str, str, str | None], PeerLabels] = {}
+        self._peers: dict[tuple[str, str, str | None, WorkloadMetadata | None], PeerLabels] = {}
         labels = (("envoy_http_conn_manager_prefix", stat_prefix),)
         self._cx_rq = stats.counter("envoy_http_downstream_rq_total", labels)
         self._rq_by_class = [
@@ -96,20 +97,27 @@ class HttpRecorder:
         self._rbac: dict[bool, CounterCell] = {}
         self._prefix = stat_prefix
 
-    def peer(self, cluster_name: str, authority: str, principal: str | None) -> PeerLabels:
+    def peer(
+        self,
+        cluster_name: str,
+        authority: str,
+        principal: str | None,
+        workload: WorkloadMetadata | None = None,
+    ) -> PeerLabels:
         """Labels for a request to `cluster_name`/`authority` whose peer proved `principal`
-        over mTLS (the client, inbound; the upstream, outbound), else None."""
-        key = (cluster_name, authority, principal)
+        over mTLS (the client, inbound; the upstream, outbound), else None, and told
+        its `workload` in the metadata exchange, else None."""
+        key = (cluster_name, authority, principal, workload)
         peer = self._peers.get(key)
         if peer is None:
             host = service_from_cluster(cluster_name) or strip_port(authority).lower()
             if len(self._peers) >= _MAX_PEER_CACHE:
                 host = "unknown"
-                key = ("", "", principal)
+                key = ("", "", principal, workload)
                 peer = self._peers.get(key)
                 if peer is not None:
                     return peer
-            peer = peer_labels(self.node, self.direction, host)
+            peer = peer_labels(self.node, self.direction, host, peer=workload)
             if principal is not None:
                 peer = with_peer_identity(peer, principal, self.node.principal)
             self._peers[key] = peer
@@ -128,9 +136,12 @@ class HttpRecorder:
             if self.direction is TrafficDirection.INBOUND
             else stream.upstream_principal
         )
-        peer = self._peers.get((cluster_name, stream.authority, principal))
+        workload = stream.peer_workload
+        peer = self._peers.get((cluster_name, stream.authority, principal, workload))
         self.metrics.record_http(
-            peer if peer is not None else self.peer(cluster_name, stream.authority, principal),
+            peer
+            if peer is not None
+            else self.peer(cluster_name, stream.authority, principal, workload),
             code,
             flags,
             duration_ms,

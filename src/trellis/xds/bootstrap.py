@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -100,6 +99,8 @@ def _closest_field(type_name: str, field: str) -> str | None:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
     except KeyError:
         return None
+    import difflib  # noqa: PLC0415 - only for a bad bootstrap; the sidecar need not keep it
+
     names = [f.name for f in descriptor.fields]
     close = difflib.get_close_matches(field, names, n=1)
     return close[0] if close else None

@@ -21,17 +21,14 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
-from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from google.protobuf import struct_pb2
 
 from trellis.core.config import (
     AdminConfig,
     Cluster,
     HttpConnectionManager,
     Listener,
-    NodeIdentity,
     ProxyConfig,
     SocketAddress,
 )
@@ -42,12 +39,12 @@ from trellis.xds.compile_dynamic import ads_config
 from trellis.xds.compile_listener import listener as compile_listener
 from trellis.xds.compile_tls import secret
 from trellis.xds.convert import socket_address
+from trellis.xds.node import node_identity
 from trellis.xds.protos import bootstrap_pb2, downstream_connections_pb2, listener_pb2
 from trellis.xds.supported import DOWNSTREAM_CONNECTIONS_NAME, check_supported
 from trellis.xds.where import Where
 
-DEFAULT_TRUST_DOMAIN = "cluster.local"
-UNKNOWN = "unknown"
+__all__ = ["addresses_overlap", "compile_bootstrap", "compile_file", "node_identity"]
 
 
 def compile_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, source: str) -> ProxyConfig:
@@ -141,40 +138,6 @@ def compile_file(path: str | Path) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig
     """Load a bootstrap file and compile it."""
     bootstrap = load_bootstrap(path)
     return bootstrap, compile_bootstrap(bootstrap, str(path))
-
-
-def node_identity(node: core_base_pb2.Node, where: Where) -> NodeIdentity:
-    """Read the node id, cluster and Istio-style metadata keys."""
-    metadata = where.at("metadata")
-    fields = node.metadata.fields
-    labels: dict[str, str] = {}
-    if "LABELS" in fields:
-        value = fields["LABELS"]
-        if value.WhichOneof("kind") != "struct_value":
-            raise metadata.key("LABELS").error("LABELS must be a mapping")
-        labels = {
-            key: _text(value.struct_value.fields, key, metadata.key("LABELS"), UNKNOWN)
-            for key in ("app", "version")
-        }
-    return NodeIdentity(
-        id=node.id,
-        cluster=node.cluster,
-        workload_name=_text(fields, "WORKLOAD_NAME", metadata, UNKNOWN),
-        namespace=_text(fields, "NAMESPACE", metadata, UNKNOWN),
-        service_account=_text(fields, "SERVICE_ACCOUNT", metadata, UNKNOWN),
-        app=labels.get("app", UNKNOWN),
-        version=labels.get("version", UNKNOWN),
-        trust_domain=_text(fields, "TRUST_DOMAIN", metadata, DEFAULT_TRUST_DOMAIN),
-    )
-
-
-def _text(fields: dict[str, struct_pb2.Value], key: str, where: Where, default: str) -> str:
-    if key not in fields:
-        return default
-    value = fields[key]
-    if value.WhichOneof("kind") != "string_value":
-        raise where.key(key).error(f"{key} must be a string")
-    return value.string_value or default
 
 
 def _listeners(

@@ -26,6 +26,7 @@ from trellis.errors import ConfigError
 from trellis.xds.compile_rbac import http_filter_chain, network_filter_chain
 from trellis.xds.compile_route import route_config
 from trellis.xds.compile_tls import chain_transport
+from trellis.xds.compile_tracing import tracing
 from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
 from trellis.xds.protos import (
     file_pb2,
@@ -219,6 +220,9 @@ def http_connection_manager(
         accept_http_10=hcm.http_protocol_options.accept_http_10,
         upgrade_types=_upgrade_types(hcm, where.at("upgrade_configs")),
         authz=authz,
+        tracing=(
+            tracing(hcm.tracing, clusters, where.at("tracing")) if hcm.HasField("tracing") else None
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
@@ -41,6 +42,7 @@ __all__ = [
     "http_rbac_pb2",
     "listener_pb2",
     "network_rbac_pb2",
+    "opentelemetry_pb2",
     "previous_hosts_pb2",
     "raw_buffer_pb2",
     "rbac_pb2",

@@ -45,6 +45,7 @@ TCP_PROXY_TYPE = _TCP + "TcpProxy"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+OPENTELEMETRY_TYPE = "envoy.config.trace.v3.OpenTelemetryConfig"
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 UPSTREAM_HTTP_OPTIONS_TYPE = _UPSTREAM_HTTP
 DOWNSTREAM_CONNECTIONS_TYPE = (
@@ -121,8 +122,24 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "upgrade_configs",
                 "proxy_100_continue",
                 "rds",
+                "tracing",
             }
         ),
+        # tracing (trellis.xds.compile_tracing): OpenTelemetry over OTLP gRPC or HTTP
+        _HCM + "HttpConnectionManager.Tracing": frozenset(
+            {
+                "provider",
+                "random_sampling",
+                "client_sampling",
+                "overall_sampling",
+                "spawn_upstream_span",
+                "max_path_tag_length",
+            }
+        ),
+        "envoy.config.trace.v3.Tracing.Http": frozenset({"name", "typed_config"}),
+        OPENTELEMETRY_TYPE: frozenset({"grpc_service", "http_service", "service_name"}),
+        _CORE + "HttpService": frozenset({"http_uri"}),
+        _CORE + "HttpUri": frozenset({"uri", "cluster", "timeout"}),
         _HCM + "Rds": frozenset({"config_source", "route_config_name"}),
         _HCM + "HttpConnectionManager.UpgradeConfig": frozenset({"upgrade_type", "enabled"}),
         _HCM + "HttpFilter": frozenset({"name", "typed_config"}),
@@ -302,6 +319,7 @@ SUPPORTED_ANY_TYPES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType
             {HCM_TYPE, TCP_PROXY_TYPE, NETWORK_RBAC_TYPE}
         ),
         (_HCM + "HttpFilter", "typed_config"): frozenset({ROUTER_TYPE, RBAC_TYPE}),
+        ("envoy.config.trace.v3.Tracing.Http", "typed_config"): frozenset({OPENTELEMETRY_TYPE}),
         ("envoy.config.accesslog.v3.AccessLog", "typed_config"): frozenset(
             {FILE_LOG_TYPE, STDOUT_LOG_TYPE}
         ),

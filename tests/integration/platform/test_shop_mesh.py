@@ -32,6 +32,7 @@ to the `payment` service as a whole (both versions, by endpoint).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -45,6 +46,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,7 +100,10 @@ spec:
 def control(tmp_path: Path) -> Iterator[ControlPlane]:
     # Every sidecar writes its access log (JSON) to its standard output: the launcher's
     # --sidecar-log file.
-    plane = ControlPlane(tmp_path / "cp", "--access-log-file", "/dev/stdout").start()
+    # Spans go to the control plane's own trace store (mesh.yaml samples the shop at 100%).
+    plane = ControlPlane(
+        tmp_path / "cp", "--access-log-file", "/dev/stdout", "--tracing-otlp-address", "self"
+    ).start()
     yield plane
     plane.stop()
 
@@ -229,6 +234,11 @@ def test_the_shop_on_the_mesh(
     assert first.status == 200, first.body
     assert first.version in {"v1", "v2"}
 
+    # That checkout is one trace across every hop, each span the child of the one before.
+    spans = until(partial(_trace_through, control, ["web", "cart", "db"]), 15, "a traced checkout")
+    assert spans is not None
+    _assert_one_chain(spans, ["client", "web", "cart", "db"])
+
     # The canary: ~90/10 between payment v1 and v2 (4 standard deviations either way).
     done = checkouts(client, "canary", CANARY_CHECKOUTS)
     assert [c for c in done if c.status != 200] == []
@@ -312,6 +322,34 @@ def test_the_shop_on_the_mesh(
     for pid in pids:
         until(partial(process_gone, pid), 10, f"process {pid} to end")
     assert capture.leftovers() == []
+
+
+def _trace_through(control: ControlPlane, apps: list[str]) -> list[dict[str, Any]] | None:
+    """The spans of a recent trace that reached every app of `apps`, if there is one."""
+    wanted = {f"{app}.{NAMESPACE}" for app in apps}
+    for summary in (api_get(control, "/api/v1/traces?limit=100") or {}).get("items", []):
+        if wanted <= set(summary["services"]):
+            found = api_get(control, f"/api/v1/traces/{summary['traceId']}") or {}
+            spans: list[dict[str, Any]] = found.get("spans", [])
+            return spans
+    return None
+
+
+def _assert_one_chain(spans: list[dict[str, Any]], apps: list[str]) -> None:
+    """One trace id; every span's parent in the trace but the root's; and a path of
+    client span (caller's sidecar) -> server span (callee's sidecar) through `apps`."""
+    by_id = {span["spanId"]: span for span in spans}
+    assert len({span["traceId"] for span in spans}) == 1, spans
+    roots = [span for span in spans if span["parentSpanId"] not in by_id]
+    assert len(roots) == 1, roots
+    server_of = {span["service"].split(".")[0]: span for span in spans if span["kind"] == "server"}
+    for source, target in itertools.pairwise(apps):
+        server = server_of[target]
+        client_span = by_id[server["parentSpanId"]]
+        assert client_span["kind"] == "client", client_span
+        assert client_span["service"].split(".")[0] == source, (source, client_span)
+        if source in server_of:  # the caller's own server span is that client span's parent
+            assert by_id[client_span["parentSpanId"]]["service"] == server_of[source]["service"]
 
 
 def serving_in_shop(control: ControlPlane, name: str) -> bool:

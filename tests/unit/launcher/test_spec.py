@@ -131,6 +131,7 @@ def test_proxy_arguments() -> None:
         "--xds 127.0.0.1:15010 --node-id payment-v1.shop --admin-port 21003 "
         "--join-token-file /run/t --drain-time-s 2.5 --log-level info"
     )
+    assert "--stats-port" not in args and "--health-port" not in args  # explicit: not served
     for item in (
         "WORKLOAD_NAME=payment-v1",
         "NAMESPACE=shop",
@@ -250,6 +251,8 @@ def test_transparent_capture_proxy_arguments() -> None:
     assert "--metadata TRELLIS_CAPTURE_MODE=transparent" in text
     assert "--metadata TRELLIS_OUTBOUND_PORT=15001" in text
     assert "TRELLIS_APP_PORTS" not in text
+    # Istio's agent ports, reachable from the host at the namespace's address.
+    assert "--stats-port 15020 --health-port 15021 --public-address 10.213.0.7 " in text
 
 
 def test_transparent_capture_gives_the_application_no_proxy() -> None:
@@ -263,3 +266,26 @@ def test_transparent_capture_gives_the_application_no_proxy() -> None:
         "TRELLIS_NAMESPACE": "shop",
         "TRELLIS_SERVICE": "payment",
     }
+
+
+def test_metrics_port_becomes_prometheus_annotations() -> None:
+    spec = WorkloadSpec(name="orders", metrics_port=9100, metrics_path="/custom")
+    args = proxy_arguments(spec, PORTS, xds="127.0.0.1:15010", token_file="/run/t", drain_time=1)
+    annotations = [args[i + 1] for i, arg in enumerate(args) if arg == "--annotation"]
+    assert annotations == [
+        "prometheus.io/scrape=true",
+        "prometheus.io/port=9100",
+        "prometheus.io/path=/custom",
+    ]
+    args = proxy_arguments(SPEC, PORTS, xds="127.0.0.1:15010", token_file="/run/t", drain_time=1)
+    assert "--annotation" not in args
+
+
+@pytest.mark.parametrize(
+    ("fields", "flag"),
+    [({"metrics_port": 0}, "--metrics-port"), ({"metrics_path": "metrics"}, "--metrics-path")],
+)
+def test_bad_metrics_flags_are_named(fields: dict[str, object], flag: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        WorkloadSpec(name="orders", **fields)  # type: ignore[arg-type]
+    assert caught.value.path == flag

@@ -10,6 +10,7 @@ from mesh_support import load_case
 from trellis.api.loader import load_documents
 from trellis.api.problem import ResourceError
 from trellis.api.telemetry import Telemetry, WorkloadMode
+from trellis.core.config import HttpConnectionManager
 from trellis.xds.compile_dynamic import listener_resource
 from trellis.xds.mesh import LISTENER_TYPE, MeshAccessLog, Translator
 from trellis.xds.mesh.errors import UnsupportedConfigError
@@ -18,6 +19,7 @@ from trellis.xds.mesh.telemetry import (
     telemetry_levels,
     tracing_settings,
 )
+from trellis.xds.mesh.tracing import MeshTracing
 
 LABELS = {"app": "reviews", "version": "v1"}
 
@@ -102,18 +104,50 @@ def test_telemetry_turns_logs_on_and_off_per_side() -> None:
     assert logs == {"outbound": 0, "inbound_18080": 1, "inbound_19090": 1}
 
 
-def test_unknown_providers_and_tracing_are_refused_with_the_field() -> None:
+def test_unknown_providers_are_refused_with_the_field() -> None:
     case = load_case("authz")
     stackdriver = _resource("sd", "default", "{accessLogging: [{providers: [{name: sd}]}]}")
-    tracing = _resource("tr", "default", "{tracing: [{randomSamplingPercentage: 5}]}")
+    zipkin = _resource("zk", "default", "{tracing: [{providers: [{name: zipkin}]}]}")
     for telemetry, field in (
         (stackdriver, "spec.accessLogging[0].providers[0].name"),
-        (tracing, "spec.tracing"),
+        (zipkin, "spec.tracing[0].providers[0].name"),
     ):
         config = replace(case.config, telemetries=(telemetry,))
         with pytest.raises(UnsupportedConfigError) as caught:
             Translator(config).translate(case.proxy, case.options)
         assert field in str(caught.value)
+
+
+def _sampling_by_listener(*telemetries: Telemetry, tracing: bool = True) -> dict[str, float | None]:
+    case = load_case("authz")
+    mesh = MeshTracing("127.0.0.1", 4317, sampling=1.0) if tracing else None
+    config = replace(case.config, telemetries=telemetries, tracing=mesh)
+    resources = Translator(config).translate(case.proxy, case.options)
+    found: dict[str, float | None] = {}
+    for name, message in resources[LISTENER_TYPE].items():
+        hcm = listener_resource(message).chains[0].filter
+        if isinstance(hcm, HttpConnectionManager):
+            found[name] = hcm.tracing.random_sampling if hcm.tracing is not None else None
+    return found
+
+
+def test_telemetry_sets_the_sampling_per_side_on_top_of_the_mesh_default() -> None:
+    assert _sampling_by_listener() == {"outbound": 1.0, "inbound_18080": 1.0}
+    everything = _resource("all", "istio-system", "{tracing: [{randomSamplingPercentage: 100}]}")
+    quiet_server = _resource(
+        "quiet",
+        "default",
+        "{tracing: [{match: {mode: SERVER}, disableSpanReporting: true}]}",
+    )
+    assert _sampling_by_listener(everything, quiet_server) == {
+        "outbound": 100.0,
+        "inbound_18080": None,
+    }
+    # Without the mesh's collector nothing traces, whatever Telemetry says.
+    assert _sampling_by_listener(everything, tracing=False) == {
+        "outbound": None,
+        "inbound_18080": None,
+    }
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ from trellis.api.networking import DestinationRule, ServiceEntry, TLSMode, Virtu
 from trellis.api.telemetry import Telemetry
 from trellis.xds.mesh.errors import UnsupportedConfigError, unsupported
 from trellis.xds.mesh.model import MeshConfig
-from trellis.xds.mesh.telemetry import ACCESS_LOG_PROVIDERS, ENVOY_PROVIDER
+from trellis.xds.mesh.telemetry import (
+    ACCESS_LOG_PROVIDERS,
+    ENVOY_PROVIDER,
+    TRACING_PROVIDER,
+    TRACING_PROVIDERS,
+)
 from trellis.xds.re2 import Re2SyntaxError, compile_re2
 
 
@@ -42,10 +47,15 @@ def first_uncarried(config: MeshConfig, *, mtls: bool = False) -> UnsupportedCon
 
 
 def _telemetry(telemetry: Telemetry) -> UnsupportedConfigError | None:
-    if telemetry.spec.tracing:
-        return unsupported(
-            telemetry, "spec.tracing", "tracing is not configured through Telemetry yet"
-        )
+    for i, tracing in enumerate(telemetry.spec.tracing or ()):
+        for j, provider in enumerate(tracing.providers):
+            if provider.name not in TRACING_PROVIDERS:
+                return unsupported(
+                    telemetry,
+                    f"spec.tracing[{i}].providers[{j}].name",
+                    f"unknown tracing provider {provider.name!r}; Trellis has "
+                    f"{TRACING_PROVIDER!r} (the control plane's --tracing-otlp-address)",
+                )
     for i, entry in enumerate(telemetry.spec.access_logging or ()):
         for j, provider in enumerate(entry.providers):
             if provider.name not in ACCESS_LOG_PROVIDERS:

@@ -29,6 +29,7 @@ port's `destination_port` match (chains `inbound|PORT||` and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -47,6 +48,7 @@ from trellis.xds.mesh.names import (
     inbound_listener,
 )
 from trellis.xds.mesh.registry import InboundPort
+from trellis.xds.mesh.tracing import NO_TRACING, ProxyTracing, Tracing
 from trellis.xds.protos import (
     http_connection_manager_pb2,
     listener_pb2,
@@ -72,23 +74,36 @@ def listeners(
     authz: InboundAuthz = NO_AUTHZ,
     mtls: InboundMtls | None = None,
     logs: ProxyLogs = NO_PROXY_LOGS,
+    tracing: ProxyTracing = NO_TRACING,
 ) -> list[listener_pb2.Listener]:
     """The outbound listener and the inbound listener(s) for `ports`.
 
     `authz`: the RBAC filters inbound HTTP goes through before the router, and
     inbound TCP before the TCP proxy; `mtls`: with mesh mTLS, how each port
     terminates it (None: plaintext); `logs`: the access logs of every connection
-    manager and TCP proxy, outbound and inbound.
+    manager and TCP proxy, outbound and inbound; `tracing`: the `tracing` of the
+    outbound and of the inbound connection managers.
     """
+    inbound = _Inbound(authz, mtls, logs.inbound, tracing.inbound)
     if options.capture_mode is CaptureMode.TRANSPARENT:
-        result = [_virtual_outbound(options, logs.outbound)]
+        result = [_virtual_outbound(options, logs.outbound, tracing.outbound)]
         if ports:
-            result.append(_virtual_inbound(options, ports, authz, mtls, logs.inbound))
+            result.append(_virtual_inbound(options, ports, inbound))
         return result
-    result = [_explicit_outbound(options, logs.outbound)]
+    result = [_explicit_outbound(options, logs.outbound, tracing.outbound)]
     address = options.inbound_address or proxy.address
-    result += [_explicit_inbound(address, item, authz, mtls, logs.inbound) for item in ports]
+    result += [_explicit_inbound(address, item, inbound) for item in ports]
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """What every inbound listener of a proxy carries besides its port."""
+
+    authz: InboundAuthz
+    mtls: InboundMtls | None
+    logs: ListenerLogs
+    tracing: Tracing | None
 
 
 def _router() -> http_connection_manager_pb2.HttpFilter:
@@ -110,15 +125,20 @@ def _outbound_hcm(stat_prefix: str) -> http_connection_manager_pb2.HttpConnectio
 def _filter(
     config: http_connection_manager_pb2.HttpConnectionManager | tcp_proxy_pb2.TcpProxy,
     logs: ListenerLogs,
+    tracing: Tracing | None = None,
 ) -> listener_components_pb2.Filter:
     if isinstance(config, tcp_proxy_pb2.TcpProxy):
         config.access_log.extend(logs.tcp)
         return listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(config))
     config.access_log.extend(logs.http)
+    if tracing is not None:
+        config.tracing.CopyFrom(tracing)
     return listener_components_pb2.Filter(name=HCM_NAME, typed_config=pack(config))
 
 
-def _explicit_outbound(options: TranslateOptions, logs: ListenerLogs) -> listener_pb2.Listener:
+def _explicit_outbound(
+    options: TranslateOptions, logs: ListenerLogs, tracing: Tracing | None
+) -> listener_pb2.Listener:
     host, port = options.outbound_address, options.outbound_port
     listener = listener_pb2.Listener(
         name=OUTBOUND_LISTENER,
@@ -126,7 +146,7 @@ def _explicit_outbound(options: TranslateOptions, logs: ListenerLogs) -> listene
         traffic_direction=_OUTBOUND,
     )
     hcm = _outbound_hcm(f"outbound_{host}_{port}")
-    listener.filter_chains.add().filters.append(_filter(hcm, logs))
+    listener.filter_chains.add().filters.append(_filter(hcm, logs, tracing))
     return listener
 
 
@@ -142,41 +162,37 @@ def inbound_route_config(port: int) -> route_pb2.RouteConfiguration:
 
 
 def _inbound_filters(
-    address: str, item: InboundPort, authz: InboundAuthz, logs: ListenerLogs
+    address: str, item: InboundPort, inbound: _Inbound
 ) -> list[listener_components_pb2.Filter]:
     stat_prefix = f"inbound_{address}_{item.port}"
     if not item.http:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=inbound_cluster(item.port))
-        return [*authz.tcp, _filter(proxy, logs)]
+        return [*inbound.authz.tcp, _filter(proxy, inbound.logs)]
     hcm = http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
-        http_filters=[*authz.http, _router()],
+        http_filters=[*inbound.authz.http, _router()],
         route_config=inbound_route_config(item.port),
     )
-    return [_filter(hcm, logs)]
+    return [_filter(hcm, inbound.logs, inbound.tracing)]
 
 
-def _explicit_inbound(
-    address: str,
-    item: InboundPort,
-    authz: InboundAuthz,
-    mtls: InboundMtls | None,
-    logs: ListenerLogs,
-) -> listener_pb2.Listener:
+def _explicit_inbound(address: str, item: InboundPort, inbound: _Inbound) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=inbound_listener(item.port),
         address=socket_address(address, item.port),
         traffic_direction=_INBOUND,
     )
-    network_filters = _inbound_filters(address, item, authz, logs)
-    if mtls is None:
+    network_filters = _inbound_filters(address, item, inbound)
+    if inbound.mtls is None:
         listener.filter_chains.add().filters.extend(network_filters)
     else:
-        mtls.add_chains(listener, network_filters, item.port, name="")
+        inbound.mtls.add_chains(listener, network_filters, item.port, name="")
     return listener
 
 
-def _virtual_outbound(options: TranslateOptions, logs: ListenerLogs) -> listener_pb2.Listener:
+def _virtual_outbound(
+    options: TranslateOptions, logs: ListenerLogs, tracing: Tracing | None
+) -> listener_pb2.Listener:
     port = options.outbound_port
     listener = listener_pb2.Listener(
         name=VIRTUAL_OUTBOUND,
@@ -185,16 +201,12 @@ def _virtual_outbound(options: TranslateOptions, logs: ListenerLogs) -> listener
         use_original_dst=boolean(True),
     )
     hcm = _outbound_hcm(f"outbound_{WILDCARD}_{port}")
-    listener.filter_chains.add().filters.append(_filter(hcm, logs))
+    listener.filter_chains.add().filters.append(_filter(hcm, logs, tracing))
     return listener
 
 
 def _virtual_inbound(
-    options: TranslateOptions,
-    ports: Sequence[InboundPort],
-    authz: InboundAuthz,
-    mtls: InboundMtls | None,
-    logs: ListenerLogs,
+    options: TranslateOptions, ports: Sequence[InboundPort], inbound: _Inbound
 ) -> listener_pb2.Listener:
     address = options.inbound_address or WILDCARD
     listener = listener_pb2.Listener(
@@ -204,10 +216,12 @@ def _virtual_inbound(
         use_original_dst=boolean(True),
     )
     for item in ports:
-        network_filters = _inbound_filters(WILDCARD, item, authz, logs)
+        network_filters = _inbound_filters(WILDCARD, item, inbound)
         name = inbound_cluster(item.port)
-        if mtls is not None:
-            mtls.add_chains(listener, network_filters, item.port, name, destination_port=item.port)
+        if inbound.mtls is not None:
+            inbound.mtls.add_chains(
+                listener, network_filters, item.port, name, destination_port=item.port
+            )
             continue
         chain = listener.filter_chains.add(name=name)
         chain.filter_chain_match.destination_port.CopyFrom(u32(item.port))

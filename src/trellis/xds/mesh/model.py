@@ -19,6 +19,7 @@ from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 from trellis.api.telemetry import Telemetry
 from trellis.errors import ConfigError
 from trellis.xds.mesh.access_log import MeshAccessLog
+from trellis.xds.mesh.tracing import MeshTracing
 
 
 def _key(resource: Resource) -> tuple[str, str]:
@@ -57,6 +58,7 @@ class MeshConfig:
     telemetries: tuple[Telemetry, ...] = ()
     tls: MeshTls | None = None
     access_log: MeshAccessLog | None = None  # meshConfig.accessLogFile; None: no access log
+    tracing: MeshTracing | None = None  # every sidecar's spans to this collector; None: off
 
     @classmethod
     def of(

@@ -15,7 +15,9 @@ level, the first by name). A more specific level overrides what it sets:
 
 Trellis has one access log provider, Istio's built-in `envoy`: the mesh's
 access log (the control plane's `--access-log-file`, else `/dev/stdout` as
-JSON).
+JSON), and one tracing provider, `otel`: the collector of the control
+plane's `--tracing-otlp-address` (without it nothing traces, whatever the
+Telemetry resources say).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from trellis.api.telemetry import Telemetry, WorkloadMode
 ENVOY_PROVIDER = "envoy"
 """Istio's built-in access log provider (Envoy's file logger)."""
 ACCESS_LOG_PROVIDERS = frozenset({ENVOY_PROVIDER})
+TRACING_PROVIDER = "otel"
+"""The mesh's tracing provider: the OTLP collector of `--tracing-otlp-address`."""
+TRACING_PROVIDERS = frozenset({TRACING_PROVIDER})
 
 
 def telemetry_levels(

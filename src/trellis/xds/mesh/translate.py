@@ -46,7 +46,22 @@ from trellis.xds.mesh.names import (
 )
 from trellis.xds.mesh.registry import InboundPort, Registry, inbound_ports
 from trellis.xds.mesh.routes import outbound_route_config
-from trellis.xds.mesh.telemetry import ENVOY_PROVIDER, access_log_providers, telemetry_levels
+from trellis.xds.mesh.telemetry import (
+    ENVOY_PROVIDER,
+    TracingSettings,
+    access_log_providers,
+    telemetry_levels,
+    tracing_settings,
+)
+from trellis.xds.mesh.tracing import (
+    COLLECTOR_CLUSTER,
+    NO_TRACING,
+    ProxyTracing,
+    Tracing,
+    collector_cluster,
+    hcm_tracing,
+    tracing_service_name,
+)
 from trellis.xds.protos import cluster_pb2, http_connection_manager_pb2
 from trellis.xds.supported import HCM_TYPE
 
@@ -163,6 +178,25 @@ class Translator:
             authz = self._authz[key] = inbound_authz(chosen)
         return authz
 
+    def _proxy_tracing(self, proxy: ProxyIdentity) -> ProxyTracing:
+        """The `tracing` of `proxy`'s connection managers: the mesh's collector and
+        sampling, with what Telemetry changes per side; none without the collector."""
+        mesh = self.config.tracing
+        if mesh is None:
+            return NO_TRACING
+        levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
+        service = tracing_service_name(proxy)
+
+        def side(settings: TracingSettings) -> Tracing | None:
+            if settings.disable_span_reporting:
+                return None
+            return hcm_tracing(mesh, service, settings.random_sampling_percentage)
+
+        return ProxyTracing(
+            outbound=side(tracing_settings(levels, WorkloadMode.CLIENT)),
+            inbound=side(tracing_settings(levels, WorkloadMode.SERVER)),
+        )
+
     def _proxy_logs(self, proxy: ProxyIdentity) -> ProxyLogs:
         """The access logs of `proxy`'s listeners: the mesh's, unless Telemetry says otherwise."""
         if not self.config.telemetries:
@@ -229,7 +263,11 @@ class Translator:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
         authz = self._inbound_authz(proxy)
-        built = listeners(proxy, options, ports, authz, mtls, self._proxy_logs(proxy))
+        tracing = self._proxy_tracing(proxy)
+        logs = self._proxy_logs(proxy)
+        built = listeners(proxy, options, ports, authz, mtls, logs, tracing)
+        if self.config.tracing is not None and tracing != NO_TRACING:
+            inbound[COLLECTOR_CLUSTER] = collector_cluster(self.config.tracing)  # its own too
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,

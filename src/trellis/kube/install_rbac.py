@@ -1,0 +1,109 @@
+"""The control plane's identity and exactly the permissions it needs.
+
+Cluster-wide, read only, what it watches: Services, Pods and Namespaces,
+EndpointSlices (the registry) and the Trellis CRDs (the config); it writes
+nothing but the CRDs' `status` subresource (what it made of each resource)
+and TokenReviews (who a CSR's service-account token belongs to). In its own
+namespace, a Role lets it create the leader-election Lease and then read and
+renew only that one, by name. Nothing else: no Secrets (the CA's key is a
+mounted Secret, read by the kubelet), no webhook configurations (the CA
+bundle is fixed at install), no write access to anything users own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from trellis.kube.install_settings import InstallNames
+
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
+READ = ("get", "list", "watch")
+STATUS_WRITE = ("get", "patch", "update")
+
+
+def service_account(names: InstallNames) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": names.control_plane,
+            "namespace": names.namespace,
+            "labels": names.labels("control-plane"),
+        },
+    }
+
+
+def cluster_rules(crds: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The ClusterRole's rules; `crds` are the (group, plural) of the Trellis CRDs."""
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for group, plural in crds:
+        by_group[group].append(plural)
+    rules: list[dict[str, Any]] = [
+        _rule("", ("namespaces", "pods", "services"), READ),
+        _rule("discovery.k8s.io", ("endpointslices",), READ),
+    ]
+    for group in sorted(by_group):
+        plurals = sorted(by_group[group])
+        rules.append(_rule(group, plurals, READ))
+        rules.append(_rule(group, [f"{plural}/status" for plural in plurals], STATUS_WRITE))
+    rules.append(_rule("authentication.k8s.io", ("tokenreviews",), ("create",)))
+    return rules
+
+
+def namespace_rules(names: InstallNames) -> list[dict[str, Any]]:
+    """The Role's rules: leader election with one Lease (create cannot be limited by name)."""
+    return [
+        _rule("coordination.k8s.io", ("leases",), ("create",)),
+        {
+            **_rule("coordination.k8s.io", ("leases",), ("get", "update")),
+            "resourceNames": [names.leader_lease],
+        },
+    ]
+
+
+def rbac_manifests(names: InstallNames, crds: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """ClusterRole + ClusterRoleBinding, Role + RoleBinding, for the control plane's account."""
+    labels = names.labels("control-plane")
+    subject = {"kind": "ServiceAccount", "name": names.control_plane, "namespace": names.namespace}
+    return [
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRole",
+            "metadata": {"name": names.cluster_role, "labels": labels},
+            "rules": cluster_rules(crds),
+        },
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": names.cluster_role, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": names.cluster_role,
+            },
+            "subjects": [subject],
+        },
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "Role",
+            "metadata": {"name": names.role, "namespace": names.namespace, "labels": labels},
+            "rules": namespace_rules(names),
+        },
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "RoleBinding",
+            "metadata": {"name": names.role, "namespace": names.namespace, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": names.role,
+            },
+            "subjects": [subject],
+        },
+    ]
+
+
+def _rule(group: str, resources: Iterable[str], verbs: Iterable[str]) -> dict[str, Any]:
+    return {"apiGroups": [group], "resources": list(resources), "verbs": list(verbs)}

@@ -1,0 +1,91 @@
+"""The sidecar's memory budget (DESIGN.md §8, 40 MB) depends on what the process holds:
+a proxy with a static bootstrap must not load the gRPC/h2 stack (only ADS, the CA client
+and an OTLP/gRPC exporter need it), modules only an error path or `--help` needs (difflib,
+shutil with bz2 and lzma), nor start threads (uvloop resolves names on libuv's thread pool,
+four threads that then stay for good)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .bootstrap import free_port, simple_http
+from .client import request
+from .upstream import HttpUpstream
+
+# Runs the real `trellis proxy` command line in this interpreter and, at exit, prints
+# which of the modules the budget cares about it had loaded.
+_RUNNER = """
+import atexit, json, sys
+WATCHED = ("h2", "hpack", "hyperframe", "grpc", "pydantic", "cryptography", "yaml", "click",
+           "shutil", "bz2", "lzma", "difflib", "trellis.runtime.grpc_stream",
+           "trellis.runtime.ca_client", "trellis.runtime.identity")
+atexit.register(lambda: print(json.dumps(sorted(
+    name for name in sys.modules if name in WATCHED or name.split(".")[0] in WATCHED))))
+from trellis.proxy.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_READY_TIMEOUT = 15.0
+
+
+def _admin(port: int, method: str, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    try:
+        conn.request(method, path)
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], admin_port: int) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the proxy exited before it was ready"
+        try:
+            if _admin(admin_port, "GET", "/ready") == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the proxy was not ready within {_READY_TIMEOUT}s")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_static_proxy_runs_one_thread_without_the_grpc_stack(
+    upstream: HttpUpstream, tmp_path: Path
+) -> None:
+    admin_port, listen_port = free_port(), free_port()
+    stats_port, health_port = free_port(), free_port()
+    bootstrap = tmp_path / "bootstrap.json"
+    bootstrap.write_text(json.dumps(simple_http(admin_port, listen_port, [upstream.port])))
+    argv = [sys.executable, "-c", _RUNNER, "--bootstrap", str(bootstrap), "-l", "warning"]
+    # Istio's agent ports too (15020, 15021): servers of their own, no more threads or imports.
+    argv += ["--stats-port", str(stats_port), "--health-port", str(health_port)]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_ready(proc, admin_port)
+        assert request(listen_port, "GET", "/").status == 200
+        assert _admin(stats_port, "GET", "/stats/prometheus") == 200
+        assert _admin(health_port, "GET", "/healthz/ready") == 200
+        threads = os.listdir(f"/proc/{proc.pid}/task")
+        assert len(threads) == 1, f"expected only the main thread, found {len(threads)}"
+        assert _admin(admin_port, "POST", "/quitquitquit") == 200
+        out, err = proc.communicate(timeout=15.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5.0)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    loaded = json.loads(out.decode().strip().splitlines()[-1])
+    assert loaded == [], f"a static proxy loaded {loaded}"
