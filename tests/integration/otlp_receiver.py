@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from trellis.xds import otlp_trace_pb2 as trace_service_pb2
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 

@@ -18,14 +18,10 @@ import grpc
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTracePartialSuccess,
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from trellis.controlplane.api_status import StatusError
 from trellis.controlplane.traces import TraceStore, spans_from_otlp
+from trellis.xds.otlp_trace_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
 log = logging.getLogger("trellis.controlplane.otlp")
 
@@ -46,11 +42,8 @@ def receive(store: TraceStore, request: ExportTraceServiceRequest) -> ExportTrac
     if dropped:
         problems.append(f"{dropped} span(s) over the limit of {store.max_spans} per trace")
     if problems:
-        response.partial_success.CopyFrom(
-            ExportTracePartialSuccess(
-                rejected_spans=rejected + dropped, error_message="; ".join(problems)
-            )
-        )
+        response.partial_success.rejected_spans = rejected + dropped
+        response.partial_success.error_message = "; ".join(problems)
     return response
 
 

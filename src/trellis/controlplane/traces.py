@@ -16,9 +16,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from trellis.xds.otlp_trace_pb2 import (
+    AnyValue,
+    ExportTraceServiceRequest,
+    KeyValue,
+    Span,
+    Status,
+)
 
 MAX_ATTRIBUTES = 32
 MAX_VALUE_CHARS = 256

@@ -64,6 +64,7 @@ class AccessLogEntry:
     upstream_cluster: str | None = None
     route_name: str | None = None
     request_id: str | None = None
+    trace_id: str | None = None  # 32 hex digits when the connection manager traces
     downstream_remote_address: str | None = None
     downstream_local_address: str | None = None
     upstream_local_address: str | None = None
@@ -107,6 +108,7 @@ _FIELD_OPERATORS: Mapping[str, str] = MappingProxyType(
         "DOWNSTREAM_LOCAL_ADDRESS": "downstream_local_address",
         "REQUESTED_SERVER_NAME": "requested_server_name",
         "ROUTE_NAME": "route_name",
+        "TRACE_ID": "trace_id",
         "DOWNSTREAM_PEER_URI_SAN": "downstream_peer_uri_san",
         "UPSTREAM_PEER_URI_SAN": "upstream_peer_uri_san",
     }

@@ -1,7 +1,8 @@
 """Spans as OTLP protobuf: one `ExportTraceServiceRequest` per batch.
 
-The messages are the generated ones of `opentelemetry.proto` (shipped with
-xds-protos, plain protobuf: no OpenTelemetry SDK in the proxy). Attribute
+The messages are Trellis's restatement of OTLP's (`trellis.xds.otlp_trace_pb2`,
+the same bytes on the wire; plain protobuf: no OpenTelemetry SDK in the
+proxy). Attribute
 values are strings or integers, as the proxy records them.
 """
 
@@ -9,32 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
-
 from trellis.runtime.tracing import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, Attribute, SpanRecord
+from trellis.xds import otlp_trace_pb2 as otlp
 
 SCOPE_NAME = "trellis-proxy"
 _KINDS = {
-    SPAN_KIND_SERVER: trace_pb2.Span.SPAN_KIND_SERVER,
-    SPAN_KIND_CLIENT: trace_pb2.Span.SPAN_KIND_CLIENT,
+    SPAN_KIND_SERVER: otlp.Span.SPAN_KIND_SERVER,
+    SPAN_KIND_CLIENT: otlp.Span.SPAN_KIND_CLIENT,
 }
 
 
-def _key_values(attributes: Sequence[Attribute]) -> list[common_pb2.KeyValue]:
+def _key_values(attributes: Sequence[Attribute]) -> list[otlp.KeyValue]:
     result = []
     for key, value in attributes:
         if isinstance(value, int):
-            any_value = common_pb2.AnyValue(int_value=value)
+            any_value = otlp.AnyValue(int_value=value)
         else:
-            any_value = common_pb2.AnyValue(string_value=value)
-        result.append(common_pb2.KeyValue(key=key, value=any_value))
+            any_value = otlp.AnyValue(string_value=value)
+        result.append(otlp.KeyValue(key=key, value=any_value))
     return result
 
 
-def _span(record: SpanRecord) -> trace_pb2.Span:
-    span = trace_pb2.Span(
+def _span(record: SpanRecord) -> otlp.Span:
+    span = otlp.Span(
         trace_id=record.trace_id.to_bytes(16, "big"),
         span_id=record.span_id.to_bytes(8, "big"),
         name=record.name,
@@ -48,7 +46,7 @@ def _span(record: SpanRecord) -> trace_pb2.Span:
     if record.tracestate:
         span.trace_state = record.tracestate.decode("latin-1")
     if record.error:
-        span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+        span.status.code = otlp.Status.STATUS_CODE_ERROR
     return span
 
 
@@ -56,7 +54,7 @@ def encode_export_request(
     service: str, resource: Sequence[Attribute], spans: Sequence[SpanRecord]
 ) -> bytes:
     """The serialized request carrying `spans` of the service named `service`."""
-    request = trace_service_pb2.ExportTraceServiceRequest()
+    request = otlp.ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend(_key_values([("service.name", service), *resource]))
     scope_spans = resource_spans.scope_spans.add()
@@ -65,8 +63,8 @@ def encode_export_request(
     return bytes(request.SerializeToString())
 
 
-def decode_export_request(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+def decode_export_request(data: bytes) -> otlp.ExportTraceServiceRequest:
     """Parse a request (for receivers: the tests, a control plane that takes OTLP)."""
-    request = trace_service_pb2.ExportTraceServiceRequest()
+    request = otlp.ExportTraceServiceRequest()
     request.ParseFromString(data)
     return request

@@ -191,6 +191,7 @@ class HttpRecorder:
             upstream_cluster=stream.cluster.config.name if stream.cluster is not None else None,
             route_name=route.route.name or None if route is not None else None,
             request_id=headers.get("x-request-id") or stream.request_id,
+            trace_id=f"{stream.trace.trace_id:032x}" if stream.trace is not None else None,
             downstream_remote_address=stream.conn.remote_ip,
             downstream_local_address=stream.conn.local_address(),
             user_agent=headers.get("user-agent"),

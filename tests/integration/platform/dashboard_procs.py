@@ -18,10 +18,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from trellis.xds.otlp_trace_pb2 import (
+    AnyValue,
+    ExportTraceServiceRequest,
+    KeyValue,
+    Resource,
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+)
 
 from ..controlplane.mesh_procs import ControlPlane, until
 from .launch_procs import Launched, app_command, serving

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+from trellis.xds.otlp_trace_pb2 import ExportTraceServiceResponse
 
 from ..controlplane.mesh_procs import until
 from .dashboard_procs import (
@@ -118,7 +118,12 @@ def test_otlp_traces_over_grpc_and_http(mesh: Mesh) -> None:
     )
     cart = otlp_export("cart", otlp_span(trace_id, 3, 2, "GET /cart", 8, 28))
     with grpc.insecure_channel(f"127.0.0.1:{mesh.control.xds_port}") as channel:
-        answer = TraceServiceStub(channel).Export(web, timeout=5)  # type: ignore[no-untyped-call]
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=type(web).SerializeToString,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        answer = export(web, timeout=5)
     assert not answer.HasField("partial_success")
     body = post_otlp_http(mesh.api, cart)
     assert not ExportTraceServiceResponse.FromString(body).HasField("partial_success")

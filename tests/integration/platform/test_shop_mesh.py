@@ -292,6 +292,8 @@ def test_the_shop_on_the_mesh(
     assert denial["authz_policy"] == "ns[shop]-policy[db-only-from-cart]-rule[0]"
     assert denial["downstream_peer_principal"] == WEB
     assert denial["response_code"] == 403
+    trace_id = str(denial["trace_id"])  # the shop is traced (mesh.yaml's Telemetry)
+    assert len(trace_id) == 32 and int(trace_id, 16) != 0, denial
     status, body = client.send("POST", "http://payment/pay", {"user": "x", "amount_cents": 1})
     assert (status, body) == (403, b"RBAC: access denied")
 

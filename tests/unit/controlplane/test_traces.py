@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
-
 from trellis.controlplane.otlp import receive
 from trellis.controlplane.traces import TraceStore, spans_from_otlp
+from trellis.xds.otlp_trace_pb2 import (
+    AnyValue,
+    ExportTraceServiceRequest,
+    KeyValue,
+    Resource,
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    Status,
+)
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 

@@ -257,3 +257,10 @@ def test_rbac_metadata_and_peer_identities_are_logged() -> None:
         "client": "spiffe://cluster.local/ns/a/sa/b",
         "server": None,
     }
+
+
+def test_trace_id_is_the_traced_requests_and_a_dash_without_one() -> None:
+    formatter = AccessLogFormatter.from_config("%TRACE_ID% %REQ(X-REQUEST-ID)%", None)
+    traced = AccessLogEntry(start_time=0, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+    assert formatter.format(traced) == "4bf92f3577b34da6a3ce929d0e0e4736 -"
+    assert formatter.format(AccessLogEntry(start_time=0)) == "- -"

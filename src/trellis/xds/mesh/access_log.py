@@ -1,9 +1,10 @@
 """The mesh-wide access log (Istio's `meshConfig.accessLogFile`): one line per request
 or TCP connection on every sidecar listener, to a file or stdout.
 
-JSON lines carry Istio's default JSON fields plus what Trellis adds for
-security: the peer identities and the RBAC decision with the policy and rule
-that made it (`no ALLOW policy matched` when none did). TEXT uses Envoy's
+JSON lines carry Istio's default JSON fields plus what Trellis adds: the
+trace id (Envoy's `%TRACE_ID%`, when the connection manager traces), the peer
+identities and the RBAC decision with the policy and rule that made it (`no
+ALLOW policy matched` when none did). TEXT uses Envoy's
 default format. Every HTTP connection manager and TCP proxy the translation
 builds gets it (`trellis.xds.mesh.listeners`).
 """
@@ -24,7 +25,8 @@ FILE_LOGGER = "envoy.access_loggers.file"
 _RBAC = "%DYNAMIC_METADATA(envoy.filters.http.rbac:"
 _NETWORK_RBAC = "%DYNAMIC_METADATA(envoy.filters.network.rbac:"
 
-# Istio's default JSON access log fields (its `EnvoyJSONLogFormatIstio`), in order.
+# Istio's default JSON access log fields (its `EnvoyJSONLogFormatIstio`), in order, and the
+# trace id (which Istio's default lacks).
 _ISTIO_JSON = (
     ("start_time", "%START_TIME%"),
     ("method", "%REQ(:METHOD)%"),
@@ -42,6 +44,7 @@ _ISTIO_JSON = (
     ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
     ("user_agent", "%REQ(USER-AGENT)%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("trace_id", "%TRACE_ID%"),
     ("authority", "%REQ(:AUTHORITY)%"),
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
