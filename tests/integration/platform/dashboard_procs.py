@@ -75,7 +75,13 @@ def busy_edge(mesh: Mesh, window: str = "10s", least: float = 0.0) -> dict[str, 
 @contextmanager
 def running_mesh(workdir: Path) -> Iterator[Mesh]:
     """The mesh of the module docstring, with traffic flowing; everything stopped after."""
-    control = ControlPlane(workdir / "cp", "--scrape-interval", "1s").start()
+    # The sidecars trace every request into the control plane's own trace store.
+    control = ControlPlane(
+        workdir / "cp",
+        "--scrape-interval", "1s",
+        "--tracing-otlp-address", "self",
+        "--tracing-sampling", "100",
+    ).start()  # fmt: skip
     started: list[Launched] = []
 
     def launch(name: str, args: list[str], command: list[str]) -> Launched:

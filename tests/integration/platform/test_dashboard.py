@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -181,16 +182,10 @@ def test_dashboard_in_headless_chromium(mesh: Mesh, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.wait import WebDriverWait  # noqa: PLC0415
 
-    trace_id = bytes.fromhex("5af7651916cd43dd8448eb211c80319c")
-    post_otlp_http(
-        mesh.api,
-        otlp_export(
-            "caller",
-            otlp_span(trace_id, 1, None, "GET /hello", 0, 25),
-            otlp_span(trace_id, 2, 1, "echo.default.svc.cluster.local:80/*", 2, 22),
-        ),
-    )
-    post_otlp_http(mesh.api, otlp_export("echo", otlp_span(trace_id, 3, 2, "GET /hello", 4, 20)))
+    # A real trace: the caller's sidecar (client span) -> echo's sidecar (server span).
+    summary = until(partial(_real_trace, mesh), 15, "a trace from caller to echo")
+    assert summary is not None
+    trace_id = summary["traceId"]
     browser = _browser()
     try:
         browser.set_page_load_timeout(15)
@@ -238,24 +233,24 @@ def test_dashboard_in_headless_chromium(mesh: Mesh, tmp_path: Path) -> None:
 
         browser.find_element(By.CSS_SELECTOR, "#tabs button[data-view=traces]").click()
         row = wait.until(
-            lambda d: d.find_element(By.CSS_SELECTOR, f"tr.trace[data-trace-id='{trace_id.hex()}']")
+            lambda d: d.find_element(By.CSS_SELECTOR, f"tr.trace[data-trace-id='{trace_id}']")
         )
         row.click()
         bars = wait.until(
             lambda d: (
                 d.find_elements(By.CSS_SELECTOR, "#waterfall .span-bar")
-                if len(d.find_elements(By.CSS_SELECTOR, "#waterfall .span-bar")) == 3
+                if len(d.find_elements(By.CSS_SELECTOR, "#waterfall .span-bar")) == 2
                 else []
             )
         )
         parents = {
             bar.get_attribute("data-span-id"): bar.get_attribute("data-parent-id") for bar in bars
         }
-        assert parents == {
-            "0000000000000001": "",
-            "0000000000000002": "0000000000000001",
-            "0000000000000003": "0000000000000002",
-        }
+        roots = [span for span, parent in parents.items() if not parent]
+        assert len(roots) == 1, parents  # the caller's client span
+        (child,) = set(parents) - set(roots)
+        assert parents[child] == roots[0], parents  # echo's server span under it
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", bars[0])
         trace_shot = tmp_path / "dashboard-trace.png"
         assert browser.save_screenshot(str(trace_shot))
     finally:
@@ -263,6 +258,17 @@ def test_dashboard_in_headless_chromium(mesh: Mesh, tmp_path: Path) -> None:
     artifacts = artifacts_dir()
     shutil.copy(graph_shot, artifacts / "dashboard.png")
     shutil.copy(trace_shot, artifacts / "dashboard-trace.png")
+
+
+def _real_trace(mesh: Mesh) -> dict[str, Any] | None:
+    """A recent trace the sidecars sent the control plane, from caller to echo."""
+    items = get_json(f"{mesh.api}/api/v1/traces?limit=20")["items"]
+    wanted = {"caller.default", "echo.default"}
+    found: dict[str, Any] | None = next(
+        (item for item in items if set(item["services"]) == wanted and item["spanCount"] == 2),
+        None,
+    )
+    return found
 
 
 def _trellis(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
