@@ -77,6 +77,7 @@ def test_mesh_yaml_loads_and_analyzes_clean_with_the_services_registered() -> No
         ("AuthorizationPolicy", "shop", "payment-only-from-web"),
         ("DestinationRule", "shop", "payment"),
         ("PeerAuthentication", "istio-system", "default"),
+        ("Telemetry", "shop", "trace-everything"),
         ("VirtualService", "shop", "payment"),
     ]
     resources = [*mesh, *registry()]
