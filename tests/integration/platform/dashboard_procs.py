@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -158,3 +159,23 @@ def artifacts_dir() -> Path:
     )
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+CHROMIUM_MISSING = "needs Debian's chromium and chromium-driver (make test installs them as root)"
+
+
+def headless_chromium() -> Any:
+    """Headless Chromium through its WebDriver (selenium), or None without the Debian
+    packages `chromium` and `chromium-driver`."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        return None
+    from selenium import webdriver  # noqa: PLC0415
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,900")
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))

@@ -24,10 +24,12 @@ from trellis.xds.otlp_trace_pb2 import ExportTraceServiceResponse
 
 from ..controlplane.mesh_procs import until
 from .dashboard_procs import (
+    CHROMIUM_MISSING,
     Mesh,
     artifacts_dir,
     error_of,
     get_json,
+    headless_chromium,
     otlp_export,
     otlp_span,
     post_otlp_http,
@@ -162,18 +164,10 @@ def test_the_dashboard_page_is_served_without_external_resources(
 
 def _browser() -> Any:
     """Headless Chromium through its WebDriver; skips when the Debian packages are missing."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them as root)")
-    from selenium import webdriver  # noqa: PLC0415
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,900")
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    browser = headless_chromium()
+    if browser is None:
+        pytest.skip(CHROMIUM_MISSING)
+    return browser
 
 
 def test_dashboard_in_headless_chromium(mesh: Mesh, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from trellis.platform.api_client import acknowledged
 from trellis.platform.netns import transparent_unavailable
 
 from ..controlplane.mesh_procs import ControlPlane, until
+from .dashboard_procs import CHROMIUM_MISSING, artifacts_dir, headless_chromium
 from .launch_procs import APPS, Launched, api_get, process_gone, workload_entry
 from .shop_procs import (
     MESH_YAML,
@@ -297,6 +299,10 @@ def test_the_shop_on_the_mesh(
     status, body = client.send("POST", "http://payment/pay", {"user": "x", "amount_cents": 1})
     assert (status, body) == (403, b"RBAC: access denied")
 
+    # The dashboard draws the shop's edges with their rates and opens a checkout's trace.
+    if mode == "explicit":  # the same control plane code in both modes: once is enough
+        _dashboard_shows_the_shop(control, tmp_path)
+
     # payment v2 stops while checkouts go on: it leaves the registry, v1 takes its traffic.
     apply(control, BOTH_VERSIONS)
     background = Background(client)
@@ -352,6 +358,80 @@ def _assert_one_chain(spans: list[dict[str, Any]], apps: list[str]) -> None:
         assert client_span["service"].split(".")[0] == source, (source, client_span)
         if source in server_of:  # the caller's own server span is that client span's parent
             assert by_id[client_span["parentSpanId"]]["service"] == server_of[source]["service"]
+
+
+SHOP_EDGES = {
+    ("workload/shop/client", "service/shop/web"),
+    ("workload/shop/web", "service/shop/cart"),
+    ("workload/shop/cart", "service/shop/catalog"),
+    ("workload/shop/web", "service/shop/payment"),
+    ("workload/shop/cart", "service/shop/db"),
+    ("service/shop/payment", "workload/shop/payment-v1"),
+    ("service/shop/payment", "workload/shop/payment-v2"),
+}
+
+
+def _dashboard_shows_the_shop(control: ControlPlane, tmp_path: Path) -> None:
+    """In headless Chromium: the shop's edges with non-zero rates, and a checkout's trace
+    (client -> web -> cart -> db) as a waterfall; screenshots in test-artifacts/."""
+    browser = headless_chromium()
+    if browser is None:
+        print(f"the dashboard's browser check did not run: it {CHROMIUM_MISSING}")
+        return
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.common.exceptions import (  # noqa: PLC0415
+        StaleElementReferenceException,
+        TimeoutException,
+    )
+    from selenium.webdriver.support.wait import WebDriverWait  # noqa: PLC0415
+
+    seen: list[set[tuple[str, str]]] = [set()]
+
+    def busy_shop_edges(driver: Any) -> set[tuple[str, str]] | None:
+        busy = {
+            (edge.get_attribute("data-source"), edge.get_attribute("data-target"))
+            for edge in driver.find_elements(By.CSS_SELECTOR, "#graph g.edge")
+            if float(edge.get_attribute("data-rps") or 0) > 0
+        }
+        seen[0] = busy
+        return busy if busy >= SHOP_EDGES else None
+
+    spans = until(partial(_trace_through, control, ["web", "cart", "db"]), 15, "a checkout trace")
+    assert spans is not None
+    trace_id = spans[0]["traceId"]
+    browser.set_page_load_timeout(15)
+    try:
+        browser.get(f"http://127.0.0.1:{control.api_port}/dashboard")
+        # The page redraws every few seconds: an element can go stale between two reads.
+        wait = WebDriverWait(
+            browser, 20, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        try:
+            wait.until(busy_shop_edges)
+        except TimeoutException:
+            raise AssertionError(f"the graph's busy edges: {sorted(seen[0])}") from None
+        graph = tmp_path / "shop-dashboard.png"
+        assert browser.save_screenshot(str(graph))
+        browser.find_element(By.CSS_SELECTOR, "#tabs button[data-view=traces]").click()
+        row = wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f"tr.trace[data-trace-id='{trace_id}']")
+        )
+        row.click()
+        bars = wait.until(
+            lambda d: (
+                found
+                if len(found := d.find_elements(By.CSS_SELECTOR, "#waterfall .span-bar"))
+                == len(spans)
+                else None
+            )
+        )
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", bars[0])
+        trace = tmp_path / "shop-trace.png"
+        assert browser.save_screenshot(str(trace))
+    finally:
+        browser.quit()
+    for shot in (graph, trace):
+        shutil.copy(shot, artifacts_dir() / shot.name)
 
 
 def serving_in_shop(control: ControlPlane, name: str) -> bool:
