@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,7 @@ from trellis.cli.inject_command import webhook_address as parse_webhook_address
 if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pay for them
     from trellis.controlplane.ads import AdsServer
     from trellis.controlplane.api_mesh import MeshInfo
+    from trellis.controlplane.kube_ca import KubeIdentitySettings
 
 
 @click.command("control-plane")
@@ -149,6 +150,37 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
 )
 @injection_options("inject-")
 @click.option(
+    "--ca-authentication",
+    type=click.Choice(("join-token", "token-review")),
+    default="join-token",
+    show_default=True,
+    help="How the CA checks a proxy's credential: join tokens this control plane issued "
+    "(local platform), or Kubernetes TokenReview of the pod's projected service-account token "
+    "(audience trellis-ca), with the in-cluster service account or the file in $KUBECONFIG.",
+)
+@click.option(
+    "--leader-lease",
+    metavar="NAME",
+    help="Elect a leader among the replicas with this coordination.k8s.io Lease in "
+    "$POD_NAMESPACE, as $POD_NAME (needs --ca-authentication token-review; the install "
+    "uses trellis-leader). Default: no election.",
+)
+@click.option(
+    "--platform",
+    type=click.Choice(("local", "kubernetes")),
+    default="local",
+    show_default=True,
+    help="local: config in SQLite under DATA_DIR, services as ServiceEntries and "
+    "WorkloadEntries. kubernetes: config in the Istio CRDs, the registry from Services, "
+    "EndpointSlices and Pods (the CRDs must be installed: `trellis install`).",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="--platform kubernetes: the cluster of this kubeconfig's current context "
+    "[default: $KUBECONFIG, else the in-cluster service account].",
+)
+@click.option(
     "--log-level",
     "-l",
     type=click.Choice(("debug", "info", "warning", "error")),
@@ -175,6 +207,10 @@ def control_plane(
     service_vip_range: str,
     scrape_interval: str,
     webhook_address: str | None,
+    ca_authentication: str,
+    leader_lease: str | None,
+    platform: str,
+    kubeconfig: Path | None,
     log_level: str,
 ) -> None:
     """Serve mesh config over xDS, certificates to proxies, and the REST API, from a durable
@@ -255,6 +291,8 @@ def control_plane(
         xds_socket=socket,
         vip_range=service_vip_range,
         scrape_interval=scrape_every,
+        kube_identity=_kube_identity(ca_authentication, leader_lease),
+        **_platform_settings(platform, kubeconfig),
     )
     webhook = parse_webhook_address(webhook_address)
     injection = injection_settings()
@@ -274,6 +312,7 @@ def control_plane(
             service_addresses=plane.service_addresses,
             metrics=plane.metrics,
             traces=plane.traces,
+            registry=plane.registry,
         )
         await serve_beside_webhook(serve_api(app, api_host, api_port), plane.ca, injection, webhook)
 
@@ -287,6 +326,44 @@ def control_plane(
         for problem in group.exceptions:
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+def _kube_identity(ca_authentication: str, leader_lease: str | None) -> KubeIdentitySettings | None:
+    """--ca-authentication token-review and --leader-lease as settings (None: join tokens)."""
+    import os  # noqa: PLC0415
+
+    from trellis.controlplane.kube_ca import KubeIdentitySettings  # noqa: PLC0415
+    from trellis.errors import ConfigError  # noqa: PLC0415
+
+    if ca_authentication != "token-review":
+        if leader_lease:
+            raise click.BadParameter(
+                "needs --ca-authentication token-review (a Kubernetes API server)",
+                param_hint="--leader-lease",
+            )
+        return None
+    kubeconfig = os.environ.get("KUBECONFIG") or None
+    try:
+        return KubeIdentitySettings.from_environment(
+            leader_lease or None, Path(kubeconfig) if kubeconfig else None
+        )
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--leader-lease") from None
+
+
+def _platform_settings(platform: str, kubeconfig: Path | None) -> dict[str, Any]:
+    """--platform and --kubeconfig as ControlPlaneSettings fields."""
+    import os  # noqa: PLC0415
+
+    from trellis.controlplane.kube_platform import Platform  # noqa: PLC0415
+
+    if platform != Platform.KUBERNETES:
+        if kubeconfig is not None:
+            raise click.BadParameter("needs --platform kubernetes", param_hint="--kubeconfig")
+        return {}
+    if kubeconfig is None and os.environ.get("KUBECONFIG"):
+        kubeconfig = Path(os.environ["KUBECONFIG"])
+    return {"platform": Platform.KUBERNETES, "kubeconfig": kubeconfig}
 
 
 SELF_COLLECTOR = "self"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import httpx
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from trellis import __version__
 from trellis.api.loader import MAX_SOURCE_BYTES
+from trellis.api.networking import NetworkingResource
 from trellis.controlplane.ads_status import ProxyStatus
 from trellis.controlplane.api_apply import analyze_config, apply_batch
 from trellis.controlplane.api_auth import TokenAuthMiddleware
@@ -127,6 +128,7 @@ def create_app(
     mesh: MeshInfo | None = None,
     metrics: MetricsCollector | None = None,
     traces: TraceStore | None = None,
+    registry: Callable[[], Sequence[NetworkingResource]] | None = None,
 ) -> FastAPI:
     """The REST API over `store`.
 
@@ -139,6 +141,8 @@ def create_app(
     `metrics`: the proxies' scraped metrics behind `GET /api/v1/graph` and
     `/api/v1/services/stats` (503 without). `traces`: where OTLP exports to
     `POST /v1/traces` go and `GET /api/v1/traces` reads (a store of its own if None).
+    `registry`: the platform's services (Kubernetes discovery), which apply and
+    analyze check references against beside the stored ones.
     The dashboard is at `/dashboard`.
     """
     app = FastAPI(
@@ -200,11 +204,14 @@ def create_app(
             force=force,
             dry_run=dry_run,
             analyze_on_apply=analyze_on_apply,
+            registry=registry() if registry is not None else (),
         )
 
     @app.get("/api/v1/analyze", tags=["config"], summary="Analyze the stored config")
     async def analyze_stored() -> dict[str, Any]:
-        return await analyze_config(store, None, "request")
+        return await analyze_config(
+            store, None, "request", registry() if registry is not None else ()
+        )
 
     @app.post(
         "/api/v1/analyze",
@@ -221,7 +228,12 @@ def create_app(
         },
     )
     async def analyze_with(request: Request) -> dict[str, Any]:
-        return await analyze_config(store, await _read_text(request), "request")
+        return await analyze_config(
+            store,
+            await _read_text(request),
+            "request",
+            registry() if registry is not None else (),
+        )
 
     @app.get("/api/v1/proxies", tags=["proxies"], summary="Connected proxies and their sync state")
     async def proxies() -> dict[str, Any]:

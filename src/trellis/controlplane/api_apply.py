@@ -173,9 +173,12 @@ def check_batch(
 
 
 def _check_stored(
-    stored: Sequence[StoredResource], batch: Sequence[NetworkingResource], force: bool
+    stored: Sequence[StoredResource],
+    batch: Sequence[NetworkingResource],
+    force: bool,
+    registry: Sequence[NetworkingResource] = (),
 ) -> list[Finding]:
-    return check_batch(stored_models(stored), batch, force=force)
+    return check_batch([*stored_models(stored), *registry], batch, force=force)
 
 
 async def plan_dry_run(store: ConfigStore, writes: Sequence[ResourceWrite]) -> list[ApplyResult]:
@@ -194,6 +197,7 @@ async def apply_batch(
     force: bool,
     dry_run: bool,
     analyze_on_apply: bool,
+    registry: Sequence[NetworkingResource] = (),
 ) -> dict[str, Any]:
     """Validate, check and store a batch; the JSON answer (results like kubectl's, warnings)."""
     # Parsing and analysis are CPU work: off the event loop, which also serves xDS.
@@ -201,7 +205,7 @@ async def apply_batch(
     findings: list[Finding] = []
     if analyze_on_apply:
         stored = await store.list()
-        findings = await asyncio.to_thread(_check_stored, stored, batch, force)
+        findings = await asyncio.to_thread(_check_stored, stored, batch, force, registry)
     writes = [to_write(resource) for resource in batch]
     try:
         results = await (plan_dry_run(store, writes) if dry_run else store.apply(writes))
@@ -227,12 +231,20 @@ async def apply_batch(
     }
 
 
-async def analyze_config(store: ConfigStore, text: str | None, source: str) -> dict[str, Any]:
-    """Findings over the stored config, with the documents in `text` (if any) merged in."""
+async def analyze_config(
+    store: ConfigStore,
+    text: str | None,
+    source: str,
+    registry: Sequence[NetworkingResource] = (),
+) -> dict[str, Any]:
+    """Findings over the stored config, with the documents in `text` (if any) merged in.
+
+    `registry`: the platform's services (Kubernetes discovery), analysed beside the store's.
+    """
     listing = await store.list_with_version()
 
     def run() -> list[Finding]:
-        resources = stored_models(listing.items)
+        resources = [*stored_models(listing.items), *registry]
         if text is not None:
             resources = merged(resources, parse_batch(text, source))
         return analyze(resources)

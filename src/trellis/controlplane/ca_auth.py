@@ -3,8 +3,8 @@
 The certificate service accepts one bearer credential per call (gRPC metadata
 `authorization: Bearer <credential>`) and hands it to an `Authenticator`. On
 the local platform that is a join token (`join_token.JoinTokenAuthenticator`);
-on Kubernetes it will be a TokenReview of the pod's projected service-account
-token, behind the same interface.
+on Kubernetes a TokenReview of the pod's projected service-account token
+(`kube_token_auth.TokenReviewAuthenticator`), behind the same interface.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ class Grant:
 
 
 class RefusalKind(enum.Enum):
-    """How a refusal maps to gRPC: no valid credential, or a credential that may not do this."""
+    """How a refusal maps to gRPC: no valid credential, a credential that may not do this,
+    or a credential that cannot be checked now (its verifier, e.g. the API server, is down)."""
 
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass(frozen=True, slots=True)

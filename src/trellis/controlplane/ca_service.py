@@ -10,7 +10,8 @@ when none is asked for.
 Every refusal is logged at WARNING with the peer and the reason (never the
 credential) and answered: UNAUTHENTICATED (no, malformed, unknown, expired or
 wrong-audience credential), PERMISSION_DENIED (the CSR asks for an identity
-the credential does not grant), INVALID_ARGUMENT (a malformed CSR or lifetime).
+the credential does not grant), INVALID_ARGUMENT (a malformed CSR or lifetime),
+UNAVAILABLE (the credential cannot be checked now: the caller retries).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE_CERTIFICATE = f"/{SERVICE_NAME}/CreateCertificate"
 _REFUSAL_CODES = {
     RefusalKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     RefusalKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -7,6 +7,12 @@ watcher never slows writers down. A watcher that starts from a past version
 first reads the store's change log (through the store's `BacklogFetch`), then
 continues with the live events queued since it subscribed, with no gap and no
 duplicate.
+
+A feed is `contiguous` when every change takes the next version (the memory
+and SQLite stores). The Kubernetes store's versions are the API server's,
+shared with objects it does not follow, so its feed only requires them to
+increase, and its `BacklogFetch` raises WatchExpiredError when its log does
+not reach back far enough.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ RELIST_HINT = "re-list and watch again from the list's resourceVersion"
 class ChangeFeed:
     """Committed changes, fanned out to the watch streams subscribed to it."""
 
-    def __init__(self, last_version: int, queue_limit: int, fetch: BacklogFetch) -> None:
+    def __init__(
+        self, last_version: int, queue_limit: int, fetch: BacklogFetch, *, contiguous: bool = True
+    ) -> None:
         if queue_limit < 1:
             raise ValueError(f"watch queue limit must be at least 1, got {queue_limit}")
         self._last_version = last_version
         self._queue_limit = queue_limit
         self._fetch = fetch
+        self._contiguous = contiguous
         self._streams: set[FeedStream] = set()
         self._closed = False
 
@@ -58,7 +67,9 @@ class ChangeFeed:
                 f"watch from resourceVersion {since}: the store is only at {start}; {RELIST_HINT}"
             )
         cursor = start if since is None or error is not None else since
-        stream = FeedStream(self, cursor, start, self._queue_limit, self._fetch, error)
+        stream = FeedStream(
+            self, cursor, start, self._queue_limit, self._fetch, error, contiguous=self._contiguous
+        )
         if error is None:
             self._streams.add(stream)
         return stream
@@ -68,17 +79,26 @@ class ChangeFeed:
         if self._closed or not events:
             return
         first = int(events[0].resource_version)
-        if first != self._last_version + 1:
+        if self._contiguous:
+            in_order = first == self._last_version + 1
+        else:
+            in_order = first > self._last_version
+        if not in_order:
             # Cannot happen while stores publish in commit order; if it ever does,
             # every watcher re-lists rather than silently missing changes.
             self._expire_all(f"changes arrived out of order ({first} after {self._last_version})")
-        self._last_version = int(events[-1].resource_version)
+        self._last_version = max(self._last_version, int(events[-1].resource_version))
         for stream in list(self._streams):
             if not stream.deliver(events):
                 self._streams.discard(stream)
 
     def discard(self, stream: FeedStream) -> None:
         self._streams.discard(stream)
+
+    def reset(self, version: int, reason: str) -> None:
+        """Expire every watcher (they re-list) and go on after `version` (never backwards)."""
+        self._expire_all(reason)
+        self._last_version = max(self._last_version, version)
 
     def close(self) -> None:
         """End every stream (they stop iterating) and refuse new ones."""
@@ -104,8 +124,11 @@ class FeedStream:
         queue_limit: int,
         fetch: BacklogFetch,
         error: WatchExpiredError | None,
+        *,
+        contiguous: bool = True,
     ) -> None:
         self._feed = feed
+        self._contiguous = contiguous
         self._since = cursor
         self._cursor = cursor
         self._backlog_until = backlog_until
@@ -191,13 +214,21 @@ class FeedStream:
 
     async def _next_from_backlog(self) -> WatchEvent:
         if not self._backlog:
-            page = await self._fetch(self._cursor, self._backlog_until)
+            try:
+                page = await self._fetch(self._cursor, self._backlog_until)
+            except WatchExpiredError as expired:
+                self.fail(expired)
+                self._feed.discard(self)
+                raise
             if self._error is not None:
                 raise self._error
             if self._ended:
                 raise StopAsyncIteration
             versions = [int(event.resource_version) for event in page]
-            wanted = list(range(self._cursor + 1, self._cursor + 1 + len(page)))
+            if self._contiguous:
+                wanted = list(range(self._cursor + 1, self._cursor + 1 + len(page)))
+            else:
+                wanted = sorted(set(version for version in versions if version > self._cursor))
             if not page or versions != wanted:
                 starts = f"it now starts at {versions[0]}" if page else "it is empty"
                 error = WatchExpiredError(

@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from trellis.api.meta import RUN_OWNER_ANNOTATION
+from trellis.api.networking import NetworkingResource
 from trellis.controlplane.ads import AdsServer, serve_ads
 from trellis.controlplane.ads_status import ProxyNode
 from trellis.controlplane.ca import DEFAULT_CERT_TTL, DEFAULT_TRUST_DOMAIN, CertificateAuthority
+from trellis.controlplane.ca_auth import Authenticator
 from trellis.controlplane.ca_files import open_authority
 from trellis.controlplane.ca_service import CertificateService
 from trellis.controlplane.join_token import JoinTokenAuthenticator, JoinTokens
+from trellis.controlplane.kube_ca import KubeIdentity, KubeIdentitySettings
+from trellis.controlplane.kube_platform import KubePlatform, Platform
 from trellis.controlplane.mesh_state import MeshState
 from trellis.controlplane.otlp import trace_rpc_handler
 from trellis.controlplane.snapshot import Snapshot
@@ -43,6 +47,7 @@ from trellis.controlplane.store import (
 from trellis.controlplane.traces import TraceStore
 from trellis.controlplane.vips import ServiceVips
 from trellis.errors import ConfigError, TrellisError
+from trellis.kube.registry import Registry
 from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
 from trellis.xds.mesh.service_addresses import ServiceAddressList
 from trellis.xds.mesh.tracing import MeshTracing
@@ -83,6 +88,13 @@ class ControlPlaneSettings:
     xds_socket: Path | None = None
     # Every connected proxy's /stats/prometheus is read this often for the dashboard.
     scrape_interval: float = DEFAULT_INTERVAL
+    # Kubernetes: the CA checks projected service-account tokens with TokenReview
+    # (instead of join tokens) and, with a Lease named, the replicas elect a leader.
+    kube_identity: KubeIdentitySettings | None = None
+    # kubernetes: config in the Istio CRDs and the registry from Services and
+    # EndpointSlices, through `kubeconfig` (None: the in-cluster service account).
+    platform: Platform = Platform.LOCAL
+    kubeconfig: Path | None = None
 
 
 class ControlPlane:
@@ -98,7 +110,17 @@ class ControlPlane:
         self.vips: ServiceVips | None = None
         self.metrics: MetricsCollector | None = None
         self.traces = TraceStore()
+        self.kube: KubeIdentity | None = None  # TokenReview and the leader elector
         self._republish = asyncio.Event()
+
+    def registry(self) -> list[NetworkingResource]:
+        """The platform's service registry as config models (empty on the local platform)."""
+        return self.state.registry()
+
+    def set_registry(self, registry: Registry) -> None:
+        """Take the platform's service registry (Kubernetes discovery) and push it."""
+        self.state.set_registry(registry.resources())
+        self._republish.set()
 
     async def load(self) -> None:
         listing = await self.store.list_with_version()
@@ -247,7 +269,13 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT; `make_api` serves the REST API (uvicorn) when given."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await SqliteConfigStore.open(settings.data_dir / DB_FILE)
+    kube: KubePlatform | None = None
+    store: ConfigStore
+    if settings.platform is Platform.KUBERNETES:
+        kube = await KubePlatform.open(settings.kubeconfig)
+        store = kube.store
+    else:
+        store = await SqliteConfigStore.open(settings.data_dir / DB_FILE)
     # `ControlPlane.publish` already waits for bursts to settle: the cache pushes at once.
     cache = SnapshotCache(debounce=0.0, max_delay=0.0)
     plane = ControlPlane(store, cache)
@@ -256,7 +284,10 @@ async def serve(
             vip_range = VipRange.parse(settings.vip_range, "--service-vip-range")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        plane.vips = ServiceVips.open(settings.data_dir, VipPolicy(vip_range, settings.vip_hold))
+        if kube is None:  # on Kubernetes, services' addresses are their cluster IPs
+            policy = VipPolicy(vip_range, settings.vip_hold)
+            plane.vips = ServiceVips.open(settings.data_dir, policy)
+
         await plane.load()
         plane.ca = open_authority(
             settings.data_dir,
@@ -278,9 +309,12 @@ async def serve(
         if settings.tracing is not None:
             plane.state.set_tracing(settings.tracing)
         plane.join_tokens = JoinTokens.load_or_create(settings.data_dir)
-        certificates = CertificateService(
-            plane.ca, JoinTokenAuthenticator(plane.join_tokens), cert_ttl=settings.cert_ttl
-        )
+        authenticator: Authenticator = JoinTokenAuthenticator(plane.join_tokens)
+        if settings.kube_identity is not None:
+            plane.kube = KubeIdentity.open(settings.kube_identity)
+            authenticator = plane.kube.authenticator
+            log.info("the CA authenticates projected service-account tokens (TokenReview)")
+        certificates = CertificateService(plane.ca, authenticator, cert_ttl=settings.cert_ttl)
         plane.ads = await serve_ads(
             settings.xds_address,
             cache,
@@ -297,6 +331,11 @@ async def serve(
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(plane.watch(), name="store watch"),
+                *(
+                    [group.create_task(kube.discover(plane.set_registry), name="discovery")]
+                    if kube is not None
+                    else []
+                ),
                 group.create_task(plane.publish(settings.debounce), name="publish"),
                 group.create_task(
                     plane.reap_orphans(settings.orphan_grace, min(5.0, settings.orphan_grace)),
@@ -306,6 +345,9 @@ async def serve(
             ]
             if make_api is not None:
                 tasks.append(group.create_task(make_api(store, plane), name="rest api"))
+            if plane.kube is not None and plane.kube.elector is not None:
+                elector = plane.kube.elector
+                tasks.append(group.create_task(elector.run(), name="leader election"))
             await stop.wait()
             log.info("stopping")
             for task in tasks:
@@ -313,5 +355,7 @@ async def serve(
     finally:
         if plane.ads is not None:
             await plane.ads.stop()
-        await store.close()
+        if plane.kube is not None:
+            await plane.kube.close()
+        await (kube.close() if kube is not None else store.close())
     return 0

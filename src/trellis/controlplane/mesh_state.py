@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from trellis.api.loader import parse_resource
 from trellis.api.meta import Resource
-from trellis.api.networking import WorkloadEntry
+from trellis.api.networking import NetworkingResource, ServiceEntry, WorkloadEntry
 from trellis.controlplane.ads_status import ProxyNode
 from trellis.controlplane.snapshot import Resource as XdsResource
 from trellis.controlplane.snapshot import ResourceSet, Snapshot
@@ -102,6 +102,8 @@ class MeshState:
         self._access_log = access_log
         self._tracing: MeshTracing | None = None
         self._resources: dict[Key, Resource] = {}
+        self._registry: tuple[Resource, ...] = ()  # from the platform (Kubernetes Services)
+        self._pods: dict[tuple[str, str], WorkloadEntry] = {}  # the registry's, by (ns, pod)
         self._translator: Translator | None = None
         self._grpc: GrpcTranslator | None = None
         # Proxies share translated messages; each is serialized once per config.
@@ -132,6 +134,21 @@ class MeshState:
         self._resources.pop(key, None)
         self._changed()
 
+    def registry(self) -> list[NetworkingResource]:
+        """The platform's service registry (see `set_registry`)."""
+        return [item for item in self._registry if isinstance(item, ServiceEntry | WorkloadEntry)]
+
+    def set_registry(self, resources: Iterable[Resource]) -> None:
+        """Take the platform's service registry (ServiceEntries and WorkloadEntries made
+        from Kubernetes Services and endpoints); translated beside the stored config."""
+        self._registry = tuple(resources)
+        self._pods = {
+            (item.metadata.namespace, item.metadata.name): item
+            for item in self._registry
+            if isinstance(item, WorkloadEntry)
+        }
+        self._changed()
+
     def set_tls(self, tls: MeshTls | None) -> None:
         """Take the mesh CA's root (None: no mesh mTLS); every proxy's config changes."""
         self._tls = tls
@@ -157,7 +174,9 @@ class MeshState:
     @property
     def translator(self) -> Translator:
         if self._translator is None:
-            config = MeshConfig.of(self._resources.values(), self._tls, self._access_log)
+            config = MeshConfig.of(
+                [*self._resources.values(), *self._registry], self._tls, self._access_log
+            )
             if self._tracing is not None:
                 config = dataclasses.replace(config, tracing=self._tracing)
             self._translator = Translator(config)
@@ -172,6 +191,10 @@ class MeshState:
         )
         if isinstance(entry, WorkloadEntry):
             return ProxyIdentity.from_workload_entry(node.id, entry)
+        pod = self._pods.get((node.namespace or "default", str(node.metadata.get("NAME") or "")))
+        if pod is not None:  # a Kubernetes sidecar: its pod's address and ports, by pod name
+            identity = ProxyIdentity.from_workload_entry(node.id, pod)
+            return dataclasses.replace(identity, workload_name=node.workload_name or node.id)
         return ProxyIdentity(
             node_id=node.id,
             workload_name=node.workload_name or node.id,

@@ -87,8 +87,8 @@ def node_workload(node: NodeIdentity) -> WorkloadMetadata:
     )
 
 
-def encode(workload: WorkloadMetadata) -> bytes:
-    """The `x-envoy-peer-metadata` value for `workload` (unknown fields left out)."""
+def workload_struct(workload: WorkloadMetadata) -> struct_pb2.Struct:
+    """`workload` as Istio's metadata Struct (unknown fields left out)."""
     struct = struct_pb2.Struct()
     fields = struct.fields
     for key, value in (
@@ -111,7 +111,12 @@ def encode(workload: WorkloadMetadata) -> bytes:
     if UNKNOWN not in (workload.namespace, workload.workload_name):
         owner = f"{OWNER_PREFIX}{workload.namespace}/deployments/{workload.workload_name}"
         fields["OWNER"].string_value = owner
-    return base64.b64encode(struct.SerializeToString(deterministic=True))
+    return struct
+
+
+def encode(workload: WorkloadMetadata) -> bytes:
+    """The `x-envoy-peer-metadata` value for `workload` (unknown fields left out)."""
+    return base64.b64encode(workload_struct(workload).SerializeToString(deterministic=True))
 
 
 def decode(value: bytes) -> WorkloadMetadata | None:
@@ -123,6 +128,11 @@ def decode(value: bytes) -> WorkloadMetadata | None:
         struct = struct_pb2.Struct.FromString(raw)
     except (binascii.Error, ValueError, message.DecodeError):
         return None
+    return struct_workload(struct)
+
+
+def struct_workload(struct: struct_pb2.Struct) -> WorkloadMetadata:
+    """The workload Istio's metadata Struct describes; "unknown" where it does not say."""
     fields = struct.fields
     labels = _labels(fields.get("LABELS"))
     app = labels.get("app") or UNKNOWN

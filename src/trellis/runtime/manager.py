@@ -29,8 +29,9 @@ from trellis.core.config import (
     TcpProxy,
 )
 from trellis.core.labels import peer_labels, service_from_cluster
-from trellis.core.metrics import IstioMetrics, StatsRegistry
-from trellis.core.peer_metadata import PeerExchange
+from trellis.core.metrics import IstioMetrics, PeerLabels, StatsRegistry
+from trellis.core.peer_metadata import PeerExchange, WorkloadMetadata
+from trellis.core.tcp_exchange import TcpPeerExchange
 from trellis.core.tls import CommonTls, Secret, SecretSource
 from trellis.core.tracing import TracingProvider
 from trellis.errors import ConfigError
@@ -64,6 +65,7 @@ class ConfigManager:
     ) -> None:
         self.node = node
         self.exchange = PeerExchange(node)  # our metadata, encoded once; peers met, cached
+        self.tcp_exchange = TcpPeerExchange(node)  # the same, for TCP (ALPN istio-peer-exchange)
         self.clusters = clusters
         self.budget = budget
         self.metrics = metrics
@@ -135,6 +137,11 @@ class ConfigManager:
         logs = tuple(sinks[config] for config in network_filter.access_logs)
         if isinstance(network_filter, TcpProxy):
             host = service_from_cluster(network_filter.cluster) or network_filter.cluster
+            node, direction = self.node, listener.direction
+
+            def labels_for(peer: WorkloadMetadata) -> PeerLabels:
+                return peer_labels(node, direction, host, protocol="tcp", peer=peer)
+
             return TcpContext(
                 network_filter,
                 self.clusters.clusters.get(network_filter.cluster),
@@ -143,6 +150,8 @@ class ConfigManager:
                 logs,
                 self.stats,
                 own_principal=self.node.principal,
+                exchange=self.tcp_exchange,
+                labels_for=labels_for,
             )
         assert isinstance(network_filter, HttpConnectionManager)
         if network_filter.route_config is None:

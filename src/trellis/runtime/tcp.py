@@ -9,6 +9,16 @@ known) and before any upstream is chosen: a denied connection is closed
 without contacting the upstream. (Envoy decides on the first bytes from the
 client; deciding at once also covers protocols where the server speaks
 first.) Decisions are counted as `<stat_prefix>rbac.allowed` / `.denied`.
+
+Istio's TCP metadata exchange (`core.tcp_exchange`) runs on mTLS connections
+whose handshake selected ALPN `istio-peer-exchange` (offered only when the
+xDS TLS context lists it). Outbound, this sidecar writes its header as soon
+as the upstream handshake is done and takes the server's header off the
+upstream's first bytes; the connection counts as opened once that header is
+in, so its metrics name the server's workload. Inbound, the client's header
+is read before an upstream is chosen; a client that sent one gets this
+sidecar's header back, then the pipe starts. Without the ALPN nothing
+changes: no header is written or expected.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from trellis.core.accesslog import AccessLogEntry
@@ -33,6 +44,8 @@ from trellis.core.metrics import (
     format_flags,
 )
 from trellis.core.outlier import Outcome
+from trellis.core.peer_metadata import WorkloadMetadata
+from trellis.core.tcp_exchange import ALPN, HeaderReader, ReadOutcome, TcpPeerExchange
 from trellis.runtime.secrets import peer_principal, peer_sans
 
 if TYPE_CHECKING:
@@ -61,9 +74,11 @@ class TcpContext:
     """A TCP proxy filter, compiled for one listener."""
 
     __slots__ = (
-        "_by_principal",
+        "_by_peer",
+        "_labels_for",
         "cluster",
         "config",
+        "exchange",
         "logs",
         "metrics",
         "own_principal",
@@ -81,6 +96,8 @@ class TcpContext:
         logs: tuple[AccessLogSink, ...] = (),
         stats: StatsRegistry | None = None,
         own_principal: str = "unknown",
+        exchange: TcpPeerExchange | None = None,
+        labels_for: Callable[[WorkloadMetadata], PeerLabels] | None = None,
     ) -> None:
         self.config = config
         self.cluster = cluster
@@ -88,7 +105,10 @@ class TcpContext:
         self.peer = peer
         self.logs = logs
         self.own_principal = own_principal
-        self._by_principal: dict[str, PeerLabels] = {}
+        # The metadata exchange (None: not on this chain) and the labels of a peer it names.
+        self.exchange = exchange if labels_for is not None else None
+        self._labels_for = labels_for
+        self._by_peer: dict[tuple[str | None, WorkloadMetadata | None], PeerLabels] = {}
         authz = config.authz
         self.rbac_allowed: CounterCell | None = None
         self.rbac_denied: CounterCell | None = None
@@ -96,16 +116,22 @@ class TcpContext:
             self.rbac_allowed = _rbac_counter(stats, authz, "allowed")
             self.rbac_denied = _rbac_counter(stats, authz, "denied")
 
-    def labels(self, principal: str | None) -> PeerLabels:
+    def labels(self, principal: str | None, workload: WorkloadMetadata | None = None) -> PeerLabels:
         """The metric labels of a connection whose peer proved `principal` over mTLS
-        (the client, for the destination reporter; the upstream, for the source)."""
-        if principal is None:
+        (the client, for the destination reporter; the upstream, for the source) and
+        told its `workload` in the metadata exchange."""
+        if principal is None and workload is None:
             return self.peer
-        found = self._by_principal.get(principal)
+        key = (principal, workload)
+        found = self._by_peer.get(key)
         if found is None:
-            found = with_peer_identity(self.peer, principal, self.own_principal)
-            if len(self._by_principal) < _MAX_PRINCIPALS:
-                self._by_principal[principal] = found
+            found = self.peer
+            if workload is not None and self._labels_for is not None:
+                found = self._labels_for(workload)
+            if principal is not None:
+                found = with_peer_identity(found, principal, self.own_principal)
+            if len(self._by_peer) < _MAX_PRINCIPALS:
+                self._by_peer[key] = found
         return found
 
     def authorize(self, pipe: TcpDownstream, authz: AuthzConfig) -> AuthzDecision:
@@ -159,13 +185,20 @@ class TcpContext:
             sink.write(entry)
 
 
+def _selected_exchange(transport: asyncio.BaseTransport) -> bool:
+    """Whether the TLS handshake of `transport` selected the metadata exchange's ALPN."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN
+
+
 class _UpstreamSide(asyncio.Protocol):
-    __slots__ = ("peer_principal", "pipe", "transport")
+    __slots__ = ("peer_principal", "pipe", "reader", "transport")
 
     def __init__(self, pipe: TcpDownstream) -> None:
         self.pipe = pipe
         self.transport: asyncio.Transport | None = None
         self.peer_principal: str | None = None
+        self.reader: HeaderReader | None = None  # set while the server's header is awaited
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
@@ -173,8 +206,17 @@ class _UpstreamSide(asyncio.Protocol):
         peercert = transport.get_extra_info("peercert")
         if peercert:
             self.peer_principal = peer_principal(peer_sans(peercert))
+        ctx = self.pipe.ctx
+        exchange = ctx.exchange
+        if exchange is not None and ctx.peer.reporter == "source" and _selected_exchange(transport):
+            self.transport.write(exchange.header)  # ahead of any application byte
+            self.reader = HeaderReader()
 
     def data_received(self, data: bytes) -> None:
+        if self.reader is not None:
+            data = self.pipe.upstream_header(self, data)
+            if not data:
+                return
         self.pipe.from_upstream(data)
 
     def eof_received(self) -> bool:
@@ -197,7 +239,9 @@ class TcpDownstream(asyncio.Protocol):
         "_connect",
         "_eof_down",
         "_eof_up",
+        "_opened",
         "_pending",
+        "_reader",
         "authz",
         "chain",
         "closed",
@@ -209,6 +253,7 @@ class TcpDownstream(asyncio.Protocol):
         "local",
         "local_text",
         "peer_principal",
+        "peer_workload",
         "received",
         "remote",
         "sent",
@@ -245,13 +290,16 @@ class TcpDownstream(asyncio.Protocol):
         self.local_text: str | None = None  # %DOWNSTREAM_LOCAL_ADDRESS%
         self.peer_principal: str | None = None  # set by the listener on mTLS connections
         self.authz: AuthzDecision | None = None  # the RBAC filters' decision, if any
+        self.peer_workload: WorkloadMetadata | None = None  # told in the metadata exchange
+        self._reader: HeaderReader | None = None  # set while the client's header is awaited
+        self._opened = False  # counted in istio_tcp_connections_opened_total
 
     def _labels(self, upstream: _UpstreamSide | None) -> PeerLabels:
         inbound = self.ctx.peer.reporter == "destination"
         principal = self.peer_principal if inbound else None
         if not inbound and upstream is not None:
             principal = upstream.peer_principal
-        return self.ctx.labels(principal)
+        return self.ctx.labels(principal, self.peer_workload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports implement asyncio.Transport without subclassing it.
@@ -270,6 +318,18 @@ class TcpDownstream(asyncio.Protocol):
         if authz is not None and not self.ctx.authorize(self, authz).allowed:
             self._close()  # before any upstream is chosen: it never sees the connection
             return
+        if (
+            self.ctx.exchange is not None
+            and self.chain.config.tls is not None
+            and _selected_exchange(transport)
+        ):
+            self._reader = HeaderReader()  # the client's header names it for the upstream's metrics
+            return
+        self._connect_upstream()
+
+    def _connect_upstream(self) -> None:
+        """Choose a host of the cluster and start connecting to it."""
+        assert self.transport is not None
         cluster = self.ctx.cluster
         if cluster is None or not cluster.hosts:
             self._fail(
@@ -306,19 +366,24 @@ class TcpDownstream(asyncio.Protocol):
                 upstream.transport.close()
             return
         host.stats.active_connections += 1
-        self.ctx.metrics.tcp_opened(self._labels(upstream))
         self.upstream = upstream
+        if upstream.reader is None:  # else opened once the server's header is in
+            self._count_opened()
         if self._pending and upstream.transport is not None:
             upstream.transport.write(b"".join(self._pending))
             self._pending.clear()
-        if self._eof_down and upstream.transport is not None and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+        if self._eof_down and upstream.transport is not None:
+            _end_writing(upstream.transport)
         if self.transport is not None:
             self.transport.resume_reading()
 
     # -- downstream events -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._reader is not None:
+            data = self._client_header(self._reader, data)
+            if not data:
+                return
         self.received += len(data)
         self.last_activity = time.monotonic()
         upstream = self.upstream
@@ -328,14 +393,13 @@ class TcpDownstream(asyncio.Protocol):
             self._pending.append(data)
 
     def eof_received(self) -> bool:
+        if self._reader is not None:  # ended inside the exchange: nothing to relay
+            self._close()
+            return False
         self._eof_down = True
         upstream = self.upstream
-        if (
-            upstream is not None
-            and upstream.transport is not None
-            and upstream.transport.can_write_eof()
-        ):
-            upstream.transport.write_eof()
+        if upstream is not None and upstream.transport is not None:
+            _end_writing(upstream.transport)
         self._maybe_close()
         return True
 
@@ -351,6 +415,50 @@ class TcpDownstream(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
 
+    # -- the metadata exchange --------------------------------------------------------
+
+    def _client_header(self, reader: HeaderReader, data: bytes) -> bytes:
+        """Feed the client's header; the application bytes after it (b"": none yet)."""
+        self.last_activity = time.monotonic()
+        read = reader.feed(data)
+        outcome = read.outcome
+        if outcome is ReadOutcome.PENDING:
+            return b""
+        self._reader = None
+        if outcome is ReadOutcome.TOO_LARGE:
+            self._fail(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+            return b""
+        exchange = self.ctx.exchange
+        if outcome is ReadOutcome.FOUND and exchange is not None:
+            self.peer_workload = exchange.peer(read.payload)
+            if self.transport is not None:
+                self.transport.write(exchange.header)  # answered only to a peer that spoke it
+        self._connect_upstream()
+        return read.rest
+
+    def upstream_header(self, upstream: _UpstreamSide, data: bytes) -> bytes:
+        """Feed the server's header; the application bytes after it (b"": none yet)."""
+        reader = upstream.reader
+        assert reader is not None
+        read = reader.feed(data)
+        outcome = read.outcome
+        if outcome is ReadOutcome.PENDING:
+            return b""
+        upstream.reader = None
+        if outcome is ReadOutcome.TOO_LARGE:
+            self._fail(ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
+            return b""
+        exchange = self.ctx.exchange
+        if outcome is ReadOutcome.FOUND and exchange is not None:
+            self.peer_workload = exchange.peer(read.payload)
+        if self.upstream is upstream and not self.closed:
+            self._count_opened()
+        return read.rest
+
+    def _count_opened(self) -> None:
+        self._opened = True
+        self.ctx.metrics.tcp_opened(self._labels(self.upstream))
+
     # -- upstream events ---------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
@@ -361,8 +469,8 @@ class TcpDownstream(asyncio.Protocol):
 
     def upstream_eof(self) -> None:
         self._eof_up = True
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if self.transport is not None:
+            _end_writing(self.transport)
         self._maybe_close()
 
     def upstream_lost(self) -> None:
@@ -413,10 +521,20 @@ class TcpDownstream(asyncio.Protocol):
         flags = format_flags(self.flags)
         metrics = self.ctx.metrics
         labels = self._labels(self.upstream)
-        if self.upstream is None:  # never connected: count it opened with its failure flags
+        if not self._opened:  # never connected: count it opened with its failure flags
             metrics.tcp_opened(labels, flags)
         metrics.tcp_bytes(labels, self.sent, self.received, flags)
         metrics.tcp_closed(labels, flags)
         if self.ctx.logs:
             self.ctx.log(self, flags)
         self.listener.connection_closed(self)
+
+
+def _end_writing(transport: asyncio.Transport) -> None:
+    """Pass an EOF on: half-close a plain socket; a TLS transport cannot half-close
+    (asyncio has no close_notify without closing), so it is closed once its buffered
+    bytes are written, or the peer would never learn the stream ended."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()

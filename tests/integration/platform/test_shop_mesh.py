@@ -378,11 +378,11 @@ def _dashboard_shows_the_shop(control: ControlPlane, tmp_path: Path) -> None:
     if browser is None:
         print(f"the dashboard's browser check did not run: it {CHROMIUM_MISSING}")
         return
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.common.exceptions import (  # noqa: PLC0415
         StaleElementReferenceException,
         TimeoutException,
     )
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.wait import WebDriverWait  # noqa: PLC0415
 
     seen: list[set[tuple[str, str]]] = [set()]
