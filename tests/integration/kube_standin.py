@@ -25,7 +25,12 @@ Tests drive it over HTTP like any client, plus `compact()` (forces 410 Gone
 on the next watch resume), `break_watches()` (ends every open watch, as a
 dropped connection would), `pause_watches()`/`resume_watches()` (hold events
 back, as a slow watch would) and `fail_requests` (the next N resource
-requests get 500, as an overloaded server would answer).
+requests get 500, as an overloaded server would answer). With `authorize`
+set, every resource request is first described as RBAC sees it (`Access`:
+verb, group, resource, namespace, name) and answered 403 Forbidden when
+`authorize` says no (`kube_rbac` checks it against rendered Roles);
+`accesses` and `denied` record what was asked. `LEASES` adds
+coordination.k8s.io Leases for leader election.
 """
 
 from __future__ import annotations
@@ -79,6 +84,33 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", ("v1",), "Pod", "pods", status_subresource=True),
     ResourceType("discovery.k8s.io", ("v1",), "EndpointSlice", "endpointslices"),
 )
+
+
+LEASES = ResourceType("coordination.k8s.io", ("v1",), "Lease", "leases")
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One request in RBAC's terms, as the API server's request info describes it."""
+
+    verb: str
+    """get, list, watch, create, update, patch, delete or deletecollection."""
+    group: str
+    resource: str
+    """The plural, or `plural/subresource`."""
+    namespace: str = ""
+    """"" for cluster-scoped objects and requests across all namespaces."""
+    name: str = ""
+    """"" for requests on a collection (list, watch, create)."""
+
+
+def request_verb(method: str, named: bool, watch: bool) -> str:
+    """The RBAC verb of an HTTP method on an object (`named`) or a collection."""
+    if method == "GET":
+        return "get" if named else ("watch" if watch else "list")
+    if method == "DELETE":
+        return "delete" if named else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
 
 
 def crd_types() -> tuple[ResourceType, ...]:
@@ -210,6 +242,9 @@ class KubeStandIn:
         self._held: list[tuple[_Watcher, _Event]] | None = None  # while watches are paused
         self.fail_requests = 0
         self.requests: list[str] = []  # "METHOD path?query", for tests to inspect
+        self.authorize: Callable[[Access], bool] | None = None  # None: everything is allowed
+        self.accesses: list[Access] = []  # every request `authorize` was asked about
+        self.denied: list[Access] = []  # those it refused (answered 403)
         self.app = Starlette(
             routes=[
                 Route("/version", self._version),
@@ -371,6 +406,7 @@ class KubeStandIn:
             namespace, rest = rest[1], rest[2:]
         plural, name = rest[0], (rest[1] if len(rest) > 1 else None)
         subresource = rest[2] if len(rest) > 2 else None
+        self._check_access(request, group, namespace, plural, name, subresource)
         rtype = self.types.get((group, plural))
         if rtype is None or version not in rtype.versions or len(rest) > 3:
             raise ApiStatusError(
@@ -431,6 +467,37 @@ class KubeStandIn:
             expected = (options.get("preconditions") or {}).get("resourceVersion")
             return self._json(self._delete(rtype, version, ns, name, expected))
         raise ApiStatusError(405, "MethodNotAllowed", method)
+
+    def _check_access(
+        self,
+        request: Request,
+        group: str,
+        namespace: str | None,
+        plural: str,
+        name: str | None,
+        subresource: str | None,
+    ) -> None:
+        """403 Forbidden, as the API server's authorizer answers, when `authorize` says no."""
+        if self.authorize is None:
+            return
+        watch = request.query_params.get("watch") in ("true", "1")
+        access = Access(
+            verb=request_verb(request.method, name is not None, watch),
+            group=group,
+            resource=f"{plural}/{subresource}" if subresource else plural,
+            namespace=namespace or "",
+            name=name or "",
+        )
+        self.accesses.append(access)
+        if not self.authorize(access):
+            self.denied.append(access)
+            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            raise ApiStatusError(
+                403,
+                "Forbidden",
+                f'{plural} is forbidden: cannot {access.verb} resource "{access.resource}" in '
+                f'API group "{group}"{where}',
+            )
 
     @staticmethod
     async def _body(request: Request) -> JsonObject:

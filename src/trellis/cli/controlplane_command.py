@@ -148,6 +148,15 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     "cluster), with a certificate from the mesh CA; the --inject-* flags set what it adds "
     "(see `trellis inject --help`). Default: off (the local platform has no API server).",
 )
+@click.option(
+    "--webhook-service",
+    default="trellis-webhook.trellis-system",
+    show_default=True,
+    metavar="NAME.NAMESPACE",
+    help="The Service the API server calls the webhook through: its serving certificate names "
+    "NAME, NAME.NAMESPACE, NAME.NAMESPACE.svc and NAME.NAMESPACE.svc.cluster.local "
+    "(`trellis install` passes its own).",
+)
 @injection_options("inject-")
 @click.option(
     "--ca-authentication",
@@ -207,6 +216,7 @@ def control_plane(
     service_vip_range: str,
     scrape_interval: str,
     webhook_address: str | None,
+    webhook_service: str,
     ca_authentication: str,
     leader_lease: str | None,
     platform: str,
@@ -295,6 +305,7 @@ def control_plane(
         **_platform_settings(platform, kubeconfig),
     )
     webhook = parse_webhook_address(webhook_address)
+    webhook_names = _webhook_dns_names(webhook_service)
     injection = injection_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)
@@ -314,7 +325,9 @@ def control_plane(
             traces=plane.traces,
             registry=plane.registry,
         )
-        await serve_beside_webhook(serve_api(app, api_host, api_port), plane.ca, injection, webhook)
+        await serve_beside_webhook(
+            serve_api(app, api_host, api_port), plane.ca, injection, webhook, webhook_names
+        )
 
     # The control plane holds a large, long-lived heap (parsed config, shared xDS
     # resources, one stream per proxy); with the default thresholds full
@@ -326,6 +339,16 @@ def control_plane(
         for problem in group.exceptions:
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+def _webhook_dns_names(value: str) -> tuple[str, ...]:
+    """--webhook-service NAME.NAMESPACE as the names the webhook's certificate carries."""
+    from trellis.kube.webhook_config import parse_webhook_service, webhook_dns_names  # noqa: PLC0415
+
+    try:
+        return webhook_dns_names(*parse_webhook_service(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--webhook-service") from None
 
 
 def _kube_identity(ca_authentication: str, leader_lease: str | None) -> KubeIdentitySettings | None:

@@ -11,7 +11,7 @@ still opts it out. The injection settings are flags here and, prefixed with
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -213,16 +213,22 @@ async def serve_beside_webhook(
     ca: CertificateAuthority | None,
     settings: InjectionSettings,
     address: tuple[str, int] | None,
+    dns_names: Sequence[str] = (),
 ) -> None:
-    """Run `main` (the REST API) and, when `address` is given, the injection webhook."""
+    """Run `main` (the REST API) and, when `address` is given, the injection webhook.
+
+    `dns_names` are what the webhook's certificate names (empty: the default Service's).
+    """
     if address is None:
         await main
         return
     import asyncio  # noqa: PLC0415
 
     from trellis.controlplane.webhook import serve_webhook  # noqa: PLC0415
+    from trellis.kube.webhook_config import webhook_dns_names  # noqa: PLC0415
 
     assert ca is not None, "the CA is opened before the API starts"
+    webhook = serve_webhook(ca, settings, *address, dns_names=dns_names or webhook_dns_names())
     async with asyncio.TaskGroup() as group:
         group.create_task(main, name="rest api")
-        group.create_task(serve_webhook(ca, settings, *address), name="injection webhook")
+        group.create_task(webhook, name="injection webhook")

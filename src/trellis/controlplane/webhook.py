@@ -6,7 +6,8 @@ AdmissionReview gets 400 with the reason, never a crash. `GET /healthz`
 answers 200 for the Deployment's probes.
 
 The serving certificate is issued by the mesh CA for the webhook Service's
-DNS names (`trellis-webhook.trellis-system.svc`, ...), so the API server
+DNS names (`trellis-webhook.trellis-system.svc`, ... by default; the
+installation's own Service through `--webhook-service`), so the API server
 verifies it against the same root the MutatingWebhookConfiguration carries
 as `caBundle` (`webhook_ca_bundle`). Its key is made here and kept in memory
 (it passes through a private temporary directory only to be loaded); the

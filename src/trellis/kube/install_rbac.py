@@ -1,13 +1,20 @@
 """The control plane's identity and exactly the permissions it needs.
 
-Cluster-wide, read only, what it watches: Services, Pods and Namespaces,
-EndpointSlices (the registry) and the Trellis CRDs (the config); it writes
-nothing but the CRDs' `status` subresource (what it made of each resource)
-and TokenReviews (who a CSR's service-account token belongs to). In its own
-namespace, a Role lets it create the leader-election Lease and then read and
-renew only that one, by name. Nothing else: no Secrets (the CA's key is a
-mounted Secret, read by the kubelet), no webhook configurations (the CA
-bundle is fixed at install), no write access to anything users own.
+Each rule is a call the control plane makes (`trellis.controlplane.kube_*`),
+and nothing more:
+- cluster-wide, list and watch Namespaces, Services, Pods and EndpointSlices
+  (discovery's informers never get one object);
+- cluster-wide, the Trellis CRDs (the config store): list and watch (its
+  cache), get (to look again after a conflict), and create, update and delete
+  (the REST API's writes: a POST, a PUT carrying the resourceVersion it
+  expects, a DELETE with that precondition; never a patch, and nothing writes
+  the `status` subresource);
+- create TokenReviews (who a CSR's service-account token belongs to);
+- in its own namespace, a Role to create the leader-election Lease and then
+  read and renew only that one, by name.
+No Secrets (the CA's key is a mounted Secret, read by the kubelet), no
+webhook configurations (the CA bundle is fixed at install), no write access
+to anything else users own.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from typing import Any
 from trellis.kube.install_settings import InstallNames
 
 RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
-READ = ("get", "list", "watch")
-STATUS_WRITE = ("get", "patch", "update")
+FOLLOW = ("list", "watch")
+"""What an informer does: list, then watch from the list's resourceVersion."""
+CONFIG_STORE = ("get", "list", "watch", "create", "update", "delete")
+"""What the CRD config store does (`trellis.controlplane.kube_store`)."""
 
 
 def service_account(names: InstallNames) -> dict[str, Any]:
@@ -41,13 +50,10 @@ def cluster_rules(crds: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     for group, plural in crds:
         by_group[group].append(plural)
     rules: list[dict[str, Any]] = [
-        _rule("", ("namespaces", "pods", "services"), READ),
-        _rule("discovery.k8s.io", ("endpointslices",), READ),
+        _rule("", ("namespaces", "pods", "services"), FOLLOW),
+        _rule("discovery.k8s.io", ("endpointslices",), FOLLOW),
     ]
-    for group in sorted(by_group):
-        plurals = sorted(by_group[group])
-        rules.append(_rule(group, plurals, READ))
-        rules.append(_rule(group, [f"{plural}/status" for plural in plurals], STATUS_WRITE))
+    rules += [_rule(group, sorted(by_group[group]), CONFIG_STORE) for group in sorted(by_group)]
     rules.append(_rule("authentication.k8s.io", ("tokenreviews",), ("create",)))
     return rules
 

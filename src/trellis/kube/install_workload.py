@@ -6,6 +6,9 @@ TLS, 15014 the control plane's own metrics, 15017 the injection webhook,
 `trellis` Service carries all but the webhook; `trellis-webhook` maps 443, the
 port the API server calls webhooks on, to 15017.
 
+The container runs `trellis control-plane --platform kubernetes` with
+TokenReview authentication and leader election (`control_plane_args`); the
+downward API gives it POD_NAME and POD_NAMESPACE, who it is in the Lease.
 The pods run as a non-root user with a read-only root filesystem, every
 capability dropped and the runtime's default seccomp profile; what they write
 (the data directory, temporary files) is on emptyDir volumes. The CA's key
@@ -20,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from trellis.kube.install_settings import InstallNames, InstallSettings
-from trellis.kube.webhook_config import SERVICE_PORT, WEBHOOK_PORT
+from trellis.kube.webhook_config import SERVICE_PORT, WEBHOOK_PORT, webhook_service_reference
 
 XDS_PORT = 15010
 XDS_TLS_PORT = 15012
@@ -49,11 +52,22 @@ RESOURCES = {
 def control_plane_args(settings: InstallSettings) -> list[str]:
     """`trellis control-plane ...` as the container runs it.
 
+    The Kubernetes platform (config in the CRDs, the registry from the API
+    server) through the pod's service account; the CA checks proxies'
+    projected tokens with TokenReview; the replicas elect a leader with this
+    installation's Lease (as $POD_NAME in $POD_NAMESPACE, from the downward
+    API); the webhook's certificate names this installation's webhook Service.
     The injected sidecars run the same image and reach this installation's Service.
     """
     names = settings.names
     return [
         "control-plane",
+        "--platform",
+        "kubernetes",
+        "--ca-authentication",
+        "token-review",
+        "--leader-lease",
+        names.leader_lease,
         "--data-dir",
         DATA_DIR,
         "--xds-address",
@@ -74,6 +88,8 @@ def control_plane_args(settings: InstallSettings) -> list[str]:
         f"{CACERTS_DIR}/cert-chain.pem",
         "--webhook-address",
         f"0.0.0.0:{WEBHOOK_PORT}",
+        "--webhook-service",
+        webhook_service_reference(names.webhook_service, names.namespace),
         "--inject-image",
         settings.image,
         "--inject-image-pull-policy",

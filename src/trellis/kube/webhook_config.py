@@ -1,15 +1,19 @@
 """The injection webhook's names and its registration with the API server, as data.
 
-The API server reaches the webhook through a Service in `trellis-system` and
-verifies its serving certificate against the `caBundle` of the
-MutatingWebhookConfiguration: the mesh CA's root, which also signs that
-certificate (`trellis.controlplane.webhook`). `trellis install` renders the
-configuration with `mutating_webhook_configuration`.
+The API server reaches the webhook through a Service (`trellis-webhook` in
+`trellis-system` unless the install names another) and verifies its serving
+certificate against the `caBundle` of the MutatingWebhookConfiguration: the
+mesh CA's root, which also signs that certificate
+(`trellis.controlplane.webhook`) for the Service's DNS names, so the control
+plane must be told which Service that is (`--webhook-service NAME.NAMESPACE`,
+read by `parse_webhook_service`). `trellis install` renders the configuration
+with `mutating_webhook_configuration`.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from trellis.kube.settings import INJECT_KEYS, NAMESPACE_LABELS
@@ -22,6 +26,30 @@ INJECT_PATH = "/inject"
 CONFIGURATION_NAME = "trellis-sidecar-injector"
 WEBHOOK_NAME = "sidecar-injector.trellis.io"
 TIMEOUT_SECONDS = 10
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def webhook_service_reference(service: str, namespace: str) -> str:
+    """`NAME.NAMESPACE`: how the install tells the control plane its webhook's Service."""
+    return f"{service}.{namespace}"
+
+
+def parse_webhook_service(value: str) -> tuple[str, str]:
+    """`NAME.NAMESPACE` as (name, namespace); ValueError saying what is wrong.
+
+    Both parts must be DNS-1123 labels, as a Service's name and a namespace are.
+    """
+    name, dot, namespace = value.partition(".")
+    if not dot:
+        raise ValueError(f"expected NAME.NAMESPACE (a Service and its namespace), got {value!r}")
+    for what, part in (("service name", name), ("namespace", namespace)):
+        if len(part) > 63 or not _DNS1123_LABEL.match(part):
+            raise ValueError(
+                f"the {what} {part!r} in {value!r} is not a DNS-1123 label (lowercase letters, "
+                "digits and '-', at most 63)"
+            )
+    return name, namespace
 
 
 def webhook_dns_names(

@@ -193,3 +193,14 @@ def test_control_plane_rejects_a_bad_webhook_address(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "--webhook-address" in done.stderr
+
+
+def test_control_plane_rejects_a_bad_webhook_service(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trellis.cli.main", "control-plane", "--data-dir", str(tmp_path),
+         "--webhook-address", "127.0.0.1:0", "--webhook-service", "trellis-webhook"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--webhook-service" in done.stderr
+    assert "expected NAME.NAMESPACE" in done.stderr

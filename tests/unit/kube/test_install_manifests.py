@@ -16,7 +16,7 @@ from trellis.controlplane.ca import to_pem
 from trellis.controlplane.ca_files import create_root
 from trellis.kube.install import CaFiles, render_manifests, render_yaml
 from trellis.kube.install_settings import InstallError, InstallSettings
-from trellis.kube.webhook_config import webhook_dns_names
+from trellis.kube.webhook_config import parse_webhook_service, webhook_dns_names
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 _KEY, _ROOT = create_root("cluster.local", NOW)
@@ -79,11 +79,11 @@ def test_apply_order_and_contents() -> None:
 def test_cluster_role_grants_exactly_what_the_control_plane_needs() -> None:
     found = manifests()
     role = one(found, "ClusterRole", "trellis-control-plane")
-    read = ["get", "list", "watch"]
-    status = ["get", "patch", "update"]
+    follow = ["list", "watch"]
+    store = ["get", "list", "watch", "create", "update", "delete"]
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces", "pods", "services"], "verbs": read},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+        {"apiGroups": [""], "resources": ["namespaces", "pods", "services"], "verbs": follow},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": follow},
         {
             "apiGroups": ["networking.istio.io"],
             "resources": [
@@ -92,30 +92,14 @@ def test_cluster_role_grants_exactly_what_the_control_plane_needs() -> None:
                 "virtualservices",
                 "workloadentries",
             ],
-            "verbs": read,
-        },
-        {
-            "apiGroups": ["networking.istio.io"],
-            "resources": [
-                "destinationrules/status",
-                "serviceentries/status",
-                "virtualservices/status",
-                "workloadentries/status",
-            ],
-            "verbs": status,
+            "verbs": store,
         },
         {
             "apiGroups": ["security.istio.io"],
             "resources": ["authorizationpolicies", "peerauthentications"],
-            "verbs": read,
+            "verbs": store,
         },
-        {
-            "apiGroups": ["security.istio.io"],
-            "resources": ["authorizationpolicies/status", "peerauthentications/status"],
-            "verbs": status,
-        },
-        {"apiGroups": ["telemetry.istio.io"], "resources": ["telemetries"], "verbs": read},
-        {"apiGroups": ["telemetry.istio.io"], "resources": ["telemetries/status"], "verbs": status},
+        {"apiGroups": ["telemetry.istio.io"], "resources": ["telemetries"], "verbs": store},
         {
             "apiGroups": ["authentication.k8s.io"],
             "resources": ["tokenreviews"],
@@ -123,8 +107,12 @@ def test_cluster_role_grants_exactly_what_the_control_plane_needs() -> None:
         },
     ]
     text = yaml.safe_dump(role)
-    for never in ("secrets", "'*'", "delete", "escalate", "bind", "impersonate"):
+    for never in ("secrets", "'*'", "/status", "patch", "escalate", "bind", "impersonate"):
         assert never not in text
+    # Deleting is granted on the Trellis kinds only, never on what discovery reads.
+    for rule in role["rules"]:
+        if "delete" in rule["verbs"]:
+            assert rule["apiGroups"][0].endswith(".istio.io"), rule
     role_in_namespace = one(found, "Role")
     assert role_in_namespace["metadata"]["namespace"] == "trellis-system"
     assert role_in_namespace["rules"] == [
@@ -181,6 +169,54 @@ def test_deployment_runs_the_control_plane_safely() -> None:
     assert mounts[args[args.index("--data-dir") + 1]] == "data"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["cacerts"]["secret"]["secretName"] == "cacerts"
+
+
+def flag(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, (name, args)
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize(
+    ("settings", "lease", "webhook_service"),
+    [
+        ({}, "trellis-leader", "trellis-webhook.trellis-system"),
+        ({"namespace": "mesh"}, "trellis-leader", "trellis-webhook.mesh"),
+        ({"revision": "canary"}, "trellis-leader-canary", "trellis-webhook-canary.trellis-system"),
+    ],
+)
+def test_deployment_runs_the_kubernetes_platform_of_this_installation(
+    settings: dict[str, Any], lease: str, webhook_service: str
+) -> None:
+    found = manifests(**settings)
+    (container,) = one(found, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert flag(args, "--platform") == "kubernetes"
+    assert "--kubeconfig" not in args  # in-cluster: the pod's service account
+    assert flag(args, "--ca-authentication") == "token-review"
+    # The Lease the replicas elect with is the one the Role lets them renew.
+    assert flag(args, "--leader-lease") == lease
+    assert one(found, "Role")["rules"][1]["resourceNames"] == [lease]
+    # The webhook's certificate names the Service the configuration sends the API server to.
+    service = one(found, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"]
+    assert flag(args, "--webhook-service") == f"{service['name']}.{service['namespace']}"
+    assert flag(args, "--webhook-service") == webhook_service
+    name, namespace = parse_webhook_service(webhook_service)
+    assert f"{name}.{namespace}.svc" in webhook_dns_names(name, namespace)
+    assert one(found, "Service", name)["metadata"]["namespace"] == namespace
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("trellis-webhook", "expected NAME.NAMESPACE"),
+        ("Webhook.trellis-system", "service name 'Webhook'"),
+        ("trellis-webhook.", "namespace ''"),
+        ("trellis-webhook.trellis-system.svc", "namespace 'trellis-system.svc'"),
+    ],
+)
+def test_a_bad_webhook_service_says_which_part(value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_webhook_service(value)
 
 
 def test_services_and_webhook_agree_with_the_injector() -> None:
