@@ -1,6 +1,7 @@
 """The sidecar's memory budget (DESIGN.md §8, 40 MB) depends on what the process holds:
 a proxy with a static bootstrap must not load the gRPC/h2 stack (only ADS, the CA client
-and an OTLP/gRPC exporter need it), modules only an error path or `--help` needs (difflib,
+and an OTLP/gRPC exporter need it), the tracer and its OTLP messages (only connection
+managers with `tracing` need them), modules only an error path or `--help` needs (difflib,
 shutil with bz2 and lzma), nor start threads (uvloop resolves names on libuv's thread pool,
 four threads that then stay for good)."""
 
@@ -26,7 +27,8 @@ _RUNNER = """
 import atexit, json, sys
 WATCHED = ("h2", "hpack", "hyperframe", "grpc", "pydantic", "cryptography", "yaml", "click",
            "shutil", "bz2", "lzma", "difflib", "trellis.runtime.grpc_stream",
-           "trellis.runtime.ca_client", "trellis.runtime.identity")
+           "trellis.runtime.ca_client", "trellis.runtime.identity", "trellis.runtime.tracing",
+           "trellis.runtime.trace_export", "trellis.runtime.otlp", "trellis.xds.otlp_trace_pb2")
 atexit.register(lambda: print(json.dumps(sorted(
     name for name in sys.modules if name in WATCHED or name.split(".")[0] in WATCHED))))
 from trellis.proxy.cli import main
