@@ -5,17 +5,17 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from trellis.cli.controlplane_settings import control_plane_settings, webhook_certificate_names
 from trellis.cli.inject_command import injection_options, injection_settings, serve_beside_webhook
 from trellis.cli.inject_command import webhook_address as parse_webhook_address
 
 if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pay for them
     from trellis.controlplane.ads import AdsServer
     from trellis.controlplane.api_mesh import MeshInfo
-    from trellis.controlplane.kube_ca import KubeIdentitySettings
 
 
 @click.command("control-plane")
@@ -229,83 +229,43 @@ def control_plane(
 
     import uvloop  # noqa: PLC0415
 
-    from trellis.api.duration import DurationSyntaxError, parse_duration  # noqa: PLC0415
     from trellis.controlplane.api import create_app, serve_api  # noqa: PLC0415
     from trellis.controlplane.api_auth import load_or_create_token  # noqa: PLC0415
-    from trellis.controlplane.ca import check_trust_domain  # noqa: PLC0415
-    from trellis.controlplane.main import (  # noqa: PLC0415
-        ControlPlane,
-        ControlPlaneSettings,
-        serve,
-    )
+    from trellis.controlplane.main import ControlPlane, serve  # noqa: PLC0415
     from trellis.controlplane.store import ConfigStore  # noqa: PLC0415
     from trellis.errors import TrellisError  # noqa: PLC0415
-    from trellis.xds.mesh.tracing import MeshTracing  # noqa: PLC0415
-    from trellis.xds.mesh.vips import VipRange  # noqa: PLC0415
 
     logging.basicConfig(
         stream=sys.stderr,
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        ttl = parse_duration(cert_ttl)
-    except DurationSyntaxError as exc:
-        raise click.BadParameter(str(exc), param_hint="--cert-ttl") from None
-    if ttl < 1:
-        raise click.BadParameter("must be at least 1s", param_hint="--cert-ttl")
-    try:
-        grace = parse_duration(orphan_grace)
-    except DurationSyntaxError as exc:
-        raise click.BadParameter(str(exc), param_hint="--orphan-grace") from None
-    if grace < 1:
-        raise click.BadParameter("must be at least 1s", param_hint="--orphan-grace")
-    try:
-        scrape_every = parse_duration(scrape_interval)
-    except DurationSyntaxError as exc:
-        raise click.BadParameter(str(exc), param_hint="--scrape-interval") from None
-    if not 0.5 <= scrape_every <= 300:
-        raise click.BadParameter("must be between 500ms and 5m", param_hint="--scrape-interval")
-    try:
-        check_trust_domain(trust_domain)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
-    tracing = None
-    socket = _xds_socket(xds_socket, data_dir)
-    if tracing_otlp_address == SELF_COLLECTOR:
-        tracing_otlp_address = f"unix:{socket}" if socket is not None else xds_address
-    if tracing_otlp_address:
-        try:
-            tracing = MeshTracing.parse(tracing_otlp_address, tracing_sampling)
-        except TrellisError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tracing-otlp-address") from None
-    try:
-        VipRange.parse(service_vip_range, "range")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--service-vip-range") from None
-    settings = ControlPlaneSettings(
-        data_dir,
-        xds_address,
-        api_host,
-        api_port,
-        debounce,
+    settings = control_plane_settings(
+        data_dir=data_dir,
+        xds_address=xds_address,
+        xds_socket=xds_socket,
+        api_host=api_host,
+        api_port=api_port,
+        debounce=debounce,
         trust_domain=trust_domain,
-        cert_ttl=ttl,
+        cert_ttl=cert_ttl,
         ca_cert=ca_cert,
         ca_key=ca_key,
         ca_chain=ca_chain,
-        access_log_file=access_log_file or None,
-        access_log_json=access_log_encoding == "json",
-        tracing=tracing,
-        orphan_grace=grace,
-        xds_socket=socket,
-        vip_range=service_vip_range,
-        scrape_interval=scrape_every,
-        kube_identity=_kube_identity(ca_authentication, leader_lease),
-        **_platform_settings(platform, kubeconfig),
+        access_log_file=access_log_file,
+        access_log_encoding=access_log_encoding,
+        tracing_otlp_address=tracing_otlp_address,
+        tracing_sampling=tracing_sampling,
+        orphan_grace=orphan_grace,
+        service_vip_range=service_vip_range,
+        scrape_interval=scrape_interval,
+        ca_authentication=ca_authentication,
+        leader_lease=leader_lease,
+        platform=platform,
+        kubeconfig=kubeconfig,
     )
     webhook = parse_webhook_address(webhook_address)
-    webhook_names = _webhook_dns_names(webhook_service)
+    webhook_names = webhook_certificate_names(webhook_service)
     injection = injection_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_token(data_dir)
@@ -339,83 +299,6 @@ def control_plane(
         for problem in group.exceptions:
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
-
-
-def _webhook_dns_names(value: str) -> tuple[str, ...]:
-    """--webhook-service NAME.NAMESPACE as the names the webhook's certificate carries."""
-    from trellis.kube.webhook_config import parse_webhook_service, webhook_dns_names  # noqa: PLC0415
-
-    try:
-        return webhook_dns_names(*parse_webhook_service(value))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--webhook-service") from None
-
-
-def _kube_identity(ca_authentication: str, leader_lease: str | None) -> KubeIdentitySettings | None:
-    """--ca-authentication token-review and --leader-lease as settings (None: join tokens)."""
-    import os  # noqa: PLC0415
-
-    from trellis.controlplane.kube_ca import KubeIdentitySettings  # noqa: PLC0415
-    from trellis.errors import ConfigError  # noqa: PLC0415
-
-    if ca_authentication != "token-review":
-        if leader_lease:
-            raise click.BadParameter(
-                "needs --ca-authentication token-review (a Kubernetes API server)",
-                param_hint="--leader-lease",
-            )
-        return None
-    kubeconfig = os.environ.get("KUBECONFIG") or None
-    try:
-        return KubeIdentitySettings.from_environment(
-            leader_lease or None, Path(kubeconfig) if kubeconfig else None
-        )
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--leader-lease") from None
-
-
-def _platform_settings(platform: str, kubeconfig: Path | None) -> dict[str, Any]:
-    """--platform and --kubeconfig as ControlPlaneSettings fields."""
-    import os  # noqa: PLC0415
-
-    from trellis.controlplane.kube_platform import Platform  # noqa: PLC0415
-
-    if platform != Platform.KUBERNETES:
-        if kubeconfig is not None:
-            raise click.BadParameter("needs --platform kubernetes", param_hint="--kubeconfig")
-        return {}
-    if kubeconfig is None and os.environ.get("KUBECONFIG"):
-        kubeconfig = Path(os.environ["KUBECONFIG"])
-    return {"platform": Platform.KUBERNETES, "kubeconfig": kubeconfig}
-
-
-SELF_COLLECTOR = "self"
-"""`--tracing-otlp-address self`: the control plane's own OTLP receiver."""
-
-
-def _xds_socket(value: str | None, data_dir: Path) -> Path | None:
-    """The Unix socket to serve xDS on: --xds-socket made absolute, None when it is "".
-
-    The default, DATA_DIR/xds.sock, is skipped with a warning when its path is
-    too long for a socket address; a path given explicitly must fit.
-    """
-    import logging  # noqa: PLC0415
-
-    from trellis.controlplane.ads_socket import SocketPathError, check_socket_path  # noqa: PLC0415
-
-    if value == "":
-        return None
-    path = Path(value or data_dir / "xds.sock").absolute()
-    try:
-        check_socket_path(path)
-    except SocketPathError as exc:
-        if value is not None:
-            raise click.BadParameter(str(exc), param_hint="--xds-socket") from None
-        logging.getLogger("trellis.controlplane").warning(
-            "not serving xDS on a Unix socket: %s (give --xds-socket a shorter path)", exc
-        )
-        return None
-    return path
 
 
 def _mesh_info(trust_domain: str, xds_address: str, ads: AdsServer | None) -> MeshInfo:

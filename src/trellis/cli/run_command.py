@@ -174,7 +174,7 @@ def run(
     import logging  # noqa: PLC0415 - keep `trellis proxy` lean
 
     from trellis.errors import ConfigError  # noqa: PLC0415
-    from trellis.platform.launcher import LaunchSettings  # noqa: PLC0415
+    from trellis.platform.launch_settings import LaunchSettings  # noqa: PLC0415
     from trellis.platform.launcher import run as launch  # noqa: PLC0415
     from trellis.platform.spec import WorkloadSpec  # noqa: PLC0415
 

@@ -6,11 +6,12 @@ REST API and the translation see the same stream as with SQLite. Versions are
 the API server's resourceVersions (etcd revisions: one counter for the whole
 cluster), so they increase but have gaps.
 
-Writes go to the API server with its own preconditions: an update carries the
-expected `metadata.resourceVersion`, a create-only write is a POST, a delete
-carries `preconditions.resourceVersion`; the server's 409 becomes
-ConflictError. A write returns once the server has it (etcd: durable) and this
-store's watch has delivered it, so a read after a write sees it.
+Writes go to the API server (`CrdWriter`, in `trellis.controlplane.kube_crd`)
+with its own preconditions: an update carries the expected
+`metadata.resourceVersion`, a create-only write is a POST, a delete carries
+`preconditions.resourceVersion`; the server's 409 becomes ConflictError. A
+write returns once the server has it (etcd: durable) and this store's watch
+has delivered it, so a read after a write sees it.
 
 Differences from SQLite that Kubernetes imposes:
 - a batch is not one transaction (the API has none): every precondition is
@@ -29,29 +30,24 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
-import httpx
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 
-from trellis.controlplane.api_kinds import KINDS, KindInfo
+from trellis.controlplane.api_kinds import KINDS
 from trellis.controlplane.changefeed import ChangeFeed
 from trellis.controlplane.kube_client import (
-    ApiResource,
     Backoff,
     Informer,
     JsonObject,
     KubeApiError,
-    api_error,
     object_version,
 )
+from trellis.controlplane.kube_crd import CrdKind, CrdWriter, stored_resource
 from trellis.controlplane.store import (
     ApplyOutcome,
     ApplyResult,
@@ -64,7 +60,6 @@ from trellis.controlplane.store import (
     WatchEventType,
     WatchExpiredError,
     WatchStream,
-    canonical_json,
 )
 from trellis.controlplane.write_plan import (
     PreparedWrite,
@@ -77,46 +72,8 @@ from trellis.controlplane.write_plan import (
 
 log = logging.getLogger("trellis.controlplane.kube")
 
-UPDATED_AT_ANNOTATION = "trellis.io/updated-at"
 DEFAULT_CHANGE_LOG_LIMIT = 10_000
 DEFAULT_WATCH_QUEUE_LIMIT = 10_000
-_RETRIES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class CrdKind:
-    """A kind the store keeps, and the API resource it lives in."""
-
-    kind: str
-    resource: ApiResource
-
-    @classmethod
-    def of(cls, info: KindInfo) -> CrdKind:
-        return cls(
-            info.kind, ApiResource(info.group, info.preferred_version, info.kind, info.plural)
-        )
-
-
-def stored_resource(obj: Mapping[str, Any]) -> StoredResource:
-    """A CRD object from the API server as a store record."""
-    meta = obj.get("metadata") or {}
-    annotations = dict(meta.get("annotations") or {})
-    updated = annotations.pop(UPDATED_AT_ANNOTATION, None)
-    created = str(meta.get("creationTimestamp") or "")
-    return StoredResource(
-        api_version=str(obj.get("apiVersion", "")),
-        kind=str(obj.get("kind", "")),
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
-        spec_json=canonical_json(obj.get("spec") or {}),
-        resource_version=str(meta.get("resourceVersion") or "0"),
-        generation=int(meta.get("generation") or 1),
-        uid=str(meta.get("uid") or ""),
-        created_at=created,
-        updated_at=str(updated or created),
-        labels=MappingProxyType(dict(sorted((meta.get("labels") or {}).items()))),
-        annotations=MappingProxyType(dict(sorted(annotations.items()))),
-    )
 
 
 class _KindFollower:
@@ -158,6 +115,7 @@ class KubeConfigStore:
         self._kinds = {k.kind: k for k in (kinds or map(CrdKind.of, KINDS))}
         self._clock = clock
         self._write_timeout = write_timeout
+        self._writer = CrdWriter(client, self._kinds, write_timeout)
         self._cache: dict[ResourceKey, StoredResource] = {}
         self._log: deque[WatchEvent] = deque(maxlen=change_log_limit)
         self._floor = 0  # the log holds every change after this version
@@ -231,7 +189,7 @@ class KubeConfigStore:
 
     async def apply(self, items: Sequence[ResourceWrite]) -> builtins.list[ApplyResult]:
         self._check_open()
-        prepared = [self._normalized(write) for write in prepare_writes(items)]
+        prepared = [self._writer.normalized(write) for write in prepare_writes(items)]
         async with self._lock:
             currents = [self._cache.get(write.key) for write in prepared]
             for write, current in zip(prepared, currents, strict=True):
@@ -246,13 +204,13 @@ class KubeConfigStore:
                     if current is not None and _same_content(write, current):
                         results.append(ApplyResult(current, ApplyOutcome.UNCHANGED))
                         continue
-                    written = await self._write(write, current, now)
+                    written = await self._writer.write(write, current, now)
                     done.append((current, written))
                     await self._await_version(int(written.resource_version))
                     outcome = ApplyOutcome.CREATED if current is None else ApplyOutcome.CONFIGURED
                     results.append(ApplyResult(written, outcome))
             except (ConflictError, StoreError):
-                await self._undo(done)
+                await self._writer.undo(done)
                 raise
             finally:
                 self._flush()
@@ -271,12 +229,12 @@ class KubeConfigStore:
                 return None
             check_expected(current.key, expected, current)
             try:
-                obj = await self._delete_object(kind, namespace, name, expected)
+                obj = await self._writer.delete(kind, namespace, name, expected)
             except KubeApiError as exc:
                 if exc.code == 404:
                     return None
                 if exc.code == 409 and expected is not None:
-                    raise await self._conflict(kind, namespace, name, expected) from None
+                    raise await self._writer.conflict(kind, namespace, name, expected) from None
                 raise StoreError(f"{kind} {namespace}/{name}: {exc}") from None
             deleted = stored_resource(obj)
             await self._await_version(int(deleted.resource_version))
@@ -301,154 +259,6 @@ class KubeConfigStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    # -- the API server --
-
-    def _normalized(self, write: PreparedWrite) -> PreparedWrite:
-        """The write in the kind's preferred version (the server stores one form)."""
-        kind = self._crd(write.key[0])
-        return PreparedWrite(
-            key=write.key,
-            api_version=kind.resource.api_version,
-            spec_json=write.spec_json,
-            labels=write.labels,
-            annotations=write.annotations,
-            expected=write.expected,
-        )
-
-    def _crd(self, kind: str) -> CrdKind:
-        found = self._kinds.get(kind)
-        if found is None:
-            raise StoreError(f"kind {kind!r} has no CRD this store follows")
-        return found
-
-    def _document(self, write: PreparedWrite, version: str | None, now: str) -> JsonObject:
-        kind, namespace, name = write.key
-        metadata: JsonObject = {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {**write.annotations, UPDATED_AT_ANNOTATION: now},
-        }
-        if write.labels:
-            metadata["labels"] = dict(write.labels)
-        if version is not None:
-            metadata["resourceVersion"] = version
-        return {
-            "apiVersion": write.api_version,
-            "kind": kind,
-            "metadata": metadata,
-            "spec": json.loads(write.spec_json),
-        }
-
-    async def _write(
-        self, write: PreparedWrite, current: StoredResource | None, now: str
-    ) -> StoredResource:
-        """Create or update one object with the write's precondition; ConflictError on 409."""
-        kind, namespace, name = write.key
-        version = write.expected if write.expected not in (None, "0") else None
-        exists = current is not None
-        for _attempt in range(_RETRIES):
-            try:
-                if not exists:
-                    obj = await self._send(
-                        "post", kind, namespace, None, self._document(write, None, now)
-                    )
-                else:
-                    base = version or (current.resource_version if current else None)
-                    doc = self._document(write, base, now)
-                    obj = await self._send("put", kind, namespace, name, doc)
-                return stored_resource(obj)
-            except KubeApiError as exc:
-                if exc.code == 409 and write.expected is not None:
-                    raise await self._conflict(kind, namespace, name, write.expected) from None
-                if exc.code not in (404, 409):
-                    raise StoreError(f"{kind} {namespace}/{name}: {exc}") from None
-                # An unconditional write raced another writer: look again and retry.
-                fresh = await self._fetch(kind, namespace, name)
-                exists = fresh is not None
-                current = stored_resource(fresh) if fresh is not None else None
-        raise StoreError(
-            f"{kind} {namespace}/{name}: still racing other writers after {_RETRIES} tries"
-        )
-
-    async def _conflict(self, kind: str, namespace: str, name: str, expected: str) -> ConflictError:
-        fresh = await self._fetch(kind, namespace, name)
-        actual = None if fresh is None else str(fresh["metadata"].get("resourceVersion"))
-        return ConflictError(kind, namespace, name, expected=expected, actual=actual)
-
-    async def _fetch(self, kind: str, namespace: str, name: str) -> JsonObject | None:
-        try:
-            return await self._send("get", kind, namespace, name, None)
-        except KubeApiError as exc:
-            if exc.code == 404:
-                return None
-            raise StoreError(f"{kind} {namespace}/{name}: {exc}") from None
-
-    async def _send(
-        self, method: str, kind: str, namespace: str, name: str | None, body: JsonObject | None
-    ) -> JsonObject:
-        """One request for one object of a CRD; the answer's JSON, or KubeApiError."""
-        resource = self._crd(kind).resource.lightkube()
-        generic = self._client._client
-        obj = None if body is None else resource.from_dict(body)
-        request = generic.prepare_request(
-            method, res=resource, obj=obj, name=name, namespace=namespace
-        )
-        return await self._exchange(generic, request)
-
-    async def _delete_object(
-        self, kind: str, namespace: str, name: str, expected: str | None
-    ) -> JsonObject:
-        resource = self._crd(kind).resource.lightkube()
-        generic = self._client._client
-        request = generic.prepare_request("delete", res=resource, name=name, namespace=namespace)
-        options: JsonObject = {"apiVersion": "v1", "kind": "DeleteOptions"}
-        if expected is not None:
-            options["preconditions"] = {"resourceVersion": expected}
-        request.data = options
-        return await self._exchange(generic, request)
-
-    async def _exchange(self, generic: Any, request: Any) -> JsonObject:
-        try:
-            response = await asyncio.wait_for(
-                generic.send(generic.build_adapter_request(request)), self._write_timeout
-            )
-            generic.raise_for_status(response)
-        except ApiError as exc:
-            raise api_error(exc) from None
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            raise StoreError(f"the Kubernetes API did not answer: {exc!r}") from None
-        data: JsonObject = response.json()
-        return data
-
-    async def _undo(self, done: Sequence[tuple[StoredResource | None, StoredResource]]) -> None:
-        """Put back what an interrupted batch changed (best effort, newest first)."""
-        for before, after in reversed(done):
-            try:
-                if before is None:
-                    await self._delete_object(
-                        after.kind, after.namespace, after.name, after.resource_version
-                    )
-                else:
-                    write = PreparedWrite(
-                        key=before.key,
-                        api_version=before.api_version,
-                        spec_json=before.spec_json,
-                        labels=before.labels,
-                        annotations=before.annotations,
-                        expected=after.resource_version,
-                    )
-                    await self._send(
-                        "put",
-                        before.kind,
-                        before.namespace,
-                        before.name,
-                        self._document(write, after.resource_version, before.updated_at),
-                    )
-            except (KubeApiError, StoreError) as exc:
-                log.error(
-                    "could not undo the write of %s after a failed batch: %s", after.describe(), exc
-                )
 
     async def _await_version(self, version: int) -> None:
         """Wait until the watch has delivered `version` (bounded: the write itself is done)."""

@@ -19,16 +19,12 @@ The order of a launch (explicit capture):
    directory; exit with the application's status (125 when the launcher or
    the sidecar failed).
 
-Transparent capture (root on Linux) differs in step 3: instead of loopback
-ports, the workload gets a network namespace of its own on the bridge
-(`trellis.platform.netns`; what dead launchers left behind is removed
-first), whose /etc/hosts names the services' virtual IPs (kept up to date
-while it runs) and whose iptables rules send the application's TCP to the
-sidecar. The sidecar runs in it as the proxy's group, with Istio's fixed
-ports (15001 outbound, 15006 inbound, 15000 admin, 15020 merged metrics and
-15021 health on the namespace's address), and talks to the control plane over its Unix socket; the
-WorkloadEntry is the namespace's address with the application's port. The
-namespace goes last, in step 6.
+Transparent capture (root on Linux) differs in step 3
+(`trellis.platform.transparent`): instead of loopback ports, the workload gets
+a network namespace of its own on the bridge, whose /etc/hosts follows the
+services' virtual IPs and whose iptables rules send the application's TCP to
+the sidecar running in it; the WorkloadEntry is the namespace's address with
+the application's port. The namespace goes last, in step 6.
 """
 
 from __future__ import annotations
@@ -40,12 +36,9 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable
 
 from trellis.platform.api_client import ControlPlaneApi, rejection
 from trellis.platform.child import (
@@ -57,14 +50,8 @@ from trellis.platform.child import (
     spawn,
     stop,
 )
-from trellis.platform.hosts import render_hosts
-from trellis.platform.netns import (
-    NetworkSettings,
-    WorkloadNetwork,
-    create_workload_network,
-    remove_stale,
-    transparent_unavailable,
-)
+from trellis.platform.launch_settings import LaunchSettings
+from trellis.platform.netns import WorkloadNetwork
 from trellis.platform.paths import (
     RunDir,
     lock_workload,
@@ -76,20 +63,18 @@ from trellis.platform.ports import PortAllocator, PortLease
 from trellis.platform.registration import Registration
 from trellis.platform.sidecar import PortClashError, Sidecar, accepts, listening
 from trellis.platform.spec import (
-    DEFAULT_APP_PORT,
     LaunchError,
     SidecarPorts,
-    WorkloadSpec,
     app_environment,
     child_environment,
     proxy_arguments,
 )
+from trellis.platform.transparent import TransparentCapture
 
 log = logging.getLogger("trellis.run")
 
 LAUNCH_FAILED = 125
 """Exit status when the launcher or the sidecar failed (as `docker run` does)."""
-PROXY_MAIN = "import sys; from trellis.proxy.cli import main; sys.exit(main(sys.argv[1:]))"
 PORT_ATTEMPTS = 3
 SERVING_WAIT = 600.0
 """How long the application may take to accept connections before it is left out of its
@@ -98,42 +83,6 @@ DEREGISTER_TIMEOUT = 10.0
 PROPAGATION_WAIT = 3.0
 """Bound on waiting for every proxy to acknowledge that the workload left its service."""
 MAX_SIGNALS = 1000
-SERVICE_WATCH = 60.0
-"""Transparent capture: the namespace's /etc/hosts follows a watch on ServiceEntries,
-renewed this often (and after an error, after `WATCH_RETRY`)."""
-WATCH_RETRY = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchSettings:
-    """Everything `trellis run` was told."""
-
-    workload: WorkloadSpec
-    command: tuple[str, ...]
-    server: str = "http://127.0.0.1:8080"
-    token: str | None = None
-    xds: str = "127.0.0.1:15010"
-    ready_timeout: float = 30.0
-    """Bound on the sidecar's start (its certificate, first config, listeners)."""
-    stop_timeout: float = 10.0
-    """How long the application gets after SIGTERM before SIGKILL (when the launcher stops it)."""
-    drain_time: float = 5.0
-    """The sidecar's drain bound on SIGTERM (`trellis proxy --drain-time-s`)."""
-    sidecar_log: Path | None = None
-    """Keep the sidecar's log here (default: in the run directory, removed at the end)."""
-    sidecar_log_level: str = "info"
-    token_ttl_seconds: int = 3600
-    """Lifetime of each join token; a new one is written at half-life."""
-    proxy_command: tuple[str, ...] = (sys.executable, "-c", PROXY_MAIN)
-    """The command (before the arguments) that runs `trellis proxy`."""
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    runtime_dir: Path | None = None
-    """The per-user base directory (default: `paths.runtime_base`)."""
-    capture: str = "explicit"
-    """`explicit` (HTTP_PROXY) or `transparent` (a network namespace and iptables)."""
-    network: NetworkSettings | None = None
-    """Transparent capture: the bridge, subnet and rules (default: from the environment,
-    `NetworkSettings.from_environ`)."""
 
 
 def run(settings: LaunchSettings) -> int:
@@ -158,6 +107,7 @@ class Launch:
         self.app: asyncio.subprocess.Process | None = None
         self.ports: SidecarPorts | None = None
         self.network: WorkloadNetwork | None = None
+        self.capture: TransparentCapture | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
@@ -273,101 +223,21 @@ class Launch:
         )
 
     async def _start_in_namespace(self) -> None:
-        """Step 3 of transparent capture: the namespace, the registration, the sidecar."""
-        settings, spec = self.settings, self.spec
+        """Step 3 of transparent capture (`trellis.platform.transparent`)."""
         assert self.run_dir is not None
-        why_not = transparent_unavailable()
-        if why_not is not None:
-            raise LaunchError(f"{why_not}; use --capture explicit")
-        network = settings.network or NetworkSettings.from_environ(settings.environ)
-        for line in await asyncio.to_thread(remove_stale, network):
-            log.info("removed what a launcher that died left behind: %s", line)
-        xds = await self._xds_socket()
-        hosts = await self._hosts_text()
-        self.network = await asyncio.to_thread(create_workload_network, spec.name, network, hosts)
-        ports = SidecarPorts.in_namespace(self.network.address, spec.app_port or DEFAULT_APP_PORT)
-        self.ports = ports
-        await self.registration.register(ports)
-        arguments = proxy_arguments(
-            spec,
-            ports,
-            xds=xds,
-            token_file=str(self.run_dir.token_file),
-            drain_time=settings.drain_time,
-            log_level=settings.sidecar_log_level,
-        )
-        self.sidecar = Sidecar(
-            [*self.network.proxy_prefix(), *settings.proxy_command, *arguments],
-            child_environment(settings.environ),
-            ports.admin,
-            settings.sidecar_log or self.run_dir.sidecar_log,
-            host=ports.address,
-        )
-        await self.sidecar.start()
-        # From outside, every port but the admin's is redirected to the inbound capture port.
-        listeners = {"virtualOutbound": None, "virtualInbound": ports.inbound}
-        await self.sidecar.wait_ready(listeners, settings.ready_timeout, self._rejected)
-        log.info(
-            "sidecar (pid %d) ready in network namespace %s at %s: outbound capture :%d, "
-            "inbound capture :%d -> application 127.0.0.1:%d, admin %s:%d, "
-            "merged metrics :%s, health :%s",
-            self.sidecar.pid,
-            self.network.namespace,
-            ports.address,
-            ports.outbound,
-            ports.inbound,
-            ports.app,
-            ports.address,
-            ports.admin,
-            ports.stats,
-            ports.health,
-        )
-
-    async def _xds_socket(self) -> str:
-        """Transparent capture: the control plane's xDS socket (127.0.0.1 in the namespace
-        is not the host's), from `--xds unix:PATH` or the control plane."""
-        if self.settings.xds.startswith("unix:"):
-            return self.settings.xds
-        path = await self.api.xds_socket()
-        if path is None:
-            raise LaunchError(
-                "transparent capture needs the control plane's xDS Unix socket, and it serves "
-                "none (started with --xds-socket ''?); give --xds unix:PATH"
-            )
-        return f"unix:{path}"
-
-    async def _hosts_text(self) -> str:
-        return render_hosts(
-            (await self.api.service_addresses(self.spec.namespace)).items, self.spec.namespace
-        )
+        self.capture = TransparentCapture(self.settings, self.api, self.registration)
+        try:
+            await self.capture.start(self.run_dir, self._rejected)
+        finally:  # whatever it made, the clean-up undoes
+            self.network = self.capture.network
+            self.ports = self.capture.ports
+            self.sidecar = self.capture.sidecar
 
     async def _rejected(self) -> str | None:
         try:
             return rejection(await self.api.proxies(), self.spec.node_id)
         except LaunchError:
             return None  # only a diagnosis: the wait goes on
-
-    async def _follow_services(self) -> None:
-        """Keep the namespace's /etc/hosts in step with the services' virtual IPs: rewrite
-        it whenever a ServiceEntry changes (and once per watch, for what came before)."""
-        written: str | None = None
-        for _ in range(100_000_000):
-            try:
-                async with self.api.watch("ServiceEntry", SERVICE_WATCH) as events:
-                    written = await self._write_hosts(written)
-                    async for _event in events:
-                        written = await self._write_hosts(written)
-            except LaunchError as exc:
-                log.debug("cannot follow the services for /etc/hosts: %s", exc)
-                await asyncio.sleep(WATCH_RETRY)
-
-    async def _write_hosts(self, written: str | None) -> str:
-        """Rewrite /etc/hosts if the services changed; its text."""
-        assert self.network is not None
-        text = await self._hosts_text()
-        if text != written:
-            await asyncio.to_thread(self.network.update_hosts, text)
-        return text
 
     async def _start_app(self, ports: SidecarPorts) -> int | None:
         command = self.settings.command
@@ -388,8 +258,8 @@ class Launch:
         log.info("started %s (pid %d)", command[0], self.app.pid)
         self.tasks.append(asyncio.create_task(self._join_service(ports.app), name="serving"))
         self.tasks.append(asyncio.create_task(self._refresh_token(), name="join token"))
-        if self.network is not None:
-            self.tasks.append(asyncio.create_task(self._follow_services(), name="hosts"))
+        if self.capture is not None:
+            self.tasks.append(asyncio.create_task(self.capture.follow_services(), name="hosts"))
         return None
 
     async def _join_service(self, port: int) -> None:

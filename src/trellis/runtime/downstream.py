@@ -1,8 +1,9 @@
 """The downstream side of an HTTP listener: one client connection, HTTP/1.1.
 
 httptools (llhttp) parses strictly; on top of it this module enforces the
-header-size limit, rejects framing that could smuggle a request, queues
-pipelined requests, and applies flow control between client and upstream.
+header-size limit, has each request head checked (`request_head`: framing that
+could smuggle a request is refused), queues pipelined requests, and applies
+flow control between client and upstream.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from trellis.core.config import SocketAddress
 from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline
+from trellis.runtime.request_head import RequestRejectedError, new_stream
 from trellis.runtime.router import Stream
 from trellis.runtime.tunnel import Tunnel
 from trellis.runtime.wire import Headers
@@ -29,15 +31,6 @@ if TYPE_CHECKING:
     from trellis.runtime.listener import ChainRuntime, ListenerRuntime
 
 log = logging.getLogger("trellis.downstream")
-
-
-class RequestRejectedError(Exception):
-    """A request the proxy refuses before routing; carries the status to answer."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 class DownstreamHttp1(asyncio.Protocol):
@@ -250,9 +243,8 @@ class DownstreamHttp1(asyncio.Protocol):
         # Each request takes the listener's current config; those in flight keep theirs.
         self.ctx = self.chain.context  # type: ignore[assignment]
         self._cancel_header_timer()
-        parser = self._parser
         try:
-            stream = self._new_stream(parser)
+            stream = new_stream(self, self._parser, self._url, self._headers, self._header_bytes)
         except RequestRejectedError as exc:
             self._reject = exc
             raise
@@ -274,95 +266,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if stream is not None:
             stream.on_request_complete()
 
-    # -- request validation ----------------------------------------------------------
-
-    def _new_stream(self, parser: httptools.HttpRequestParser) -> Stream:
-        version = parser.get_http_version()
-        config = self.ctx.config
-        if version == "1.0":
-            if not config.accept_http_10:
-                raise RequestRejectedError(426, "HTTP/1.0 is not accepted")
-            self.http11 = False
-        elif version != "1.1":
-            raise RequestRejectedError(400, f"unsupported HTTP version {version}")
-        else:
-            self.http11 = True
-        method = parser.get_method()
-        headers = self._headers
-        host: bytes | None = None
-        chunked = False
-        has_length = False
-        expect_continue = False
-        for name, value in headers:
-            if name == b"host":
-                if host is not None:
-                    raise RequestRejectedError(400, "duplicate host header")
-                host = value
-            elif name == b"transfer-encoding":
-                if value.strip().lower() != b"chunked" or chunked:
-                    raise RequestRejectedError(501, "unsupported transfer encoding")
-                chunked = True
-            elif name == b"content-length":
-                has_length = value.strip() != b"0"
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-        target = self._url
-        if target[:1] != b"/":
-            # Absolute form (explicit proxy): the URL's authority replaces any Host header.
-            target, host = self._absolute_form(method, target)
-            headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.insert(0, (b"host", host))
-        if host is None:
-            if self.http11:
-                raise RequestRejectedError(400, "missing host header")
-            host = b""
-        upgrade = parser.should_upgrade()
-        if upgrade:
-            upgrade = self._upgrade_allowed(headers)
-        if expect_continue and not config.proxy_100_continue:
-            headers = [(n, v) for n, v in headers if n != b"expect"]
-            self.write(wire.CONTINUE_100)
-        stream = Stream(
-            self,
-            self.ctx,
-            method,
-            host.decode("latin-1"),
-            target.decode("latin-1"),
-            headers,
-            parser.should_keep_alive() and not self.draining,
-            upgrade,
-            chunked,
-            chunked or has_length,
-        )
-        stream.request_head_bytes = self._header_bytes
-        return stream
-
-    def _absolute_form(self, method: bytes, target: bytes) -> tuple[bytes, bytes]:
-        """`GET http://host/path` as sent to an explicit proxy: split host and path."""
-        if method == b"CONNECT":
-            raise RequestRejectedError(403, "CONNECT is not supported")
-        if target == b"*" and method == b"OPTIONS":
-            return target, b""
-        if not self.ctx.config.allow_absolute_url:
-            raise RequestRejectedError(400, "absolute URL not allowed")
-        scheme, sep, rest = target.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            raise RequestRejectedError(400, "invalid request target")
-        authority, slash, path = rest.partition(b"/")
-        if not authority:
-            raise RequestRejectedError(400, "invalid request target")
-        return slash + path if slash else b"/", authority
-
-    def _upgrade_allowed(self, headers: Headers) -> bool:
-        for name, value in headers:
-            if name == b"upgrade":
-                protocol = value.strip().lower().decode("latin-1")
-                if protocol in self.ctx.config.upgrade_types:
-                    return True
-                if protocol == "h2c":
-                    return False  # like Envoy: served as HTTP/1.1, the upgrade headers dropped
-                raise RequestRejectedError(403, "upgrade not allowed")
-        return False
+    # -- refusals --------------------------------------------------------------------
 
     def _protocol_error(self, reject: RequestRejectedError) -> None:
         log.debug("rejecting request from %s: %s", self.remote_ip, reject.detail)

@@ -15,7 +15,8 @@ from trellis.core.tls import TransportProtocol, san_allowed
 from trellis.runtime.downstream import DownstreamHttp1
 from trellis.runtime.http_context import HttpContext
 from trellis.runtime.secrets import SecretStore, peer_principal, peer_sans
-from trellis.runtime.tcp import TcpContext, TcpDownstream
+from trellis.runtime.tcp import TcpDownstream
+from trellis.runtime.tcp_context import TcpContext
 
 log = logging.getLogger("trellis.listener")
 

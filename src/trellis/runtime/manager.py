@@ -39,7 +39,7 @@ from trellis.runtime.cluster import ClusterManager, ClusterRuntime
 from trellis.runtime.deadline import Deadlines
 from trellis.runtime.http_context import HttpContext
 from trellis.runtime.listener import ConnectionBudget, Context, ListenerRuntime
-from trellis.runtime.tcp import TcpContext
+from trellis.runtime.tcp_context import TcpContext
 from trellis.runtime.telemetry import AccessLogSink, HttpRecorder
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ import pytest
 
 from trellis.controlplane.api_kinds import KINDS
 from trellis.controlplane.kube_client import ApiResource, Backoff, connect
-from trellis.controlplane.kube_store import CrdKind, KubeConfigStore
+from trellis.controlplane.kube_crd import CrdKind
+from trellis.controlplane.kube_store import KubeConfigStore
 from trellis.controlplane.store import (
     ApplyOutcome,
     ConfigStore,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trellis.platform.launcher import LaunchSettings, run
+from trellis.platform.launch_settings import LaunchSettings
+from trellis.platform.launcher import run
 from trellis.platform.spec import WorkloadSpec
 
 from ..controlplane.mesh_procs import ControlPlane, until

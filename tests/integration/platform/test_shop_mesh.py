@@ -75,7 +75,7 @@ from .shop_procs import (
     total,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 REQUESTS = "istio_requests_total"
 RBAC_DENIED = "envoy_http_rbac_denied_total"  # exposed as envoy_http_rbac_denied, as Envoy does
@@ -396,15 +396,12 @@ def _dashboard_shows_the_shop(control: ControlPlane, tmp_path: Path) -> None:
         seen[0] = busy
         return busy if busy >= SHOP_EDGES else None
 
-    spans = until(partial(_trace_through, control, ["web", "cart", "db"]), 15, "a checkout trace")
-    assert spans is not None
-    trace_id = spans[0]["traceId"]
     browser.set_page_load_timeout(15)
     try:
         browser.get(f"http://127.0.0.1:{control.api_port}/dashboard")
         # The page redraws every few seconds: an element can go stale between two reads.
         wait = WebDriverWait(
-            browser, 20, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
+            browser, 45, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
         )
         try:
             wait.until(busy_shop_edges)
@@ -412,6 +409,12 @@ def _dashboard_shows_the_shop(control: ControlPlane, tmp_path: Path) -> None:
             raise AssertionError(f"the graph's busy edges: {sorted(seen[0])}") from None
         graph = tmp_path / "shop-dashboard.png"
         assert browser.save_screenshot(str(graph))
+        # Picked now, when the last checkouts' spans are in: the page lists the newest 100.
+        spans = until(
+            partial(_trace_through, control, ["web", "cart", "db"]), 15, "a checkout trace"
+        )
+        assert spans is not None
+        trace_id = spans[0]["traceId"]
         browser.find_element(By.CSS_SELECTOR, "#tabs button[data-view=traces]").click()
         row = wait.until(
             lambda d: d.find_element(By.CSS_SELECTOR, f"tr.trace[data-trace-id='{trace_id}']")
