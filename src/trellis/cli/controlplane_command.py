@@ -40,6 +40,18 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     "network namespaces reach as --xds unix:PATH; an empty string disables it. "
     "[default: DATA_DIR/xds.sock]",
 )
+@click.option(
+    "--xds-tls-address",
+    metavar="HOST:PORT",
+    help="Also serve xDS and the CA over TLS here (15012 on Kubernetes), with a certificate "
+    "from the mesh CA for --xds-tls-names, renewed in place. [default: not served]",
+)
+@click.option(
+    "--xds-tls-names",
+    metavar="NAME,...",
+    help="The DNS names of the --xds-tls-address certificate (what sidecars dial). "
+    "[default: trellis.trellis-system.svc,trellis.trellis-system.svc.cluster.local]",
+)
 @click.option("--api-host", default="127.0.0.1", show_default=True, help="REST API address.")
 @click.option(
     "--api-port",
@@ -200,6 +212,8 @@ def control_plane(
     data_dir: Path,
     xds_address: str,
     xds_socket: str | None,
+    xds_tls_address: str | None,
+    xds_tls_names: str | None,
     api_host: str,
     api_port: int,
     debounce: float,
@@ -244,6 +258,8 @@ def control_plane(
         data_dir=data_dir,
         xds_address=xds_address,
         xds_socket=xds_socket,
+        xds_tls_address=xds_tls_address,
+        xds_tls_names=xds_tls_names,
         api_host=api_host,
         api_port=api_port,
         debounce=debounce,

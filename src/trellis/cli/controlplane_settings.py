@@ -15,6 +15,7 @@ import click
 if TYPE_CHECKING:
     from trellis.controlplane.kube_ca import KubeIdentitySettings
     from trellis.controlplane.main import ControlPlaneSettings
+    from trellis.controlplane.xds_tls import XdsTlsSettings
 
 SELF_COLLECTOR = "self"
 """`--tracing-otlp-address self`: the control plane's own OTLP receiver."""
@@ -44,6 +45,8 @@ def control_plane_settings(
     leader_lease: str | None,
     platform: str,
     kubeconfig: Path | None,
+    xds_tls_address: str | None = None,
+    xds_tls_names: str | None = None,
 ) -> ControlPlaneSettings:
     """The command's flags (by their parameter names) as the control plane's settings."""
     from trellis.api.duration import DurationSyntaxError, parse_duration  # noqa: PLC0415
@@ -107,8 +110,29 @@ def control_plane_settings(
         vip_range=service_vip_range,
         scrape_interval=scrape_every,
         kube_identity=_kube_identity(ca_authentication, leader_lease),
+        xds_tls=_xds_tls(xds_tls_address, xds_tls_names),
         **_platform_settings(platform, kubeconfig),
     )
+
+
+def _xds_tls(address: str | None, names: str | None) -> XdsTlsSettings | None:
+    """--xds-tls-address and --xds-tls-names as settings (None: TLS not served)."""
+    from trellis.controlplane.xds_tls import DEFAULT_XDS_TLS_NAMES, XdsTlsSettings  # noqa: PLC0415
+
+    if not address:
+        if names is not None:
+            raise click.BadParameter("needs --xds-tls-address", param_hint="--xds-tls-names")
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--xds-tls-address")
+    dns_names: tuple[str, ...] = DEFAULT_XDS_TLS_NAMES
+    if names is not None:
+        dns_names = tuple(name.strip() for name in names.split(","))
+    try:
+        return XdsTlsSettings(address, dns_names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--xds-tls-names") from None
 
 
 def webhook_certificate_names(value: str) -> tuple[str, ...]:

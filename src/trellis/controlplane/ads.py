@@ -274,6 +274,7 @@ class AdsServer:
     service: AggregatedDiscoveryService
     port: int
     unix_socket: BoundSocket | None = None
+    tls_port: int | None = None  # the port of `tls_address`, when served
 
     @property
     def socket_path(self) -> Path | None:
@@ -299,6 +300,8 @@ async def serve_ads(
     service: AggregatedDiscoveryService | None = None,
     handlers: Sequence[grpc.GenericRpcHandler] = (),
     unix_socket: Path | None = None,
+    tls_address: str | None = None,
+    tls_credentials: grpc.ServerCredentials | None = None,
 ) -> AdsServer:
     """Start serving ADS on `address` ("127.0.0.1:15010"; port 0 picks a free one).
 
@@ -306,7 +309,10 @@ async def serve_ads(
     `handlers` are more services on the same server (the CA's certificate service).
     `unix_socket`: an absolute path where the same services are also served,
     plaintext, to its owner only (mode 0600); `AdsServer.stop` removes it.
+    `tls_address` with `tls_credentials`: the same services over TLS there too.
     """
+    if (tls_address is None) != (tls_credentials is None):
+        raise ValueError("tls_address and tls_credentials go together")
     if unix_socket is not None:
         claim_socket_path(unix_socket)
     if service is None:
@@ -321,6 +327,11 @@ async def serve_ads(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the ADS server to {address}")
+    tls_port: int | None = None
+    if tls_address is not None and tls_credentials is not None:
+        tls_port = server.add_secure_port(tls_address, tls_credentials)
+        if tls_port == 0:
+            raise OSError(f"cannot bind the ADS server to {tls_address} (TLS)")
     bound = _add_unix_port(server, unix_socket) if unix_socket is not None else None
     try:
         await server.start()
@@ -331,7 +342,9 @@ async def serve_ads(
     log.info("ADS server listening on %s (port %d)", address, port)
     if bound is not None:
         log.info("ADS server listening on unix:%s", bound.path)
-    return AdsServer(server, service, port, bound)
+    if tls_port is not None:
+        log.info("ADS server listening on %s over TLS (port %d)", tls_address, tls_port)
+    return AdsServer(server, service, port, bound, tls_port)
 
 
 def _add_unix_port(server: grpc.aio.Server, path: Path) -> BoundSocket:

@@ -46,6 +46,7 @@ from trellis.controlplane.store import (
 )
 from trellis.controlplane.traces import TraceStore
 from trellis.controlplane.vips import ServiceVips
+from trellis.controlplane.xds_tls import ServingCertificate, XdsTlsSettings
 from trellis.errors import ConfigError, TrellisError
 from trellis.kube.registry import Registry
 from trellis.xds.mesh import LogEncoding, MeshAccessLog, MeshTls
@@ -95,6 +96,8 @@ class ControlPlaneSettings:
     # EndpointSlices, through `kubeconfig` (None: the in-cluster service account).
     platform: Platform = Platform.LOCAL
     kubeconfig: Path | None = None
+    # xDS and the CA also over TLS (port 15012 on Kubernetes); None: not served.
+    xds_tls: XdsTlsSettings | None = None
 
 
 class ControlPlane:
@@ -315,12 +318,19 @@ async def serve(
             authenticator = plane.kube.authenticator
             log.info("the CA authenticates projected service-account tokens (TokenReview)")
         certificates = CertificateService(plane.ca, authenticator, cert_ttl=settings.cert_ttl)
+        tls = settings.xds_tls
         plane.ads = await serve_ads(
             settings.xds_address,
             cache,
             plane.snapshot_for,
             handlers=(certificates.rpc_handler(), trace_rpc_handler(plane.traces)),
             unix_socket=settings.xds_socket,
+            tls_address=tls.address if tls is not None else None,
+            tls_credentials=(
+                ServingCertificate(plane.ca, tls.dns_names, tls.ttl).credentials()
+                if tls is not None
+                else None
+            ),
         )
         log.info("xDS (ADS) on port %d", plane.ads.port)
         plane.metrics = MetricsCollector(plane.scrape_targets, interval=settings.scrape_interval)

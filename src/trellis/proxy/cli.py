@@ -70,6 +70,19 @@ def parser() -> argparse.ArgumentParser:
         help="Take listeners and clusters from this control plane; unix:PATH for its Unix "
         "socket (reachable from another network namespace).",
     )
+    add(
+        "--xds-root-ca",
+        type=Path,
+        metavar="FILE",
+        help="Connect to --xds (and a HOST:PORT CA) over TLS, trusting this root (PEM): the "
+        "control plane's --xds-tls-address. Never falls back to plaintext.",
+    )
+    add(
+        "--xds-server-name",
+        metavar="NAME",
+        help="The name the control plane's certificate must carry, also sent as SNI "
+        "(default: the host of --xds).",
+    )
     add("--node-id", metavar="ID", help="The node id sent to the control plane.")
     add("--node-cluster", metavar="NAME", help="The node cluster (Envoy's service cluster).")
     add(
@@ -215,6 +228,32 @@ def control_plane_address(value: str | None, flag: str) -> EndpointAddress | Non
     return PipeAddress(path)
 
 
+def xds_tls_settings(
+    root_file: Path | None, server_name: str | None, control_plane: EndpointAddress | None
+) -> tuple[str, str] | None:
+    """--xds-root-ca and --xds-server-name as (root PEM, server name); None: plaintext.
+
+    ValueError naming the flag: an unreadable or non-PEM root, TLS without a
+    HOST:PORT --xds, or a server name without a root.
+    """
+    if root_file is None:
+        if server_name is not None:
+            raise ValueError("--xds-server-name: needs --xds-root-ca")
+        return None
+    if not isinstance(control_plane, SocketAddress):
+        raise ValueError("--xds-root-ca: needs --xds HOST:PORT (a Unix socket is plaintext)")
+    try:
+        root = root_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--xds-root-ca: cannot read {str(root_file)!r}: {exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in root:
+        raise ValueError(f"--xds-root-ca: {str(root_file)!r} holds no PEM certificate")
+    name = control_plane.host if server_name is None else server_name
+    if not name:
+        raise ValueError("--xds-server-name: must not be empty")
+    return root, name
+
+
 def node_fields(
     node_id: str | None,
     cluster: str | None,
@@ -265,6 +304,10 @@ def main(argv: Sequence[str]) -> int:
         )
     except ValueError as exc:
         args_parser.error(str(exc))
+    try:
+        xds_tls = xds_tls_settings(args.xds_root_ca, args.xds_server_name, control_plane)
+    except ValueError as exc:
+        args_parser.error(str(exc))
     if args.stats_port and args.stats_port == args.health_port:
         args_parser.error(f"--stats-port and --health-port are both {args.stats_port}")
     join_token = os.environ.get("TRELLIS_JOIN_TOKEN") if args.join_token_file is None else None
@@ -290,4 +333,5 @@ def main(argv: Sequence[str]) -> int:
         stats_port=args.stats_port,
         health_port=args.health_port,
         public_address=args.public_address,
+        xds_tls=xds_tls,
     )

@@ -89,6 +89,7 @@ def run(
     stats_port: int | None = None,
     health_port: int | None = None,
     public_address: str = "127.0.0.1",
+    xds_tls: tuple[str, str] | None = None,
 ) -> int:
     """Run the proxy in this process; returns the exit status.
 
@@ -98,6 +99,8 @@ def run(
     gets its certificate from the CA at `ca` (default: the `xds` address).
     `stats_port` and `health_port` (on `public_address`) serve what Istio's
     agent serves beside Envoy: the merged `/stats/prometheus` and `/healthz/ready`.
+    `xds_tls` (root PEM, server name): the ADS stream, and the CA when it is a
+    HOST:PORT, go over TLS checked against them (the control plane's 15012).
     """
     try:
         message, config = load(
@@ -118,7 +121,7 @@ def run(
         )
     loaded_at = time.time()
     client: list[XdsClient] = []
-    identity = _identity(ca or xds, join_token_file, join_token)
+    identity = _identity(ca or xds, join_token_file, join_token, xds_tls)
     if isinstance(identity, str):
         print(f"trellis proxy: {identity}", file=sys.stderr)
         return 1
@@ -140,9 +143,11 @@ def run(
         health_address=_at(public_address, health_port),
     )
     if config.ads is not None:
+        from trellis.runtime.grpc_stream import GrpcTls  # noqa: PLC0415
         from trellis.runtime.xds_client import XdsClient  # noqa: PLC0415 - h2 only with ADS
 
-        client.append(XdsClient(config.ads, message.node, server.manager, server.set_live))
+        tls = GrpcTls(*xds_tls) if xds_tls is not None else None
+        client.append(XdsClient(config.ads, message.node, server.manager, server.set_live, tls=tls))
     return uvloop.run(_serve(server, client[0] if client else None, identity))
 
 
@@ -151,11 +156,15 @@ def _at(host: str, port: int | None) -> SocketAddress | None:
 
 
 def _identity(
-    ca: EndpointAddress | None, token_file: Path | None, token: str | None
+    ca: EndpointAddress | None,
+    token_file: Path | None,
+    token: str | None,
+    xds_tls: tuple[str, str] | None = None,
 ) -> CertificateManager | str | None:
     """The certificate manager when a join token is given; a problem as text."""
     if token_file is None and not token:
         return None  # before the import: without a token the proxy needs no CA client (nor h2)
+    from trellis.runtime.grpc_stream import GrpcTls  # noqa: PLC0415
     from trellis.runtime.identity import (  # noqa: PLC0415 - only with a join token
         CertificateManager,
         IdentitySettings,
@@ -172,7 +181,9 @@ def _identity(
         source = token_value(token.strip())
     if ca is None:
         return "a join token needs the CA's address: give --ca-address or --xds"
-    return CertificateManager(IdentitySettings(ca=ca), source)
+    # The CA on a HOST:PORT shares the control plane's TLS; a Unix socket is local.
+    tls = GrpcTls(*xds_tls) if xds_tls is not None and isinstance(ca, SocketAddress) else None
+    return CertificateManager(IdentitySettings(ca=ca, tls=tls), source)
 
 
 async def _first_certificate(identity: CertificateManager) -> asyncio.Task[None] | None:

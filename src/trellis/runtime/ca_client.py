@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from trellis.core.config import EndpointAddress
 from trellis.errors import TrellisError
-from trellis.runtime.grpc_stream import GrpcError, unary_call
+from trellis.runtime.grpc_stream import GrpcError, GrpcTls, unary_call
 from trellis.xds import istio_ca_pb2
 
 KEYTOOL: tuple[str, ...] = (sys.executable, "-m", "trellis.runtime.keytool")
@@ -175,9 +175,10 @@ async def request_certificate(
     *,
     validity: int = 0,
     call_timeout: float = 10.0,
+    tls: GrpcTls | None = None,
 ) -> SignedChain:
-    """CreateCertificate at `ca` (HOST:PORT or a Unix socket). Raises IdentityError
-    (refused=True when the CA said no)."""
+    """CreateCertificate at `ca` (HOST:PORT or a Unix socket; over TLS with `tls`).
+    Raises IdentityError (refused=True when the CA said no)."""
     request = istio_ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=validity)
     try:
         data = await unary_call(
@@ -186,6 +187,7 @@ async def request_certificate(
             request.SerializeToString(),
             metadata=[("authorization", f"Bearer {credential}")],
             call_timeout=call_timeout,
+            tls=tls,
         )
     except GrpcError as exc:
         name = REFUSALS.get(exc.status)

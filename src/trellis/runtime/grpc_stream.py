@@ -1,19 +1,23 @@
-"""gRPC calls over plaintext HTTP/2, built on h2.
+"""gRPC calls over HTTP/2 (plaintext, or TLS to the control plane), built on h2.
 
 The proxy needs two gRPC calls: the ADS stream and the CA's CreateCertificate
 (`unary_call`). grpcio would add ~9 MB of resident memory to every sidecar
 (DESIGN.md §8 budgets 40 MB); h2 adds ~1 MB. This speaks the gRPC wire format
 (length-prefixed messages, `te: trailers`, `grpc-status` trailers, custom
 metadata as headers) over an h2c prior-knowledge connection, TCP or a Unix
-socket (Envoy's `pipe` address), one call per connection.
+socket (Envoy's `pipe` address), one call per connection. With `GrpcTls` the
+connection is TLS (ALPN h2) and the server's certificate must chain to the
+given root and name the given server: the control plane's 15012 port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -41,6 +45,36 @@ class GrpcError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True, slots=True)
+class GrpcTls:
+    """Call over TLS: the server's chain must end at `root_pem` and name `server_name`.
+
+    `server_name` is also the SNI and the calls' `:authority` host. There is no
+    fallback to plaintext: a failed handshake fails the call.
+    """
+
+    root_pem: str
+    server_name: str
+
+    def __post_init__(self) -> None:
+        if "-----BEGIN CERTIFICATE-----" not in self.root_pem:
+            raise ValueError("the root holds no PEM certificate")
+        if not self.server_name:
+            raise ValueError("the server name is empty")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context verifying the chain and the name; ValueError for a bad root."""
+        # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname, and no system roots.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_verify_locations(cadata=self.root_pem)
+        except ssl.SSLError as exc:
+            raise ValueError(f"the root is not a usable certificate: {exc}") from None
+        context.set_alpn_protocols(["h2"])
+        return context
+
+
 class GrpcStream:
     """`await GrpcStream.open(...)`, then `send` and `recv` messages (serialized bytes)."""
 
@@ -64,22 +98,46 @@ class GrpcStream:
         path: str,
         connect_timeout: float,
         metadata: Metadata = (),
+        tls: GrpcTls | None = None,
     ) -> GrpcStream:
-        """Connect (TCP, or the Unix socket of a `PipeAddress`) and start the call;
-        ValueError (before connecting) for unsendable metadata."""
+        """Connect (TCP, or the Unix socket of a `PipeAddress`; TLS over TCP with `tls`)
+        and start the call; ValueError (before connecting) for unsendable metadata or
+        TLS to a Unix socket, ssl.SSLError (an OSError) when the server is not trusted."""
         extra = _headers(metadata)
         if isinstance(address, PipeAddress):
+            if tls is not None:
+                raise ValueError(f"TLS to the Unix socket {address} is not supported")
             connecting = asyncio.open_unix_connection(address.path)
             authority = UNIX_AUTHORITY
+        elif tls is not None:
+            connecting = asyncio.open_connection(
+                address.host,
+                address.port,
+                ssl=tls.context(),
+                server_hostname=tls.server_name,
+                ssl_handshake_timeout=connect_timeout,
+            )
+            authority = f"{tls.server_name}:{address.port}"
         else:
             connecting = asyncio.open_connection(address.host, address.port)
             authority = str(address)
         reader, writer = await asyncio.wait_for(connecting, connect_timeout)
+        if tls is not None:
+            protocol = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+            if protocol != "h2":
+                writer.close()
+                raise GrpcError(14, f"{address} did not agree to HTTP/2 (ALPN {protocol!r})")
         stream = cls(reader, writer)
-        stream._start(authority, path, extra)
+        stream._start(authority, path, extra, scheme=b"https" if tls is not None else b"http")
         return stream
 
-    def _start(self, authority: str, path: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def _start(
+        self,
+        authority: str,
+        path: str,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+        scheme: bytes = b"http",
+    ) -> None:
         conn = self._conn
         conn.initiate_connection()
         conn.increment_flow_control_window(_WINDOW)
@@ -88,7 +146,7 @@ class GrpcStream:
             self._stream_id,
             [
                 (b":method", b"POST"),
-                (b":scheme", b"http"),
+                (b":scheme", scheme),
                 (b":path", path.encode()),
                 (b":authority", authority.encode()),
                 (b"content-type", b"application/grpc"),
@@ -209,6 +267,11 @@ class GrpcStream:
         with contextlib.suppress(Exception):
             self._conn.close_connection()
             self._flush()
+        if self._writer.get_extra_info("ssl_object") is not None:
+            # grpc does not answer a TLS close_notify: waiting for it would hold every
+            # call for asyncio's shutdown timeout. The call is over; drop the connection.
+            self._writer.transport.abort()
+            return
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
@@ -232,6 +295,7 @@ async def unary_call(
     *,
     metadata: Metadata = (),
     call_timeout: float = 10.0,
+    tls: GrpcTls | None = None,
 ) -> bytes:
     """One request, one response (serialized messages) on a connection of its own.
 
@@ -239,7 +303,7 @@ async def unary_call(
     connection fails) and TimeoutError after `call_timeout` seconds in all.
     """
     async with asyncio.timeout(call_timeout):
-        stream = await GrpcStream.open(address, path, call_timeout, metadata)
+        stream = await GrpcStream.open(address, path, call_timeout, metadata, tls)
         try:
             await stream.send(request)
             await stream.close_send()

@@ -41,6 +41,7 @@ from trellis.runtime.ca_client import (
     inspect_chain,
     request_certificate,
 )
+from trellis.runtime.grpc_stream import GrpcTls
 
 log = logging.getLogger("trellis.identity")
 
@@ -98,6 +99,7 @@ class IdentitySettings:
     """Where the CA is and how to ask it. `validity`: seconds to request (0: the CA's default)."""
 
     ca: EndpointAddress  # HOST:PORT, or the control plane's Unix socket
+    tls: GrpcTls | None = None  # TLS to a HOST:PORT CA (the control plane's 15012)
     spiffe_id: str | None = None
     validity: int = 0
     directory: Path | None = None
@@ -254,6 +256,7 @@ class CertificateManager:
             credential,
             validity=settings.validity,
             call_timeout=settings.call_timeout,
+            tls=settings.tls,
         )
         received = self._clock()
         chain_pem = "".join(signed.chain)

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from trellis.core.config import AdsConfig
 from trellis.errors import ConfigError
-from trellis.runtime.grpc_stream import GrpcError, GrpcStream
+from trellis.runtime.grpc_stream import GrpcError, GrpcStream, GrpcTls
 from trellis.runtime.manager import ConfigManager
 from trellis.xds import compile_dynamic
 from trellis.xds.ads_client import AdsClientState, Update
@@ -60,8 +60,10 @@ class XdsClient:
         manager: ConfigManager,
         on_initialized: Callable[[], None],
         rng: random.Random | None = None,
+        tls: GrpcTls | None = None,
     ) -> None:
         self.ads = ads
+        self.tls = tls  # TLS to the control plane (its 15012 port); None: plaintext
         self.manager = manager
         self.on_initialized = on_initialized
         self.rng = rng or random.Random()
@@ -98,7 +100,7 @@ class XdsClient:
 
     async def _session(self) -> None:
         address = self.ads.address
-        stream = await GrpcStream.open(address, ADS_METHOD, _CONNECT_TIMEOUT)
+        stream = await GrpcStream.open(address, ADS_METHOD, _CONNECT_TIMEOUT, tls=self.tls)
         self._stream = stream
         self.connected = True
         log.info("ADS stream to %s open", address)
