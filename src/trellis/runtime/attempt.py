@@ -10,6 +10,7 @@ its slots.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from typing import TYPE_CHECKING
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 
-class Attempts:
-    """Upstream attempts of one request (a base of `Stream`, which holds the state)."""
+class Attempts(abc.ABC):
+    """Upstream attempts of one request (a base of `Stream`, which holds the state and
+    implements the endings declared abstract here)."""
 
     __slots__ = (
         "_backoff",
@@ -82,15 +84,18 @@ class Attempts:
     _try_timer: Deadline | None
     _backoff: asyncio.TimerHandle | None
 
-    # Provided by `Stream`: how a request ends.
+    # How a request ends: `Stream`'s.
+    @abc.abstractmethod
     def local_reply(self, code: int, body: bytes, flag: ResponseFlag) -> None:
-        raise NotImplementedError
+        """Implemented by `Stream`."""
 
+    @abc.abstractmethod
     def _abort_response(self, flag: ResponseFlag) -> None:
-        raise NotImplementedError
+        """Implemented by `Stream`."""
 
+    @abc.abstractmethod
     def _release_client(self) -> None:
-        raise NotImplementedError
+        """Implemented by `Stream`."""
 
     def _attempt(self) -> None:
         cluster = self.cluster
