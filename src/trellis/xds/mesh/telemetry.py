@@ -39,11 +39,12 @@ TRACING_PROVIDERS = frozenset({TRACING_PROVIDER})
 def telemetry_levels(
     telemetries: Iterable[Telemetry], namespace: str, labels: Mapping[str, str]
 ) -> list[Telemetry]:
-    """The Telemetry resources that apply to a workload, least specific first."""
+    """The Telemetry resources that apply to a workload, least specific first;
+    `telemetries` in namespace and name order (the first by name wins a level)."""
     mesh: Telemetry | None = None
     space: Telemetry | None = None
     workload: Telemetry | None = None
-    for item in sorted(telemetries, key=lambda t: (t.metadata.namespace, t.metadata.name)):
+    for item in telemetries:  # sorted by namespace and name (`MeshConfig.of`)
         selector = item.spec.selector
         here = item.metadata.namespace
         if selector_is_empty(selector):

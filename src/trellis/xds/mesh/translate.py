@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from trellis.api.hosts import is_ip
 from trellis.api.networking import ServiceEntry
 from trellis.api.services import labels_match
-from trellis.api.telemetry import WorkloadMode
+from trellis.api.telemetry import Telemetry, WorkloadMode
 from trellis.core.config import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
@@ -149,6 +149,9 @@ class Translator:
         self._provider_logs = listener_logs(config.access_log or MeshAccessLog())
         # Access logs by the providers each side has on (Telemetry); most proxies share one.
         self._logs: dict[tuple[frozenset[str] | None, frozenset[str] | None], ProxyLogs] = {}
+        self._tracing: dict[tuple[str, TracingSettings, TracingSettings], ProxyTracing] = {}
+        tracing = config.tracing
+        self._collector = collector_cluster(tracing) if tracing is not None else None
         self._downstream_tls = downstream_tls_socket(tls.trust_domain) if tls is not None else None
         self.secrets: Mapping[str, Message] = (
             {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
@@ -178,30 +181,33 @@ class Translator:
             authz = self._authz[key] = inbound_authz(chosen)
         return authz
 
-    def _proxy_tracing(self, proxy: ProxyIdentity) -> ProxyTracing:
+    def _proxy_tracing(self, proxy: ProxyIdentity, levels: list[Telemetry]) -> ProxyTracing:
         """The `tracing` of `proxy`'s connection managers: the mesh's collector and
-        sampling, with what Telemetry changes per side; none without the collector."""
+        sampling, with what Telemetry (`levels`) changes per side; none without the
+        collector. Proxies with the same service name and settings share one."""
         mesh = self.config.tracing
         if mesh is None:
             return NO_TRACING
-        levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
         service = tracing_service_name(proxy)
+        client = tracing_settings(levels, WorkloadMode.CLIENT)
+        server = tracing_settings(levels, WorkloadMode.SERVER)
+        key = (service, client, server)
+        tracing = self._tracing.get(key)
+        if tracing is None:
 
-        def side(settings: TracingSettings) -> Tracing | None:
-            if settings.disable_span_reporting:
-                return None
-            return hcm_tracing(mesh, service, settings.random_sampling_percentage)
+            def side(settings: TracingSettings) -> Tracing | None:
+                if settings.disable_span_reporting:
+                    return None
+                return hcm_tracing(mesh, service, settings.random_sampling_percentage)
 
-        return ProxyTracing(
-            outbound=side(tracing_settings(levels, WorkloadMode.CLIENT)),
-            inbound=side(tracing_settings(levels, WorkloadMode.SERVER)),
-        )
+            tracing = self._tracing[key] = ProxyTracing(side(client), side(server))
+        return tracing
 
-    def _proxy_logs(self, proxy: ProxyIdentity) -> ProxyLogs:
-        """The access logs of `proxy`'s listeners: the mesh's, unless Telemetry says otherwise."""
-        if not self.config.telemetries:
+    def _proxy_logs(self, levels: list[Telemetry]) -> ProxyLogs:
+        """The access logs of a proxy's listeners: the mesh's, unless Telemetry (`levels`)
+        says otherwise."""
+        if not levels:
             return self._mesh_logs
-        levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
         key = (
             access_log_providers(levels, WorkloadMode.CLIENT),
             access_log_providers(levels, WorkloadMode.SERVER),
@@ -263,11 +269,11 @@ class Translator:
             modes = self._mtls.mtls_of(proxy.namespace, proxy.labels)
             mtls = InboundMtls(modes, self._downstream_tls)
         authz = self._inbound_authz(proxy)
-        tracing = self._proxy_tracing(proxy)
-        logs = self._proxy_logs(proxy)
-        built = listeners(proxy, options, ports, authz, mtls, logs, tracing)
-        if self.config.tracing is not None and tracing != NO_TRACING:
-            inbound[COLLECTOR_CLUSTER] = collector_cluster(self.config.tracing)  # its own too
+        levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
+        tracing = self._proxy_tracing(proxy, levels)
+        built = listeners(proxy, options, ports, authz, mtls, self._proxy_logs(levels), tracing)
+        if self._collector is not None and tracing != NO_TRACING:
+            inbound[COLLECTOR_CLUSTER] = self._collector  # the proxy's own cluster too
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,
