@@ -109,7 +109,7 @@ def control_plane_settings(
         xds_socket=socket,
         vip_range=service_vip_range,
         scrape_interval=scrape_every,
-        kube_identity=_kube_identity(ca_authentication, leader_lease),
+        kube_identity=_kube_identity(ca_authentication, leader_lease, kubeconfig),
         xds_tls=_xds_tls(xds_tls_address, xds_tls_names),
         **_platform_settings(platform, kubeconfig),
     )
@@ -145,8 +145,12 @@ def webhook_certificate_names(value: str) -> tuple[str, ...]:
         raise click.BadParameter(str(exc), param_hint="--webhook-service") from None
 
 
-def _kube_identity(ca_authentication: str, leader_lease: str | None) -> KubeIdentitySettings | None:
-    """--ca-authentication token-review and --leader-lease as settings (None: join tokens)."""
+def _kube_identity(
+    ca_authentication: str, leader_lease: str | None, kubeconfig: Path | None
+) -> KubeIdentitySettings | None:
+    """--ca-authentication token-review and --leader-lease as settings (None: join tokens),
+    against the same API server as --platform kubernetes (--kubeconfig, else $KUBECONFIG,
+    else in-cluster)."""
     import os  # noqa: PLC0415
 
     from trellis.controlplane.kube_ca import KubeIdentitySettings  # noqa: PLC0415
@@ -159,11 +163,10 @@ def _kube_identity(ca_authentication: str, leader_lease: str | None) -> KubeIden
                 param_hint="--leader-lease",
             )
         return None
-    kubeconfig = os.environ.get("KUBECONFIG") or None
+    if kubeconfig is None and os.environ.get("KUBECONFIG"):
+        kubeconfig = Path(os.environ["KUBECONFIG"])
     try:
-        return KubeIdentitySettings.from_environment(
-            leader_lease or None, Path(kubeconfig) if kubeconfig else None
-        )
+        return KubeIdentitySettings.from_environment(leader_lease or None, kubeconfig)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--leader-lease") from None
 

@@ -223,6 +223,20 @@ class CertificateAuthority:
         leaf = builder.sign(self._key, signature_hash(self._key))
         return (to_pem(leaf), *self._chain_pem)
 
+    def issue_server(
+        self, dns_names: Sequence[str], ttl: float, now: datetime.datetime
+    ) -> tuple[bytes, bytes]:
+        """A new P-256 key and its serving certificate (`sign_server`): (the key as
+        PKCS8 PEM, the chain as PEM), for the control plane's own TLS servers."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        chain = self.sign_server(key.public_key(), dns_names, ttl, now)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key_pem, "".join(chain).encode()
+
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
     digital_signature=True,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -142,9 +142,6 @@ class InformerHandler(Protocol):
     def progressed(self, version: int) -> Awaitable[None]:
         """Every change up to `version` has been reported (a bookmark)."""
         ...
-
-
-WatchOpener = Callable[[int], AsyncIterator[tuple[str, JsonObject]]]
 
 
 class Informer:

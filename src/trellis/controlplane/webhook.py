@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from trellis.controlplane.ca import CertificateAuthority
 from trellis.errors import TrellisError
@@ -67,19 +65,13 @@ def load_serving_certificate(
     now: datetime.datetime,
 ) -> None:
     """Make a key, have the CA certify it for `dns_names`, and load both into `context`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    chain = ca.sign_server(key.public_key(), dns_names, ttl, now)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem, chain_pem = ca.issue_server(dns_names, ttl, now)
     with tempfile.TemporaryDirectory(prefix="trellis-webhook-") as directory:
         key_file, cert_file = Path(directory, "key.pem"), Path(directory, "cert.pem")
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(key_pem)
-        cert_file.write_text("".join(chain))
+        cert_file.write_bytes(chain_pem)
         context.load_cert_chain(cert_file, key_file)
 
 

@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from trellis.controlplane.ca import CertificateAuthority
 from trellis.errors import TrellisError
@@ -76,16 +74,10 @@ class ServingCertificate:
 
     def _issue(self) -> grpc.ServerCertificateConfiguration:
         now = self._clock()
-        key = ec.generate_private_key(ec.SECP256R1())
-        chain = self._ca.sign_server(key.public_key(), self._dns_names, self._ttl, now)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key_pem, chain_pem = self._ca.issue_server(self._dns_names, self._ttl, now)
         self.renew_at = now + datetime.timedelta(seconds=self._ttl / 2)
         self.issued += 1
-        return grpc.ssl_server_certificate_configuration([(key_pem, "".join(chain).encode())])
+        return grpc.ssl_server_certificate_configuration([(key_pem, chain_pem)])
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """grpc's callback: a new certificate when due, None to keep the current one."""

@@ -35,7 +35,6 @@ from trellis.errors import TrellisError
 
 API_VERSION = "coordination.k8s.io/v1"
 KIND = "Lease"
-DEFAULT_LEASE_NAME = "trellis-leader"
 DEFAULT_LEASE_DURATION = 15.0
 DEFAULT_RENEW_DEADLINE = 10.0
 DEFAULT_RETRY_PERIOD = 2.0

@@ -114,10 +114,6 @@ class AdminServer:
         """More families for `/stats/prometheus`, rendered at scrape time (e.g. cert expiry)."""
         self.sources.add(render)
 
-    def add_async_prometheus_source(self, render: Callable[[], Awaitable[str]]) -> None:
-        """Families fetched at scrape time (the application's metrics, merged)."""
-        self.sources.add_async(render)
-
     def add_json_route(self, path: str, render: Callable[[], object]) -> None:
         """Another `GET` endpoint answering JSON (e.g. Envoy's `/certs`); a restricted
         server keeps to its routes and ignores it."""

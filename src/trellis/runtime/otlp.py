@@ -61,10 +61,3 @@ def encode_export_request(
     scope_spans.scope.name = SCOPE_NAME
     scope_spans.spans.extend(_span(record) for record in spans)
     return bytes(request.SerializeToString())
-
-
-def decode_export_request(data: bytes) -> otlp.ExportTraceServiceRequest:
-    """Parse a request (for receivers: the tests, a control plane that takes OTLP)."""
-    request = otlp.ExportTraceServiceRequest()
-    request.ParseFromString(data)
-    return request
