@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import message, struct_pb2
@@ -208,3 +209,14 @@ def is_mesh_cluster(cluster_name: str) -> bool:
     """Whether requests to `cluster_name` carry our metadata: the mesh's
     `outbound|PORT|SUBSET|HOST` service clusters, not arbitrary upstreams."""
     return cluster_name.startswith("outbound|")
+
+
+def canonical_service(labels: Mapping[str, str], workload: str) -> str:
+    """Istio's canonical service of a workload: its canonical-name label, else
+    `app.kubernetes.io/name`, else `app`, else the workload's name."""
+    return (
+        labels.get(CANONICAL_NAME_LABEL)
+        or labels.get("app.kubernetes.io/name")
+        or labels.get("app")
+        or workload
+    )

@@ -37,9 +37,8 @@ from trellis.api.loader import parse_resource
 from trellis.api.meta import Resource
 from trellis.api.networking import HTTP_PROTOCOLS, TCP_PROTOCOLS, ServiceEntry, WorkloadEntry
 from trellis.errors import TrellisError
-from trellis.kube.settings import PROXY_NAME, STATUS_ANNOTATION
+from trellis.kube.settings import PROXY_NAME, STATUS_ANNOTATION, TLS_MODE_LABEL
 
-TLS_MODE_LABEL = "security.istio.io/tlsMode"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
 DEFAULT_DOMAIN = "cluster.local"

@@ -18,6 +18,7 @@ from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from google.protobuf import struct_pb2
 
 from trellis.core.config import AppMetrics, NodeIdentity
+from trellis.core.peer_metadata import canonical_service
 from trellis.xds.where import Where
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -36,12 +37,7 @@ def node_identity(node: core_base_pb2.Node, where: Where) -> NodeIdentity:
     workload = _text(fields, "WORKLOAD_NAME", metadata, UNKNOWN)
     app = labels.get("app") or UNKNOWN
     version = labels.get("version") or UNKNOWN
-    canonical_service = (
-        labels.get("service.istio.io/canonical-name")
-        or labels.get("app.kubernetes.io/name")
-        or labels.get("app")
-        or workload
-    )
+    service = canonical_service(labels, workload)
     canonical_revision = (
         labels.get("service.istio.io/canonical-revision")
         or labels.get("app.kubernetes.io/version")
@@ -57,7 +53,7 @@ def node_identity(node: core_base_pb2.Node, where: Where) -> NodeIdentity:
         app=app,
         version=version,
         trust_domain=_text(fields, "TRUST_DOMAIN", metadata, DEFAULT_TRUST_DOMAIN),
-        canonical_service=canonical_service,
+        canonical_service=service,
         canonical_revision=canonical_revision,
         cluster_id=_text(fields, "CLUSTER_ID", metadata, UNKNOWN),
         instance=_text(fields, "NAME", metadata, ""),

@@ -10,12 +10,11 @@ import pytest
 from trellis.api.networking import Location, Resolution
 from trellis.kube.registry import (
     CLUSTER_IPS_ANNOTATION,
-    TLS_MODE_LABEL,
     build_registry,
     has_sidecar,
     port_protocol,
 )
-from trellis.kube.settings import PROXY_NAME, STATUS_ANNOTATION
+from trellis.kube.settings import PROXY_NAME, STATUS_ANNOTATION, TLS_MODE_LABEL
 from trellis.xds.mesh import MeshConfig, ProxyIdentity
 from trellis.xds.mesh.registry import inbound_ports
 

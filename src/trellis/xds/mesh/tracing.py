@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
+from trellis.core.peer_metadata import canonical_service
 from trellis.errors import ConfigError
 from trellis.xds.mesh.build import duration, pack, socket_address
 from trellis.xds.protos import (
@@ -107,14 +108,7 @@ def collector_cluster(settings: MeshTracing) -> cluster_pb2.Cluster:
 def tracing_service_name(proxy: ProxyIdentity) -> str:
     """Istio's span service name: `<canonical service>.<namespace>` (the canonical
     service from its label, else `app`, else the workload's name)."""
-    labels = proxy.labels
-    name = (
-        labels.get("service.istio.io/canonical-name")
-        or labels.get("app.kubernetes.io/name")
-        or labels.get("app")
-        or proxy.workload_name
-    )
-    return f"{name}.{proxy.namespace}"
+    return f"{canonical_service(proxy.labels, proxy.workload_name)}.{proxy.namespace}"
 
 
 def hcm_tracing(
