@@ -1,8 +1,12 @@
 """Simulated proxies for the xDS benchmark: many ADS streams in one process.
 
-Each stream is a real gRPC `StreamAggregatedResources` call (grpc.aio, the
+Each stream is a real gRPC `StreamAggregatedResources` call (`--protocol
+sotw`) or `DeltaAggregatedResources` call (`--protocol delta`) (grpc.aio, the
 `ads_pb2_grpc` stub) on its own channel and TCP connection, driven by a
-`SimulatedProxy`. The process is steered over stdin and reports over stdout,
+`SimulatedProxy` or a `SimulatedDeltaProxy`. The channels keep grpc's flow
+control windows (4 MiB per stream, as `GRPC_TRACE=http` shows), far above
+the largest response here (~0.5 MiB), so as with Envoy's 256 MiB windows
+no response waits for a WINDOW_UPDATE. The process is steered over stdin and reports over stdout,
 one JSON object per line; times are `time.monotonic()` readings, which are
 comparable between processes of one Linux machine.
 
@@ -15,7 +19,8 @@ comparable between processes of one Linux machine.
 
 It prints {"event": "ready"} once its imports are done.
 
-    python bench/_xds_clients.py --ads 127.0.0.1:PORT --first 0 --count 500 --services 1000
+    python bench/_xds_clients.py --ads 127.0.0.1:PORT --first 0 --count 500 --services 1000 \
+        --protocol delta
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from _xds_config import node_id, node_metadata
-from _xds_stream import Decoder, SimulatedProxy, make_node
+from _xds_stream import Decoder, SimulatedDeltaProxy, SimulatedProxy, make_node
 
 _MAX_MESSAGE = 256 * 1024 * 1024
 _CHANNEL_OPTIONS = (
@@ -50,11 +55,15 @@ def emit(event: dict[str, Any]) -> None:
 class Fleet:
     """The process's streams and what it has reported about them."""
 
-    def __init__(self, target: str, first: int, count: int, services: int) -> None:
+    def __init__(
+        self, target: str, first: int, count: int, services: int, protocol: str = "sotw"
+    ) -> None:
         self.target = target
+        self.delta = protocol == "delta"
         self.decoder = Decoder()
+        kind = SimulatedDeltaProxy if self.delta else SimulatedProxy
         self.proxies = [
-            SimulatedProxy(make_node(node_id(i), node_metadata(i, services)), self.decoder)
+            kind(make_node(node_id(i), node_metadata(i, services)), self.decoder)
             for i in range(first, first + count)
         ]
         self.errors: dict[int, str] = {}
@@ -74,7 +83,10 @@ class Fleet:
     async def _stream(self, index: int, proxy: SimulatedProxy) -> None:
         channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         try:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call: Any = (
+                stub.DeltaAggregatedResources() if self.delta else stub.StreamAggregatedResources()
+            )
             for request in proxy.initial():
                 await call.write(request)
             while True:
@@ -197,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, required=True, help="index of the first proxy")
     parser.add_argument("--count", type=int, required=True, help="how many proxies")
     parser.add_argument("--services", type=int, required=True, help="services in the mesh")
+    parser.add_argument("--protocol", choices=("sotw", "delta"), default="sotw")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    fleet = Fleet(args.ads, args.first, args.count, args.services)
+    fleet = Fleet(args.ads, args.first, args.count, args.services, args.protocol)
     asyncio.run(_serve(fleet))
     return 0
 

@@ -174,8 +174,10 @@ def start_clients(
     workdir: Path,
     cpus: str | None,
     pinning: Pinning,
+    protocol: str = "sotw",
 ) -> list[Clients]:
-    """Start ceil(proxies / per_process) client processes and wait until each is ready."""
+    """Start ceil(proxies / per_process) client processes (speaking `protocol`: sotw or
+    delta) and wait until each is ready."""
     started: list[Clients] = []
     try:
         for first in range(0, proxies, per_process):
@@ -192,6 +194,8 @@ def start_clients(
                 str(count),
                 "--services",
                 str(services),
+                "--protocol",
+                protocol,
             ]
             with log.open("wb") as sink:
                 proc = subprocess.Popen(

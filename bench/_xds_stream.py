@@ -8,6 +8,11 @@ content by a shared `Decoder`), so it can tell when it is *synced* (holds CDS,
 LDS and every EDS/RDS resource it subscribed to) and when an *armed watch* is
 satisfied (every watched resource differs from what it held when armed).
 
+`SimulatedDeltaProxy` does the same over incremental xDS (Envoy's
+`DELTA_GRPC`): the same subscriptions, expressed as differences; it applies
+each response's resources and `removed_resources` to what it holds, and its
+ACKs carry no names.
+
 The runner (`_xds_clients.py`) writes the requests `initial` and `receive`
 return, then calls `settle(now)` so that the times recorded are taken after
 the ACK was written.
@@ -148,6 +153,22 @@ class Decoder:
                 del self._responses[next(iter(self._responses))]
         return found
 
+    def delta_contents(self, response: discovery_pb2.DeltaDiscoveryResponse) -> Contents:
+        """A delta response's resources (`references`: those of the resources only);
+        `response` loses its version, nonce and control plane, as in `contents`."""
+        type_url = response.type_url
+        for name in ("system_version_info", "nonce", "control_plane"):
+            response.ClearField(name)
+        key = b"delta" + response.SerializeToString()
+        found = self._responses.get(key)
+        if found is None:
+            infos = [self.info(type_url, r.resource.value) for r in response.resources]
+            found = Contents({info.name: info for info in infos}, frozenset())
+            self._responses[key] = found
+            if len(self._responses) > _REMEMBERED_RESPONSES:
+                del self._responses[next(iter(self._responses))]
+        return found
+
     def request(
         self, type_url: str, names: frozenset[str], version: str, nonce: str
     ) -> discovery_pb2.DiscoveryRequest:
@@ -280,3 +301,54 @@ class SimulatedProxy:
     @property
     def armed(self) -> bool:
         return bool(self._pending)
+
+
+class SimulatedDeltaProxy(SimulatedProxy):
+    """The client side of one incremental ADS stream, Envoy-style (`DELTA_GRPC`)."""
+
+    def initial(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
+        """CDS (carrying the node) and LDS, both wildcard: they subscribe to nothing."""
+        return [
+            discovery_pb2.DeltaDiscoveryRequest(node=self.node, type_url=CDS),
+            discovery_pb2.DeltaDiscoveryRequest(type_url=LDS),
+        ]
+
+    def receive(
+        self, response: discovery_pb2.DeltaDiscoveryResponse
+    ) -> list[discovery_pb2.DeltaDiscoveryRequest]:
+        """Apply a response (changed and removed resources); returns its ACK, then any
+        EDS/RDS subscription change."""
+        type_url = response.type_url
+        state = self._types.get(type_url)
+        if state is None:
+            raise ValueError(f"the server sent {type_url!r}, which was not requested")
+        self.responses += 1
+        state.version, state.nonce, state.received = (
+            response.system_version_info,
+            response.nonce,
+            True,
+        )
+        removed = list(response.removed_resources)
+        held = {**state.held, **self._decoder.delta_contents(response).by_name}
+        for name in removed:
+            held.pop(name, None)
+        state.held = held
+        requests = [
+            discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=state.nonce)
+        ]
+        child = _CHILD.get(type_url)
+        if child is not None:
+            wanted = frozenset().union(*(info.references for info in held.values()))
+            child_state = self._types[child]
+            if wanted != child_state.names:
+                added, dropped = wanted - child_state.names, child_state.names - wanted
+                child_state.names = wanted
+                child_state.held = {n: i for n, i in child_state.held.items() if n in wanted}
+                requests.append(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=child,
+                        resource_names_subscribe=sorted(added),
+                        resource_names_unsubscribe=sorted(dropped),
+                    )
+                )
+        return requests

@@ -68,6 +68,7 @@ class Options:
     cp_profile: Path | None
     log_level: str
     check: bool
+    protocol: str
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -90,6 +91,12 @@ def parse_args(argv: list[str]) -> Options:
     add("--cp-profile", type=Path, help="run the control plane under cProfile: stats to PATH-N")
     add("--log-level", default="warning", help="control-plane --log-level (warning)")
     add("--check", action="store_true", help="exit 1 when the goal is missed")
+    add(
+        "--protocol",
+        choices=("sotw", "delta"),
+        default="delta",
+        help="ADS protocol of the simulated proxies (delta, what `trellis proxy --xds` speaks)",
+    )
     add("--quick", action="store_true", help="smoke run: 1 round, 100 proxies unless --proxies")
     args = parser.parse_args(argv)
     text = args.proxies or ("100" if args.quick else "100,1000")
@@ -119,6 +126,7 @@ def parse_args(argv: list[str]) -> Options:
         cp_profile=args.cp_profile,
         log_level=args.log_level,
         check=args.check,
+        protocol=args.protocol,
     )
 
 
@@ -278,6 +286,7 @@ def run_scale(
             workdir=workdir,
             cpus=pinning.load_cpus,
             pinning=pinning,
+            protocol=opts.protocol,
         )
         info["cpus_allowed"] |= {f"clients-{c.first}": cpus_allowed(c.proc.pid) for c in fleet}
         runs.append(measure_sync(plane, fleet, opts, problems))
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pinning: {pinning.note}")
     print(
         f"mesh:    {opts.services} services, proxies {','.join(map(str, opts.proxies))}, "
-        f"{opts.rounds} round(s), debounce {opts.debounce:g} s"
+        f"{opts.rounds} round(s), debounce {opts.debounce:g} s, {opts.protocol} xDS"
     )
     problems: list[str] = []
     runs: list[PhaseRun] = []

@@ -14,7 +14,9 @@
 #   2. the client reaches the server through the sidecars (curl via the Service),
 #   3. the server's sidecar reports the request with connection_security_policy="mutual_tls"
 #      and the client's SPIFFE identity in source_principal,
-#   4. exactly one control-plane replica holds the trellis-leader Lease.
+#   4. exactly one control-plane replica holds the trellis-leader Lease,
+#   5. the leader copied the mesh root (the sidecars' trust for the control plane's TLS
+#      port, 15012) into the apps' namespace as the trellis-ca-root-cert ConfigMap.
 # Exits non-zero at the first failed check; `KEEP=1` leaves everything in place.
 set -euo pipefail
 
@@ -97,5 +99,11 @@ log "check 4: one leader"
 holder="$(kubectl -n trellis-system get lease trellis-leader -o jsonpath='{.spec.holderIdentity}')"
 [[ -n "$holder" ]] || fail "nobody holds the trellis-leader Lease"
 kubectl -n trellis-system get pod "$holder" >/dev/null || fail "the leader $holder is not a pod"
+
+log "check 5: the mesh root in the apps' namespace"
+root="$(kubectl -n "$NAMESPACE" get configmap trellis-ca-root-cert -o jsonpath='{.data.root-cert\.pem}')"
+[[ "$root" == *"BEGIN CERTIFICATE"* ]] || fail "no trellis-ca-root-cert ConfigMap in $NAMESPACE"
+[[ "$(cat "$WORK/mesh-ca/ca/ca-cert.pem")" == *"$root"* ]] \
+    || fail "the ConfigMap's root is not the CA's ($WORK/mesh-ca/ca/ca-cert.pem)"
 
 log "all checks passed"

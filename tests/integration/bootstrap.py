@@ -193,14 +193,15 @@ def simple_http(
     return bootstrap(admin_port, [listener], [clus])
 
 
-def xds_bootstrap(node: Json, admin_port: int, ads_port: int) -> Json:
-    """A bootstrap that takes everything but the ADS cluster from a control plane."""
+def xds_bootstrap(node: Json, admin_port: int, ads_port: int, api_type: str = "GRPC") -> Json:
+    """A bootstrap that takes everything but the ADS cluster from a control plane
+    (`api_type` DELTA_GRPC: incremental xDS)."""
     return {
         "node": node,
         "admin": {"address": address(admin_port)},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": api_type,
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
             },

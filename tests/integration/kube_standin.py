@@ -29,8 +29,11 @@ requests get 500, as an overloaded server would answer). With `authorize`
 set, every resource request is first described as RBAC sees it (`Access`:
 verb, group, resource, namespace, name) and answered 403 Forbidden when
 `authorize` says no (`kube_rbac` checks it against rendered Roles);
-`accesses` and `denied` record what was asked. `LEASES` adds
-coordination.k8s.io Leases for leader election.
+`accesses` and `denied` record what was asked; `calls` records each
+request's bearer token, so tests tell clients apart. `LEASES` adds
+coordination.k8s.io Leases for leader election, `CONFIG_MAPS` ConfigMaps.
+Lists and watches take the `metadata.name`/`metadata.namespace` field
+selectors, which RBAC also reads a list's object name from.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 
 
 LEASES = ResourceType("coordination.k8s.io", ("v1",), "Lease", "leases")
+CONFIG_MAPS = ResourceType("", ("v1",), "ConfigMap", "configmaps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,17 @@ def parse_selector(text: str) -> Callable[[Mapping[str, str]], bool]:
     return matches
 
 
+def parse_field_selector(text: str) -> dict[str, str]:
+    """`metadata.name=X,metadata.namespace=Y` (the field selectors every type has) as a dict."""
+    fields: dict[str, str] = {}
+    for term in filter(None, text.split(",")):
+        key, sep, value = term.partition("=")
+        if not sep or key not in ("metadata.name", "metadata.namespace"):
+            raise ApiStatusError(400, "BadRequest", f"unsupported field selector {term!r}")
+        fields[key] = value.removeprefix("=")
+    return fields
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -242,6 +257,8 @@ class KubeStandIn:
         self._held: list[tuple[_Watcher, _Event]] | None = None  # while watches are paused
         self.fail_requests = 0
         self.requests: list[str] = []  # "METHOD path?query", for tests to inspect
+        # (the caller's bearer token or "", "METHOD path"): which client asked what
+        self.calls: list[tuple[str, str]] = []
         self.authorize: Callable[[Access], bool] | None = None  # None: everything is allowed
         self.accesses: list[Access] = []  # every request `authorize` was asked about
         self.denied: list[Access] = []  # those it refused (answered 403)
@@ -383,6 +400,8 @@ class KubeStandIn:
 
     async def _resource(self, request: Request) -> Response:
         self.requests.append(f"{request.method} {request.url.path}?{request.url.query}")
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        self.calls.append((token, f"{request.method} {request.url.path}"))
         if self.fail_requests > 0:
             self.fail_requests -= 1
             return ApiStatusError(500, "InternalError", "the stand-in was told to fail").response()
@@ -481,8 +500,13 @@ class KubeStandIn:
         if self.authorize is None:
             return
         watch = request.query_params.get("watch") in ("true", "1")
+        verb = request_verb(request.method, name is not None, watch)
+        if name is None and request.method == "GET":
+            # RBAC names a list or watch by its metadata.name field selector, if any.
+            fields = parse_field_selector(request.query_params.get("fieldSelector", ""))
+            name = fields.get("metadata.name")
         access = Access(
-            verb=request_verb(request.method, name is not None, watch),
+            verb=verb,
             group=group,
             resource=f"{plural}/{subresource}" if subresource else plural,
             namespace=namespace or "",
@@ -529,10 +553,14 @@ class KubeStandIn:
         self, rtype: ResourceType, namespace: str | None, request: Request
     ) -> list[JsonObject]:
         selector = parse_selector(request.query_params.get("labelSelector", ""))
+        fields = parse_field_selector(request.query_params.get("fieldSelector", ""))
         return [
             obj
-            for (ns, _), obj in sorted(self._objects[rtype.key].items())
-            if (namespace is None or ns == namespace) and selector(_labels(obj))
+            for (ns, name), obj in sorted(self._objects[rtype.key].items())
+            if (namespace is None or ns == namespace)
+            and selector(_labels(obj))
+            and fields.get("metadata.name", name) == name
+            and fields.get("metadata.namespace", ns) == ns
         ]
 
     def _list(

@@ -1,13 +1,15 @@
 """The processes a transparent-capture test runs inside its network namespace.
 
-`python netns_peer.py serve HTTP_PORT TCP_PORT`: on 127.0.0.1, an HTTP server
-answering `from-http-app` and a TCP server sending `from-tcp-app` and closing;
-prints `ready`, then serves until its stdin closes (at most `SERVE_LIMIT` s).
+`python netns_peer.py serve HTTP_PORT TCP_PORT [HOST:PORT...]`: on 127.0.0.1, an
+HTTP server answering `from-http-app` and a TCP server sending `from-tcp-app`
+and closing (the same TCP server also on each HOST:PORT); prints `ready`, then
+serves until its stdin closes (at most `SERVE_LIMIT` s).
 
 `python netns_peer.py fetch ADMIN_PORT STEP...`: waits until the proxy's admin
 port answers `/ready`, then runs each step in order and prints a JSON list of
 results. Steps: `http:PORT` (a GET to 127.0.0.1:PORT), `tcp:PORT` (connect,
-read until closed), `admin:PATH` (a GET to the admin port).
+read until closed), `admin:PATH` (a GET to the admin port); `http:HOST:PORT` and
+`tcp:HOST:PORT` dial HOST instead of 127.0.0.1.
 
 Only the standard library: it runs under `ip netns exec`, separate from pytest.
 """
@@ -53,11 +55,14 @@ async def _tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.close()
 
 
-async def _serve(http_port: int, tcp_port: int) -> None:
+async def _serve(http_port: int, tcp_port: int, more: list[str]) -> None:
     servers = [
         await asyncio.start_server(_http, "127.0.0.1", http_port),
         await asyncio.start_server(_tcp, "127.0.0.1", tcp_port),
     ]
+    for target in more:
+        host, port = _target(target)
+        servers.append(await asyncio.start_server(_tcp, host, port))
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     stdin_closed = asyncio.Event()
@@ -98,8 +103,14 @@ def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
         conn.close()
 
 
-def _http_step(port: int) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+def _target(text: str) -> tuple[str, int]:
+    """`PORT` (on 127.0.0.1) or `HOST:PORT`."""
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _http_step(host: str, port: int) -> dict[str, Any]:
+    conn = http.client.HTTPConnection(host, port, timeout=IO_TIMEOUT)
     try:
         conn.request("GET", "/", headers={"Host": "app"})
         response = conn.getresponse()
@@ -112,10 +123,10 @@ def _http_step(port: int) -> dict[str, Any]:
         conn.close()
 
 
-def _tcp_step(port: int) -> dict[str, Any]:
+def _tcp_step(host: str, port: int) -> dict[str, Any]:
     data = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+        with socket.create_connection((host, port), timeout=IO_TIMEOUT) as sock:
             for _ in range(64):  # bounded: the servers send a few bytes and close
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -134,9 +145,9 @@ def _fetch(admin_port: int, steps: list[str]) -> list[dict[str, Any]]:
     for step in steps:
         kind, _, target = step.partition(":")
         if kind == "http":
-            results.append(_http_step(int(target)))
+            results.append(_http_step(*_target(target)))
         elif kind == "tcp":
-            results.append(_tcp_step(int(target)))
+            results.append(_tcp_step(*_target(target)))
         elif kind == "admin":
             status, body = _get(admin_port, target)
             results.append({"status": status, "body": body})
@@ -146,8 +157,8 @@ def _fetch(admin_port: int, steps: list[str]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["serve"] and len(argv) == 3:
-        asyncio.run(_serve(int(argv[1]), int(argv[2])))
+    if argv[:1] == ["serve"] and len(argv) >= 3:
+        asyncio.run(_serve(int(argv[1]), int(argv[2]), argv[3:]))
     elif argv[:1] == ["fetch"] and len(argv) >= 2:
         print(json.dumps(_fetch(int(argv[1]), argv[2:])))
     else:

@@ -2,8 +2,9 @@
 a proxy with a static bootstrap must not load the gRPC/h2 stack (only ADS, the CA client
 and an OTLP/gRPC exporter need it), the tracer and its OTLP messages (only connection
 managers with `tracing` need them), modules only an error path or `--help` needs (difflib,
-shutil with bz2 and lzma), nor start threads (uvloop resolves names on libuv's thread pool,
-four threads that then stay for good)."""
+shutil with bz2 and lzma), pathlib and urllib.parse (~0.5 MiB: files are read with `open`,
+an admin query is parsed only when one comes), nor start threads (uvloop resolves names on
+libuv's thread pool, four threads that then stay for good)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .upstream import HttpUpstream
 _RUNNER = """
 import atexit, json, sys
 WATCHED = ("h2", "hpack", "hyperframe", "grpc", "pydantic", "cryptography", "yaml", "click",
-           "shutil", "bz2", "lzma", "difflib", "trellis.runtime.grpc_stream",
+           "shutil", "bz2", "lzma", "difflib", "pathlib", "urllib", "trellis.runtime.grpc_stream",
            "trellis.runtime.ca_client", "trellis.runtime.identity", "trellis.runtime.tracing",
            "trellis.runtime.trace_export", "trellis.runtime.otlp", "trellis.xds.otlp_trace_pb2")
 atexit.register(lambda: print(json.dumps(sorted(

@@ -38,10 +38,11 @@ from trellis.kube.webhook_config import webhook_dns_names
 
 from .bootstrap import free_port
 from .kube_rbac import RbacAuthorizer
-from .kube_standin import LEASES, Access, ApiStatusError, KubeStandIn, StandInServer
+from .kube_standin import CONFIG_MAPS, LEASES, Access, ApiStatusError, KubeStandIn, StandInServer
 
 T = TypeVar("T")
 POD_NAME = "trellis-5d8f7c9b4-x2k7q"
+ROOT_CERT = "trellis-ca-root-cert"
 ISTIO = "networking.istio.io"
 SERVICE_ENTRY = """
 apiVersion: networking.istio.io/v1
@@ -64,9 +65,17 @@ def rendered(data_dir: Path, *flags: str) -> list[dict[str, Any]]:
     return list(yaml.safe_load_all(result.stdout))
 
 
-def one(found: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (manifest,) = (m for m in found if m["kind"] == kind)
+def one(found: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (manifest,) = (m for m in found if m["kind"] == kind and name in (None, m["metadata"]["name"]))
     return manifest
+
+
+def secret_files(found: list[dict[str, Any]], name: str, directory: Path) -> Path:
+    """The rendered Secret `name` as the kubelet mounts it: a file per key in `directory`."""
+    directory.mkdir()
+    for key, value in one(found, "Secret", name)["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
 
 
 def pod_args(found: list[dict[str, Any]], root: Path) -> tuple[list[str], dict[str, int]]:
@@ -74,15 +83,14 @@ def pod_args(found: list[dict[str, Any]], root: Path) -> tuple[list[str], dict[s
     pod = one(found, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    cacerts = root / "cacerts"
-    cacerts.mkdir()
-    for name, value in one(found, "Secret")["data"].items():
-        (cacerts / name).write_bytes(base64.b64decode(value))
+    cacerts = secret_files(found, "cacerts", root / "cacerts")
+    api_token = secret_files(found, "trellis-api-token", root / "api-token")
     ports = {p["name"]: free_port() for p in container["ports"]}
     declared = {str(p["containerPort"]): ports[p["name"]] for p in container["ports"]}
 
     def local(arg: str) -> str:
         path = arg.replace(mounts["cacerts"], str(cacerts))
+        path = path.replace(mounts["trellis-api-token"], str(api_token))
         path = path.replace(mounts["data"], str(root / "data"))
         if path.startswith("0.0.0.0:"):
             return f"127.0.0.1:{declared[path.split(':')[1]]}"
@@ -128,7 +136,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextlib.contextmanager
 def api_server(authorizer: RbacAuthorizer) -> Iterator[StandInServer]:
-    standin = KubeStandIn((LEASES,), bookmark_interval=0.5)
+    standin = KubeStandIn((LEASES, CONFIG_MAPS), bookmark_interval=0.5)
     standin.authorize = authorizer.allows
     server = StandInServer(standin).start()
     try:
@@ -171,8 +179,17 @@ def stored(server: StandInServer, plural: str, namespace: str, name: str, group:
     return server.call(read)
 
 
+def add_namespaces(standin: KubeStandIn, *names: str) -> None:
+    for name in names:
+        standin.put("namespaces", {"metadata": {"name": name}})
+
+
+def inject_flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
 def certificate_names(port: int, hostname: str, bundle: str) -> set[str]:
-    """The DNS SANs of the webhook's certificate, verified for `hostname` against `bundle`."""
+    """The DNS SANs of the certificate on `port`, verified for `hostname` against `bundle`."""
     trust = ssl.create_default_context(cadata=bundle)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
@@ -207,10 +224,17 @@ def test_the_deployment_runs_the_platform_the_rbac_and_webhook_configuration_all
     hostname = f"{service['name']}.{service['namespace']}.svc"
     log = tmp_path / "control-plane.log"
     with api_server(authorizer) as server:
+        server.call(lambda: add_namespaces(server.standin, "shop", "kube-system"))
         env = pod_env(found, server.kubeconfig(tmp_path / "kubeconfig"))
         with running(args, env, log) as process:
             api = f"http://127.0.0.1:{ports['http-api']}"
             until_ok(lambda: httpx.get(f"{api}/healthz", timeout=2), "the API's /healthz", log)
+
+            # Its own metrics, where the pod's scrape annotations send Prometheus.
+            scrape = f"http://127.0.0.1:{ports['http-monitoring']}/metrics"
+            metrics = until_ok(lambda: httpx.get(scrape, timeout=2), "/metrics", log).text
+            assert "citadel_server_root_cert_expiry_timestamp " in metrics
+            assert "istiod_uptime_seconds " in metrics
 
             # As the API server calls the webhook: trusting only the caBundle, checking the
             # certificate for the Service's name; the certificate names that Service only.
@@ -233,6 +257,19 @@ def test_the_deployment_runs_the_platform_the_rbac_and_webhook_configuration_all
             )
             assert held["spec"]["holderIdentity"] == POD_NAME
 
+            # The leader keeps the mesh root in every namespace but Kubernetes' own, for
+            # the injected sidecars, which dial the TLS port and check its name.
+            config_map = until(
+                lambda: stored(server, "configmaps", "shop", ROOT_CERT, ""), "the root", log
+            )
+            assert config_map["data"]["root-cert.pem"].strip() == bundle.strip()
+            assert stored(server, "configmaps", "kube-system", ROOT_CERT, "") is None
+            dialed = inject_flag(args, "--inject-control-plane")
+            host, _, port = dialed.rpartition(":")
+            assert port == "15012"
+            names = certificate_names(ports["grpc-xds-tls"], host, bundle)
+            assert host in names
+
             # Config written through the REST API lands in the CRDs: create, update, delete.
             def apply(text: str) -> None:
                 reply = httpx.post(
@@ -242,6 +279,16 @@ def test_the_deployment_runs_the_platform_the_rbac_and_webhook_configuration_all
                     timeout=10,
                 )
                 assert reply.status_code == 200, reply.text
+
+            # The REST API takes the token of the trellis-api-token Secret, which every
+            # replica mounts: callers that are not on the pod's loopback need it.
+            token = (tmp_path / "api-token" / "token").read_text()
+            remote = {"host": f"trellis.{namespace}.svc:8080"}
+            kinds = f"{api}/apis/{ISTIO}/v1/namespaces/shop/serviceentries"
+            refused = httpx.get(kinds, headers={**remote, "authorization": "Bearer " + "x" * 43})
+            assert refused.status_code in (401, 403), refused.text
+            bearer = {**remote, "authorization": f"Bearer {token}"}
+            assert httpx.get(kinds, headers=bearer, timeout=10).status_code == 200
 
             apply(SERVICE_ENTRY)
             created = stored(server, "serviceentries", "shop", "billing", ISTIO)

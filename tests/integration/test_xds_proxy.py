@@ -1,10 +1,11 @@
 """`trellis proxy` fed over ADS by the control plane's xDS server (real gRPC, real sockets).
 
 The ADS server runs in a thread of the test process with hand-built snapshots;
-the proxy is a real subprocess. Checks: initial config over LDS/RDS/CDS/EDS,
-live changes without failed requests, a NACK keeps the previous config and is
-visible in the server's status, and the proxy keeps serving without the control
-plane and resyncs when it is back.
+the proxy is a real subprocess, over state-of-the-world (`GRPC`) and incremental
+(`DELTA_GRPC`) ADS. Checks: initial config over LDS/RDS/CDS/EDS, live changes
+without failed requests, a NACK keeps the previous config and is visible in the
+server's status, the proxy keeps serving without the control plane and resyncs
+when it is back, and a service removed from the config loses its cluster.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ class ControlPlane:
             return server.service.status()
 
         result: list[Any] = self.call(status)
+        return result
+
+    def sessions(self) -> list[str]:
+        """The protocol of each connected stream: AdsSession (SotW) or DeltaSession."""
+        server = self.server
+        assert server is not None
+
+        async def sessions() -> list[str]:
+            streams = server.service._streams.values()
+            return [type(stream.session).__name__ for stream in streams]
+
+        result: list[str] = self.call(sessions)
         return result
 
     def close(self) -> None:
@@ -210,8 +223,9 @@ def control_plane() -> Iterator[ControlPlane]:
         plane.close()
 
 
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_proxy_configured_and_updated_live_over_ads(
-    control_plane: ControlPlane, tmp_path: Path, pytestconfig: pytest.Config
+    control_plane: ControlPlane, tmp_path: Path, pytestconfig: pytest.Config, api_type: str
 ) -> None:
     with upstream_manager() as make_up, proxy_manager(pytestconfig, tmp_path) as start:
         v1, v2 = make_up("v1"), make_up("v2")
@@ -220,10 +234,12 @@ def test_proxy_configured_and_updated_live_over_ads(
         control_plane.publish(_snapshot("1", listen, ports, {"v1": 1}))
         admin = free_port()
         node = {"id": NODE, "cluster": "web", "metadata": {"WORKLOAD_NAME": "web"}}
-        proxy = start(xds_bootstrap(node, admin, control_plane.port), name="xds")
+        proxy = start(xds_bootstrap(node, admin, control_plane.port, api_type), name="xds")
 
         first = request(listen, "GET", "/")
         assert first.status == 200 and first.header("x-upstream") == "v1", first
+        session = "DeltaSession" if api_type == "DELTA_GRPC" else "AdsSession"
+        assert control_plane.sessions() == [session]
 
         # A live 50/50 split under traffic: no request fails, both versions serve.
         served: list[str] = []
@@ -283,3 +299,15 @@ def test_proxy_configured_and_updated_live_over_ads(
             timeout=20,
             what="the proxy to resync after the control plane restarted",
         )
+
+        # A service taken out of the config loses its cluster and its endpoints.
+        control_plane.publish(_snapshot("5", listen, {"v2": v2.port}, {"v2": 1}))
+
+        def v1_gone() -> bool:
+            code, clusters = proxy.admin("GET", "/clusters")
+            return code == 200 and "v2::" in clusters and "v1::" not in clusters
+
+        _until(v1_gone, what="cluster v1 to go away")
+        code, dump = proxy.admin("GET", "/config_dump")
+        assert code == 200 and '"v1"' not in dump, dump[:2000]
+        assert {request(listen, "GET", "/").header("x-upstream") for _ in range(5)} == {"v2"}

@@ -1,9 +1,12 @@
-"""A changed listener whose new routes have not arrived keeps serving on the old ones."""
+"""A changed listener whose new routes have not arrived keeps serving on the old ones
+(state of the world and delta xDS)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import pytest
 import uvloop
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -33,6 +36,18 @@ def _response(type_url: str, version: str, *messages: Message) -> discovery_pb2.
         packed = any_pb2.Any()
         packed.Pack(message)
         response.resources.append(packed)
+    return response
+
+
+def _delta(
+    type_url: str, version: str, *messages: listener_pb2.Listener | route_pb2.RouteConfiguration
+) -> discovery_pb2.DeltaDiscoveryResponse:
+    """The delta form: only the resources that changed, each with its version."""
+    response = discovery_pb2.DeltaDiscoveryResponse(
+        type_url=type_url, system_version_info=version, nonce=version
+    )
+    for message in messages:
+        response.resources.add(name=message.name, version=version).resource.Pack(message)
     return response
 
 
@@ -76,19 +91,23 @@ async def _get(port: int) -> bytes:
     return data
 
 
-def test_changed_listener_waits_for_its_routes_while_the_old_one_serves() -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_changed_listener_waits_for_its_routes_while_the_old_one_serves(delta: bool) -> None:
+    ads = dataclasses.replace(ADS, delta=delta)
+    respond = _delta if delta else _response
+
     async def main() -> None:
-        server = ProxyServer(ProxyConfig(NodeIdentity(), (), (), ads=ADS), dict)
-        client = XdsClient(ADS, base_pb2.Node(id="n"), server.manager, lambda: None)
+        server = ProxyServer(ProxyConfig(NodeIdentity(), (), (), ads=ads), dict)
+        client = XdsClient(ads, base_pb2.Node(id="n"), server.manager, lambda: None)
         client.state.start()
         port = free_port()
         first = listener_on(port)  # its HCM asks RDS for "outbound"
-        await client._handle(_response(LISTENER_TYPE, "1", first))
-        await client._handle(_response(ROUTE_TYPE, "1", _routes("outbound", "old")))
+        await client._handle(respond(LISTENER_TYPE, "1", first))
+        await client._handle(respond(ROUTE_TYPE, "1", _routes("outbound", "old")))
         assert (await _get(port)).endswith(b"old")
-        await client._handle(_response(LISTENER_TYPE, "2", _with_rds(first, "next")))
+        await client._handle(respond(LISTENER_TYPE, "2", _with_rds(first, "next")))
         assert (await _get(port)).endswith(b"old"), "the listener went away while warming"
-        await client._handle(_response(ROUTE_TYPE, "2", _routes("next", "new")))
+        await client._handle(respond(ROUTE_TYPE, "2", _routes("next", "new")))
         assert (await _get(port)).endswith(b"new")
         await server.shutdown(drain=False)
 

@@ -61,6 +61,14 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     help="REST API port.",
 )
 @click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Read the REST API token from FILE, one all replicas share (the install mounts the "
+    "trellis-api-token Secret there); while FILE does not exist, DATA_DIR/api-token is used. "
+    "[default: DATA_DIR/api-token]",
+)
+@click.option(
     "--debounce",
     type=click.FloatRange(min=0, max=5),
     default=0.1,
@@ -154,6 +162,13 @@ if TYPE_CHECKING:  # imported when the command runs: `trellis proxy` must not pa
     "/stats/prometheus (the last 15 minutes are kept in memory).",
 )
 @click.option(
+    "--monitoring-address",
+    metavar="HOST:PORT",
+    help="Serve the control plane's own metrics (istiod's names: connected proxies, xDS "
+    "pushes and rejections, certificates issued...) as GET /metrics here (0.0.0.0:15014 in a "
+    "cluster). Default: not served.",
+)
+@click.option(
     "--webhook-address",
     metavar="HOST:PORT",
     help="Serve the Kubernetes sidecar injection webhook over HTTPS here (0.0.0.0:15017 in a "
@@ -216,6 +231,7 @@ def control_plane(
     xds_tls_names: str | None,
     api_host: str,
     api_port: int,
+    api_token_file: Path | None,
     debounce: float,
     trust_domain: str,
     cert_ttl: str,
@@ -229,6 +245,7 @@ def control_plane(
     orphan_grace: str,
     service_vip_range: str,
     scrape_interval: str,
+    monitoring_address: str | None,
     webhook_address: str | None,
     webhook_service: str,
     ca_authentication: str,
@@ -244,7 +261,7 @@ def control_plane(
     import uvloop  # noqa: PLC0415
 
     from trellis.controlplane.api import create_app, serve_api  # noqa: PLC0415
-    from trellis.controlplane.api_auth import load_or_create_token  # noqa: PLC0415
+    from trellis.controlplane.api_auth import api_token  # noqa: PLC0415
     from trellis.controlplane.main import ControlPlane, serve  # noqa: PLC0415
     from trellis.controlplane.store import ConfigStore  # noqa: PLC0415
     from trellis.errors import TrellisError  # noqa: PLC0415
@@ -275,6 +292,7 @@ def control_plane(
         orphan_grace=orphan_grace,
         service_vip_range=service_vip_range,
         scrape_interval=scrape_interval,
+        monitoring_address=monitoring_address,
         ca_authentication=ca_authentication,
         leader_lease=leader_lease,
         platform=platform,
@@ -284,7 +302,7 @@ def control_plane(
     webhook_names = webhook_certificate_names(webhook_service)
     injection = injection_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = load_or_create_token(data_dir)
+    token = api_token(data_dir, api_token_file)
 
     async def api(store: ConfigStore, plane: ControlPlane) -> None:
         ads = plane.ads
@@ -312,9 +330,17 @@ def control_plane(
     try:
         sys.exit(uvloop.run(serve(settings, api)))
     except* (TrellisError, OSError, RuntimeError) as group:
-        for problem in group.exceptions:
+        for problem in _leaves(group):
             click.echo(f"trellis control-plane: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a group and of the groups nested in it (servers run in task groups)."""
+    found: list[BaseException] = []
+    for problem in group.exceptions:
+        found += _leaves(problem) if isinstance(problem, BaseExceptionGroup) else [problem]
+    return found
 
 
 def _mesh_info(trust_domain: str, xds_address: str, ads: AdsServer | None) -> MeshInfo:

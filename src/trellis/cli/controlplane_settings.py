@@ -47,6 +47,7 @@ def control_plane_settings(
     kubeconfig: Path | None,
     xds_tls_address: str | None = None,
     xds_tls_names: str | None = None,
+    monitoring_address: str | None = None,
 ) -> ControlPlaneSettings:
     """The command's flags (by their parameter names) as the control plane's settings."""
     from trellis.api.duration import DurationSyntaxError, parse_duration  # noqa: PLC0415
@@ -111,6 +112,7 @@ def control_plane_settings(
         scrape_interval=scrape_every,
         kube_identity=_kube_identity(ca_authentication, leader_lease, kubeconfig),
         xds_tls=_xds_tls(xds_tls_address, xds_tls_names),
+        monitoring_address=host_port(monitoring_address, "--monitoring-address"),
         **_platform_settings(platform, kubeconfig),
     )
 
@@ -133,6 +135,16 @@ def _xds_tls(address: str | None, names: str | None) -> XdsTlsSettings | None:
         return XdsTlsSettings(address, dns_names)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--xds-tls-names") from None
+
+
+def host_port(value: str | None, flag: str) -> tuple[str, int] | None:
+    """A `HOST:PORT` flag as a pair (None or "": not given); BadParameter naming `flag`."""
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+    return host.strip("[]"), int(port)
 
 
 def webhook_certificate_names(value: str) -> tuple[str, ...]:

@@ -64,7 +64,9 @@ def injection_options(prefix: str = "") -> Callable[[F], F]:
                     "control-plane",
                     default=DEFAULT_CONTROL_PLANE,
                     metavar="HOST:PORT",
-                    help="The control plane's xDS and CA address, as pods reach it.",
+                    help="The control plane's xDS and CA address over TLS, as pods reach it "
+                    "(HOST must be a name on its certificate; the proxy trusts the root in "
+                    "the namespace's trellis-ca-root-cert ConfigMap).",
                 ),
                 click.option(
                     f"--{prefix}native-sidecar/--{prefix}no-native-sidecar",

@@ -63,8 +63,9 @@ MIN_NATIVE_SIDECAR_VERSION = (1, 29)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Use (or create) the self-signed CA root in DIR/ca, as `trellis control-plane "
-    "--data-dir DIR` does; installing also creates the cacerts Secret from it.",
+    help="Use (or create) the self-signed CA root in DIR/ca and the REST API token in "
+    "DIR/api-token, as `trellis control-plane --data-dir DIR` does; installing also creates "
+    "the cacerts and trellis-api-token Secrets from them.",
 )
 @click.option(
     "--ca-bundle",
@@ -76,7 +77,7 @@ MIN_NATIVE_SIDECAR_VERSION = (1, 29)
     "--include-ca-secret",
     is_flag=True,
     help="With --render and --data-dir: also print the cacerts Secret, which holds the CA's "
-    "private key.",
+    "private key, and the trellis-api-token Secret (DATA_DIR/api-token).",
 )
 @click.option(
     "--kubectl",
@@ -130,8 +131,10 @@ def install(
         )
     except InstallError as exc:
         raise click.BadParameter(exc.reason, param_hint=exc.option) from None
-    secret = ca_files if (include_ca_secret or not render) else None
-    manifests = render_manifests(settings, KINDS, secret)
+    with_secrets = include_ca_secret or not render
+    secret = ca_files if with_secrets else None
+    token = _api_token(data_dir) if with_secrets and data_dir is not None else None
+    manifests = render_manifests(settings, KINDS, secret, token)
     text = render_yaml(manifests, _header(settings.namespace))
     if render:
         click.echo(text, nl=False)
@@ -187,6 +190,17 @@ def _certificate_authority(
     return root, CaFiles(cert_pem=cert_pem, key_pem=key_pem, chain_pem=cert_pem, root_pem=root)
 
 
+def _api_token(data_dir: Path) -> str:
+    """The REST API token in DATA_DIR (created if missing), the one `trellis --token` sends."""
+    from trellis.controlplane.api_auth import load_or_create_token  # noqa: PLC0415
+    from trellis.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return load_or_create_token(data_dir)
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--data-dir") from None
+
+
 def _read_bundle(path: Path) -> str:
     from cryptography import x509  # noqa: PLC0415
 
@@ -220,8 +234,9 @@ def _header(namespace: str) -> str:
 def _advise(namespace: str, data_dir: Path | None, ca_bundle: Path | None, included: bool) -> None:
     if included:
         click.echo(
-            f"warning: the output holds the CA's private key (Secret {namespace}/cacerts); "
-            "keep it out of version control and logs",
+            f"warning: the output holds the CA's private key (Secret {namespace}/cacerts) "
+            f"and the REST API token (Secret {namespace}/trellis-api-token); keep it out of "
+            "version control and logs",
             err=True,
         )
         return

@@ -1,9 +1,9 @@
 """The Aggregated Discovery Service: Envoy xDS v3 over one gRPC stream per proxy.
 
 `AggregatedDiscoveryService` serves `StreamAggregatedResources` (state of the
-world; `DeltaAggregatedResources` answers UNIMPLEMENTED) from a
-`SnapshotCache`. Each stream runs an `AdsSession` (the protocol, without I/O)
-and is woken by the cache after a debounced change of its node's snapshot. When
+world) and `DeltaAggregatedResources` (incremental) from a `SnapshotCache`.
+Each stream runs an `AdsSession` or a `DeltaSession` (the protocol, without
+I/O) and is woken by the cache after a debounced change of its node's snapshot. When
 a node connects without a snapshot in the cache, the `SnapshotSource` callback
 builds one. Responses are pre-serialized bytes: every resource was serialized
 once when its `Resource` was built, so a push costs each stream a join of bytes.
@@ -24,19 +24,26 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from trellis.controlplane.ads_session import AdsProtocolError, AdsSession
+from trellis.controlplane.ads_delta import DeltaSession
+from trellis.controlplane.ads_session import AdsProtocolError, AdsSession, Outgoing
 from trellis.controlplane.ads_socket import (
     BoundSocket,
     claim_socket_path,
     remove_socket,
     secure_socket,
 )
-from trellis.controlplane.ads_status import ProxyNode, ProxyStatus, node_from_proto
+from trellis.controlplane.ads_status import (
+    Nack,
+    ProxyNode,
+    ProxyStatus,
+    TypeStatus,
+    node_from_proto,
+)
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
 from trellis.errors import ConfigError
@@ -45,6 +52,19 @@ log = logging.getLogger("trellis.controlplane.ads")
 
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 SnapshotSource = Callable[[ProxyNode], "Snapshot | Awaitable[Snapshot | None] | None"]
+Request: TypeAlias = discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest
+
+
+class Session(Protocol):
+    """The protocol state of one stream: `AdsSession` (SotW) or `DeltaSession`."""
+
+    node: ProxyNode
+
+    def receive(self, request: Any) -> Nack | None: ...
+
+    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]: ...
+
+    def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]: ...
 
 
 def _identity(data: bytes) -> bytes:
@@ -54,14 +74,14 @@ def _identity(data: bytes) -> bytes:
 @dataclass(slots=True)
 class _Stream:
     connection_id: str
-    session: AdsSession
+    session: Session
     peer: str
     connected_since: float
     wake: asyncio.Event
 
 
 class AggregatedDiscoveryService:
-    """SotW ADS over grpc.aio; register with `rpc_handler()` or use `serve_ads`."""
+    """SotW and delta ADS over grpc.aio; register with `rpc_handler()` or use `serve_ads`."""
 
     def __init__(
         self,
@@ -97,25 +117,40 @@ class AggregatedDiscoveryService:
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                     self.delta_aggregated_resources,
                     request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                    response_serializer=_identity,
                 ),
             },
         )
 
     async def delta_aggregated_resources(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "incremental xDS is not supported")
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[bytes]:
+        """Incremental xDS: each response carries only what the proxy lacks."""
+        # grpc.aio streams responses only from an async generator function itself.
+        async for response in self._serve(requests, context, DeltaSession):
+            yield response
 
     async def stream_aggregated_resources(
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
+        """State of the world: LDS/CDS responses carry every resource of their type."""
+        async for response in self._serve(requests, context, AdsSession):
+            yield response
+
+    async def _serve(
+        self,
+        requests: AsyncIterator[Request],
+        context: grpc.aio.ServicerContext[Any, Any],
+        make_session: Callable[..., Session],
+    ) -> AsyncIterator[bytes]:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the control plane is stopping")
         wake = asyncio.Event()
-        inbox: deque[discovery_pb2.DiscoveryRequest] = deque()
+        inbox: deque[Request] = deque()
         ended = asyncio.Event()
         reader = asyncio.create_task(_read(requests, inbox, wake, ended), name="ads-reader")
         stream: _Stream | None = None
@@ -129,7 +164,7 @@ class AggregatedDiscoveryService:
                 return
             node = await self._node(first, context)
             await self._ensure_snapshot(node)
-            stream = self._register(node, context.peer(), wake)
+            stream = self._register(node, context.peer(), wake, make_session)
             unwatch = self.cache.watch(node.id, wake.set)
             while True:
                 wake.clear()
@@ -159,20 +194,15 @@ class AggregatedDiscoveryService:
                 self._unregister(stream)
 
     async def _first_request(
-        self,
-        inbox: deque[discovery_pb2.DiscoveryRequest],
-        wake: asyncio.Event,
-        ended: asyncio.Event,
-    ) -> discovery_pb2.DiscoveryRequest | None:
+        self, inbox: deque[Request], wake: asyncio.Event, ended: asyncio.Event
+    ) -> Request | None:
         async with asyncio.timeout(self._first_request_timeout):
             while not inbox and not ended.is_set():
                 wake.clear()
                 await wake.wait()
         return inbox[0] if inbox else None
 
-    async def _node(
-        self, first: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> ProxyNode:
+    async def _node(self, first: Request, context: grpc.aio.ServicerContext[Any, Any]) -> ProxyNode:
         try:
             return node_from_proto(first.node)
         except ConfigError as error:
@@ -195,9 +225,10 @@ class AggregatedDiscoveryService:
         node: ProxyNode,
         peer: str,
         wake: asyncio.Event,
+        make_session: Callable[..., Session],
     ) -> _Stream:
         connection_id = f"{node.id}-{next(self._ids)}"
-        session = AdsSession(node, clock=self._clock, control_plane_id=self._control_plane_id)
+        session = make_session(node, clock=self._clock, control_plane_id=self._control_plane_id)
         stream = _Stream(connection_id, session, peer, self._clock(), wake)
         self._streams[connection_id] = stream
         self._per_node[node.id] = self._per_node.get(node.id, 0) + 1
@@ -249,8 +280,8 @@ class AggregatedDiscoveryService:
 
 
 async def _read(
-    requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
-    inbox: deque[discovery_pb2.DiscoveryRequest],
+    requests: AsyncIterator[Request],
+    inbox: deque[Request],
     wake: asyncio.Event,
     ended: asyncio.Event,
 ) -> None:

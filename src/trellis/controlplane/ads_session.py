@@ -11,10 +11,13 @@ Rules (envoy api/xds_protocol.rst):
   e.g. on a reconnected stream, and gets a full response.
 - LDS and CDS subscribe to everything when their first request names nothing
   (legacy wildcard) or names "*"; other types subscribe by name ("*" too).
-- A response carries every subscribed resource of its type (LDS/CDS: all the
-  client must keep; RDS/EDS: all subscribed that exist), and is sent only when
-  that content changed or names were added. Nothing is sent for a named type
-  none of whose subscribed resources exist.
+- An LDS/CDS response carries every resource the client must keep. An RDS/EDS
+  response carries only what the client lacks: the subscribed resources added
+  or changed since the last response (the client keeps the others; envoy
+  api/xds_protocol.rst, "Grouping Resources into Responses"), or every
+  subscribed one that exists when the type (re)starts. A response is sent only
+  when that content changed or names were added; nothing is sent for a named
+  type none of whose subscribed resources exist.
 - At most one response per type awaits its ACK/NACK; a newer version is sent
   when it arrives (flow control that coalesces bursts for slow clients).
 - A NACK keeps the last acknowledged version; the rejected content is not sent
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -64,11 +68,12 @@ class _TypeState:
     wildcard: bool = False
     names: frozenset[str] = frozenset()
     force: bool = False  # respond even if the content did not change
+    resend_all: bool = True  # the next response carries every wanted resource
     outstanding: bool = False  # a response awaits its ACK/NACK
     sent_nonce: str = ""
     sent_version: str = ""
     sent_set: ResourceSet | None = None  # the set the last response was cut from
-    sent_names: frozenset[str] = frozenset()  # the resources it carried
+    sent_names: frozenset[str] = frozenset()  # the wanted resources the client holds
     synced_set: ResourceSet | None = None  # the set last found to need nothing more
     acked_version: str = ""
     nacked: bool = False  # the latest response was rejected
@@ -78,7 +83,14 @@ class _TypeState:
     nacks: int = 0
 
 
-def _wanted(state: _TypeState, resources: ResourceSet) -> frozenset[str]:
+class SubscriptionState(Protocol):
+    """What a stream subscribed to of one type (SotW and delta sessions alike)."""
+
+    wildcard: bool
+    names: frozenset[str]
+
+
+def wanted_names(state: SubscriptionState, resources: ResourceSet) -> frozenset[str]:
     """The names of `resources` the subscription covers."""
     if state.wildcard or state.names >= resources.names:
         return resources.names
@@ -100,10 +112,26 @@ def _changed(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) 
     return not wanted.isdisjoint(resources.changed_since(sent))
 
 
-def _entries(resources: ResourceSet, wanted: frozenset[str]) -> tuple[bytes, ...]:
-    if wanted is resources.names:
+def _carried(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> frozenset[str]:
+    """The names the next response carries: all of `wanted` for LDS/CDS and on a
+    (re)start, else (RDS/EDS) those the client lacks or holds in an older content."""
+    sent = state.sent_set
+    if state.type_url in FULL_STATE_TYPES or state.resend_all or sent is None:
+        return wanted
+    missing = wanted - state.sent_names
+    if resources is sent or resources.version == sent.version:
+        return missing
+    changed = resources.changed_since(sent)
+    if changed.isdisjoint(wanted):
+        return missing
+    return missing | (changed & wanted)
+
+
+def _entries(resources: ResourceSet, names: frozenset[str]) -> tuple[bytes, ...]:
+    if names is resources.names or names == resources.names:
         return resources.encoded_parts()
-    return tuple(resources.by_name[name].encoded for name in sorted(wanted))
+    by_name = resources.by_name
+    return tuple(by_name[name].encoded for name in sorted(names))
 
 
 class AdsSession:
@@ -145,7 +173,7 @@ class AdsSession:
             if state.outstanding:
                 nack = self._settle(state, request)
         else:
-            state.force = True  # initial request of this type on this stream
+            state.force = state.resend_all = True  # the type (re)starts on this stream
         self._subscribe(state, request.resource_names)
         return nack
 
@@ -179,6 +207,8 @@ class AdsSession:
             wildcard = False
         if explicit - state.names or (wildcard and not state.wildcard):
             state.force = True
+        if not wildcard and explicit != state.names:
+            state.sent_names &= explicit  # the client forgets what it unsubscribed
         state.wildcard = wildcard
         state.names = explicit
         state.requested = True
@@ -195,21 +225,31 @@ class AdsSession:
             resources = snapshot.get(type_url)
             if not state.force and state.synced_set is resources:
                 continue
-            wanted = _wanted(state, resources)
+            wanted = wanted_names(state, resources)
             state.synced_set = resources
             if not state.force and not _changed(state, resources, wanted):
                 continue
             state.force = False
             if not wanted and type_url not in FULL_STATE_TYPES:
                 continue
-            due.append(self._send(state, resources, wanted))
+            carried = _carried(state, resources, wanted)
+            if not carried and type_url not in FULL_STATE_TYPES:
+                state.sent_set, state.sent_names = resources, wanted  # nothing it lacks
+                continue
+            due.append(self._send(state, resources, wanted, carried))
         return due
 
     def _order(self) -> list[str]:
         known = [t for t in PUSH_ORDER if t in self._types]
         return known + sorted(t for t in self._types if t not in PUSH_ORDER)
 
-    def _send(self, state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> Outgoing:
+    def _send(
+        self,
+        state: _TypeState,
+        resources: ResourceSet,
+        wanted: frozenset[str],
+        carried: frozenset[str],
+    ) -> Outgoing:
         self._nonce += 1
         nonce = str(self._nonce)
         version = resources.version
@@ -220,10 +260,11 @@ class AdsSession:
         state.sent_version = version
         state.sent_set = resources
         state.sent_names = wanted
+        state.resend_all = False
         state.outstanding = True
         state.responses += 1
-        data = b"".join((head, self._control_plane, *_entries(resources, wanted)))
-        return Outgoing(state.type_url, version, nonce, len(wanted), data)
+        data = b"".join((head, self._control_plane, *_entries(resources, carried)))
+        return Outgoing(state.type_url, version, nonce, len(carried), data)
 
     def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
         """Per requested type: SYNCED, STALE or NOT SENT against `snapshot`."""
@@ -258,5 +299,5 @@ class AdsSession:
         resources = snapshot.get(state.type_url)
         if state.synced_set is resources:
             return SyncState.SYNCED
-        changed = _changed(state, resources, _wanted(state, resources))
+        changed = _changed(state, resources, wanted_names(state, resources))
         return SyncState.STALE if changed else SyncState.SYNCED

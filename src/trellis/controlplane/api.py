@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from trellis import __version__
@@ -280,20 +281,26 @@ class ApiServerError(TrellisError):
 
 
 async def serve_api(
-    app: FastAPI, host: str, port: int, *, started: Callable[[int], None] | None = None
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    started: Callable[[int], None] | None = None,
+    name: str = "REST API",
 ) -> None:
     """Serve `app` with uvicorn on `host:port` until cancelled.
 
     Binds the socket itself (a taken port is an ApiServerError, not an exit) and
     leaves signal handling to the caller's event loop. `started(port)` is called
-    once the socket listens, with the real port when `port` is 0.
+    once the socket listens, with the real port when `port` is 0. `name` says
+    which server it is in errors and logs (the monitoring port uses this too).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host.strip("[]"), port), family=family)
     except OSError as exc:
         raise ApiServerError(
-            f"cannot listen on {host}:{port} for the REST API: {exc.strerror or exc}"
+            f"cannot listen on {host}:{port} for the {name}: {exc.strerror or exc}"
         ) from None
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
@@ -303,7 +310,7 @@ async def serve_api(
     server.lifespan = config.lifespan_class(config)
     try:
         await server.startup(sockets=[sock])
-        log.info("REST API on http://%s:%d", host, sock.getsockname()[1])
+        log.info("%s on http://%s:%d", name, host, sock.getsockname()[1])
         if started is not None:
             started(sock.getsockname()[1])
         await server.main_loop()

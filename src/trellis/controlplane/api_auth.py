@@ -1,11 +1,11 @@
 """Who may call the REST API: loopback callers freely, anyone else with the bearer token.
 
 The token is created once, on the control plane's first start, in its data
-directory (`api-token`, mode 0600), and read from there afterwards. It is never
-logged. Loopback callers need no token but must address the server by a
-loopback name (`Host: 127.0.0.1`, `localhost`, `[::1]`): that keeps a web page
-that rebinds its own DNS name to 127.0.0.1 from driving the API through a
-browser.
+directory (`api-token`, mode 0600), and read from there afterwards, unless a
+token file all replicas share is given (`api_token`). It is never logged.
+Loopback callers need no token but must address the server by a loopback name
+(`Host: 127.0.0.1`, `localhost`, `[::1]`): that keeps a web page that rebinds
+its own DNS name to 127.0.0.1 from driving the API through a browser.
 """
 
 from __future__ import annotations
@@ -52,9 +52,25 @@ def load_or_create_token(data_dir: Path) -> str:
     return token
 
 
-def _read_token(path: Path) -> str:
+def api_token(data_dir: Path, token_file: Path | None = None) -> str:
+    """The token from `token_file` when given and present, else DATA_DIR's (created if missing).
+
+    `token_file` is a token all replicas share, e.g. a Secret mounted by Kubernetes
+    (which sets its mode, so it is not checked); when that file does not exist the
+    replica keeps a token of its own, and says so. ConfigError when it holds no token.
+    """
+    if token_file is not None:
+        if token_file.is_file():
+            return _read_token(token_file, check_mode=False)
+        log.warning(
+            "no API token file %s; this replica uses its own token in %s", token_file, data_dir
+        )
+    return load_or_create_token(data_dir)
+
+
+def _read_token(path: Path, *, check_mode: bool = True) -> str:
     mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if check_mode and mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning(
             "the API token file %s is readable by other users (mode %o); chmod 600 it",
             path,

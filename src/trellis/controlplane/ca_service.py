@@ -12,6 +12,9 @@ credential) and answered: UNAUTHENTICATED (no, malformed, unknown, expired or
 wrong-audience credential), PERMISSION_DENIED (the CSR asks for an identity
 the credential does not grant), INVALID_ARGUMENT (a malformed CSR or lifetime),
 UNAVAILABLE (the credential cannot be checked now: the caller retries).
+
+`CertificateService.counts` tallies requests and their outcomes for the control
+plane's monitoring port (istiod's `citadel_server_*` counters).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -44,6 +48,25 @@ _REFUSAL_CODES = {
     RefusalKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     RefusalKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+@dataclass(slots=True)
+class CertificateCounts:
+    """What the certificate service has answered since it started.
+
+    Every request counts once in `requests` and, when it ends, once in exactly
+    one outcome: `issued`, `authentication_failures` (no usable credential, or
+    one the authenticator refused or could not check), `csr_errors` (a
+    malformed CSR or lifetime), `identity_mismatches` (the CSR asks for an
+    identity the credential does not grant) or `sign_errors` (the CA failed).
+    """
+
+    requests: int = 0
+    issued: int = 0
+    authentication_failures: int = 0
+    csr_errors: int = 0
+    identity_mismatches: int = 0
+    sign_errors: int = 0
 
 
 def bearer_credential(metadata: Any) -> str | Refusal:
@@ -80,6 +103,7 @@ class CertificateService:
         self.ca = ca
         self.authenticator = authenticator
         self.cert_ttl = cert_ttl
+        self.counts = CertificateCounts()
         self._clock = clock
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
@@ -105,14 +129,18 @@ class CertificateService:
         request: istio_ca_pb2.IstioCertificateRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> istio_ca_pb2.IstioCertificateResponse:
+        counts = self.counts
+        counts.requests += 1
         peer = context.peer()
         credential = bearer_credential(context.invocation_metadata())
         if isinstance(credential, Refusal):
+            counts.authentication_failures += 1
             await self._refuse(
                 context, peer, None, grpc.StatusCode.UNAUTHENTICATED, credential.reason
             )
         grant = await self.authenticator.authenticate(credential)
         if isinstance(grant, Refusal):
+            counts.authentication_failures += 1
             await self._refuse(context, peer, None, _REFUSAL_CODES[grant.kind], grant.reason)
         identity = grant.spiffe_id(self.ca.trust_domain)
         try:
@@ -124,13 +152,17 @@ class CertificateService:
                 datetime.datetime.fromtimestamp(self._clock(), datetime.UTC),
             )
         except CsrError as exc:
+            counts.csr_errors += 1
             await self._refuse(context, peer, grant, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except IdentityMismatchError as exc:
+            counts.identity_mismatches += 1
             await self._refuse(context, peer, grant, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except CaError as exc:
+            counts.sign_errors += 1
             log.error("cannot sign for %s: %s", grant.describe(), exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the CA cannot sign: {exc}")
             raise
+        counts.issued += 1
         log.info(
             "issued certificate %s for %s to %s (%s), valid until %s",
             issued.serial,

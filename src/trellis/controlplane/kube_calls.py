@@ -1,6 +1,7 @@
 """The API server calls the CA and leader election make, with lightkube, in one place.
 
-TokenReview create, Lease get/create/replace: JSON in, JSON out, so the
+TokenReview create, Lease get/create/replace, Namespace list and the root
+certificate's ConfigMaps (list by name, create, replace): JSON in, JSON out, so the
 callers (`kube_token_auth`, `kube_leader`) and their pure halves
 (`trellis.kube.token_review`, `trellis.kube.leader`) never see the client
 library, and another client could replace this module alone. The client's
@@ -18,6 +19,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.resources.authentication_v1 import TokenReview
 from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import ConfigMap, Namespace
 
 from trellis.errors import TrellisError
 
@@ -82,6 +84,39 @@ class KubeCalls:
         except Exception as exc:
             raise _translate(exc, "Lease") from None
         return _as_dict(replaced.to_dict())
+
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        try:
+            return [_as_dict(ns.to_dict()) async for ns in self._client.list(Namespace)]
+        except Exception as exc:
+            raise _translate(exc, "Namespaces") from None
+
+    async def list_config_maps(self, name: str) -> list[dict[str, Any]]:
+        """The ConfigMaps called `name` in every namespace (a metadata.name field selector,
+        which RBAC lets a rule limited to that name allow)."""
+        try:
+            listing = self._client.list(ConfigMap, namespace="*", fields={"metadata.name": name})
+            return [_as_dict(cm.to_dict()) async for cm in listing]
+        except Exception as exc:
+            raise _translate(exc, f"ConfigMaps {name}") from None
+
+    async def create_config_map(self, config_map: dict[str, Any]) -> None:
+        try:
+            await self._client.create(cast(ConfigMap, ConfigMap.from_dict(config_map)))
+        except Exception as exc:
+            raise _translate(exc, f"ConfigMap {_where(config_map)}") from None
+
+    async def replace_config_map(self, config_map: dict[str, Any]) -> None:
+        """PUT the ConfigMap; its metadata.resourceVersion is the precondition."""
+        try:
+            await self._client.replace(cast(ConfigMap, ConfigMap.from_dict(config_map)))
+        except Exception as exc:
+            raise _translate(exc, f"ConfigMap {_where(config_map)}") from None
+
+
+def _where(obj: dict[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
 
 
 def _as_dict(value: object) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 record; `CrdWriter` makes the requests of `KubeConfigStore`'s write path: an
 update carries the expected `metadata.resourceVersion`, a create-only write is
 a POST, a delete carries `preconditions.resourceVersion`, and the server's 409
-becomes ConflictError. `updated_at` is kept in the `trellis.io/updated-at`
+becomes ConflictError; the leader's status writes are merge patches of the
+`status` subresource. `updated_at` is kept in the `trellis.io/updated-at`
 annotation (Kubernetes has no such field).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
 
 from trellis.controlplane.api_kinds import KindInfo
 from trellis.controlplane.kube_client import ApiResource, JsonObject, KubeApiError, api_error
@@ -172,6 +174,25 @@ class CrdWriter:
         obj = None if body is None else resource.from_dict(body)
         request = generic.prepare_request(
             method, res=resource, obj=obj, name=name, namespace=namespace
+        )
+        return await self._exchange(generic, request)
+
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, patch: JsonObject
+    ) -> JsonObject:
+        """JSON-merge-patch one object's `status` subresource; the object as patched.
+
+        A `metadata.resourceVersion` in the patch is the server's precondition (409).
+        """
+        resource = self._crd(kind).resource.lightkube()
+        generic = self._client._client
+        request = generic.prepare_request(
+            "patch",
+            res=resource.Status,
+            obj=patch,
+            name=name,
+            namespace=namespace,
+            headers={"Content-Type": PatchType.MERGE.value},
         )
         return await self._exchange(generic, request)
 

@@ -22,7 +22,12 @@ Differences from SQLite that Kubernetes imposes:
   after a later-versioned one ends every watch of this store with
   WatchExpiredError, and the watchers re-list;
 - `updated_at` is kept in the `trellis.io/updated-at` annotation (Kubernetes
-  has no such field); `created_at` is `metadata.creationTimestamp`.
+  has no such field); `created_at` is `metadata.creationTimestamp`;
+- records carry no `status`: the store keeps each object's status beside its
+  record (`object_states`, for the leader's status writer), and a change of
+  the status alone (or of nothing a record holds) updates the record's
+  resourceVersion without an event, so status writes do not make every
+  replica translate the config again.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -69,6 +75,7 @@ from trellis.controlplane.write_plan import (
     prepare_writes,
     rfc3339,
 )
+from trellis.kube.status import ObjectState
 
 log = logging.getLogger("trellis.controlplane.kube")
 
@@ -117,6 +124,7 @@ class KubeConfigStore:
         self._write_timeout = write_timeout
         self._writer = CrdWriter(client, self._kinds, write_timeout)
         self._cache: dict[ResourceKey, StoredResource] = {}
+        self._statuses: dict[ResourceKey, JsonObject] = {}  # each object's `status`
         self._log: deque[WatchEvent] = deque(maxlen=change_log_limit)
         self._floor = 0  # the log holds every change after this version
         self._feed = ChangeFeed(0, watch_queue_limit, self._fetch_backlog, contiguous=False)
@@ -176,6 +184,22 @@ class KubeConfigStore:
             if (kind is None or key[0] == kind) and (namespace is None or key[1] == namespace)
         )
         return ResourceList(items=items, resource_version=str(self._feed.last_version))
+
+    def object_states(self) -> builtins.list[tuple[StoredResource, ObjectState]]:
+        """Every object with its generation, resourceVersion and current status, in key order."""
+        self._check_open()
+        return [
+            (
+                record,
+                ObjectState(
+                    key,
+                    record.generation,
+                    record.resource_version,
+                    self._statuses.get(key, {}),
+                ),
+            )
+            for key, record in sorted(self._cache.items())
+        ]
 
     def watch(self, since: str | None = None) -> WatchStream:
         after = None if since is None else parse_version(since, "watch: resourceVersion")
@@ -240,6 +264,18 @@ class KubeConfigStore:
             await self._await_version(int(deleted.resource_version))
             return deleted
 
+    async def patch_status(self, key: ResourceKey, patch: JsonObject) -> None:
+        """Merge-patch one object's `status` subresource; StoreError naming it when refused.
+
+        The change reaches the cache through the watch, like every other.
+        """
+        self._check_open()
+        kind, namespace, name = key
+        try:
+            await self._writer.patch_status(kind, namespace, name, patch)
+        except KubeApiError as exc:
+            raise StoreError(f"{kind} {namespace}/{name}: status: {exc}") from None
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -277,8 +313,10 @@ class KubeConfigStore:
         for obj in items:
             record = stored_resource({**obj, "kind": obj.get("kind") or kind})
             fresh[record.key] = record
+            self._statuses[record.key] = _status_of(obj)
         for key in [key for key in self._cache if key[0] == kind and key not in fresh]:
             del self._cache[key]
+            self._statuses.pop(key, None)
         self._cache.update(fresh)
         self._flush()
         top = max(version, self._seen)
@@ -290,10 +328,20 @@ class KubeConfigStore:
 
     def _change(self, kind: str, event_type: str, obj: JsonObject) -> None:
         record = stored_resource({**obj, "kind": obj.get("kind") or kind})
+        previous = self._cache.get(record.key)
         if event_type == "DELETED":
             self._cache.pop(record.key, None)
+            self._statuses.pop(record.key, None)
             change = WatchEventType.DELETED
+        elif previous is not None and same_record(previous, record):
+            # Only the status moved: the record takes the new resourceVersion (the next
+            # update's precondition), and watchers hear nothing (they see no status).
+            self._cache[record.key] = record
+            self._statuses[record.key] = _status_of(obj)
+            self._wake()
+            return
         else:
+            self._statuses[record.key] = _status_of(obj)
             self._cache[record.key] = record
             change = WatchEventType.ADDED if event_type == "ADDED" else WatchEventType.MODIFIED
         version = object_version(obj)
@@ -340,6 +388,16 @@ class KubeConfigStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the config store is closed")
+
+
+def same_record(before: StoredResource, after: StoredResource) -> bool:
+    """Whether two records differ in nothing but their resourceVersion."""
+    return dataclasses.replace(after, resource_version=before.resource_version) == before
+
+
+def _status_of(obj: JsonObject) -> JsonObject:
+    status = obj.get("status")
+    return dict(status) if isinstance(status, dict) else {}
 
 
 def _same_content(write: PreparedWrite, current: StoredResource) -> bool:

@@ -5,7 +5,8 @@ proxy and pushed over ADS; a proxy that connects gets its snapshot built on the
 spot. An acknowledged apply is durable (SQLite, WAL, synchronous=FULL). The
 same gRPC server carries the CA's certificate service (`ca_service`); its
 root is `ControlPlane.ca.root_bundle_pem`, and the OTLP trace receiver (`otlp`).
-The proxies' metrics are scraped for the dashboard (`stats_collector`).
+The proxies' metrics are scraped for the dashboard (`stats_collector`); the
+control plane's own are served on its monitoring port (`monitoring`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from trellis.controlplane.ca_files import open_authority
 from trellis.controlplane.ca_service import CertificateService
 from trellis.controlplane.join_token import JoinTokenAuthenticator, JoinTokens
 from trellis.controlplane.kube_ca import KubeIdentity, KubeIdentitySettings
+from trellis.controlplane.kube_calls import KubeCalls
 from trellis.controlplane.kube_platform import KubePlatform, Platform
+from trellis.controlplane.kube_root_cert import RootCertPublisher
+from trellis.controlplane.kube_status import StatusWriter
 from trellis.controlplane.mesh_state import MeshState
+from trellis.controlplane.monitoring import ControlPlaneMetrics, serve_monitoring
 from trellis.controlplane.otlp import trace_rpc_handler
 from trellis.controlplane.snapshot import Snapshot
 from trellis.controlplane.snapshot_cache import SnapshotCache
@@ -98,6 +103,8 @@ class ControlPlaneSettings:
     kubeconfig: Path | None = None
     # xDS and the CA also over TLS (port 15012 on Kubernetes); None: not served.
     xds_tls: XdsTlsSettings | None = None
+    # The control plane's own metrics, GET /metrics (port 15014 on Kubernetes); None: not served.
+    monitoring_address: tuple[str, int] | None = None
 
 
 class ControlPlane:
@@ -131,9 +138,12 @@ class ControlPlane:
         self.sync_vips()
 
     def sync_vips(self) -> None:
-        """Give new service hosts their virtual IPs and release removed ones'."""
+        """Give new service hosts their virtual IPs and release removed ones', and hand
+        the table to translation."""
         if self.vips is not None:
             self.vips.refresh(self.state.resources(), time.time())
+            assigned = self.vips.table.assigned
+            self.state.set_service_vips({host: str(vip) for host, vip in assigned.items()})
 
     async def service_addresses(self, namespace: str | None) -> ServiceAddressList:
         """The services' virtual IPs (all, or as seen from `namespace`) as of the store now.
@@ -334,6 +344,19 @@ async def serve(
         )
         log.info("xDS (ADS) on port %d", plane.ads.port)
         plane.metrics = MetricsCollector(plane.scrape_targets, interval=settings.scrape_interval)
+        # On Kubernetes with an election, the leader writes the CRD objects' status.
+        elector = plane.kube.elector if plane.kube is not None else None
+        status = (
+            StatusWriter(kube.store, elector.is_leader, plane.registry)
+            if kube is not None and elector is not None
+            else None
+        )
+
+        def on_registry(registry: Registry) -> None:
+            plane.set_registry(registry)
+            if status is not None:
+                status.refresh()
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -342,7 +365,7 @@ async def serve(
             tasks = [
                 group.create_task(plane.watch(), name="store watch"),
                 *(
-                    [group.create_task(kube.discover(plane.set_registry), name="discovery")]
+                    [group.create_task(kube.discover(on_registry), name="discovery")]
                     if kube is not None
                     else []
                 ),
@@ -355,9 +378,16 @@ async def serve(
             ]
             if make_api is not None:
                 tasks.append(group.create_task(make_api(store, plane), name="rest api"))
-            if plane.kube is not None and plane.kube.elector is not None:
-                elector = plane.kube.elector
+            if settings.monitoring_address is not None:
+                own = _own_metrics(plane, certificates)
+                monitoring = serve_monitoring(own, *settings.monitoring_address)
+                tasks.append(group.create_task(monitoring, name="monitoring"))
+            if elector is not None:
                 tasks.append(group.create_task(elector.run(), name="leader election"))
+            if status is not None:
+                tasks.append(group.create_task(status.run(), name="status writer"))
+            if kube is not None and settings.xds_tls is not None:
+                tasks.append(group.create_task(_root_publisher(kube, plane).run(), name="root"))
             await stop.wait()
             log.info("stopping")
             for task in tasks:
@@ -369,3 +399,28 @@ async def serve(
             await plane.kube.close()
         await (kube.close() if kube is not None else store.close())
     return 0
+
+
+def _root_publisher(kube: KubePlatform, plane: ControlPlane) -> RootCertPublisher:
+    """Sidecars dialing the TLS port trust the CA's root from a ConfigMap in their
+    namespace; the leader (or the only replica) keeps it there."""
+    assert plane.ca is not None
+    elector = plane.kube.elector if plane.kube is not None else None
+    return RootCertPublisher(
+        KubeCalls(kube.client),
+        plane.ca.root_bundle_pem,
+        leading=elector.leading if elector is not None else None,
+    )
+
+
+def _own_metrics(plane: ControlPlane, certificates: CertificateService) -> ControlPlaneMetrics:
+    """The control plane's own metrics (istiod's names) over its ADS streams, config and CA."""
+    ads = plane.ads
+    assert ads is not None, "ADS is served before the monitoring port"
+    state = plane.state
+    return ControlPlaneMetrics(
+        ads.service.status,
+        lambda: [*state.resources(), *state.registry()],
+        certificates.counts,
+        plane.ca,
+    )

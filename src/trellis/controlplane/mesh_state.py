@@ -101,6 +101,7 @@ class MeshState:
         self._tls = tls
         self._access_log = access_log
         self._tracing: MeshTracing | None = None
+        self._service_vips: dict[str, str] = {}  # host -> virtual IP (`set_service_vips`)
         self._resources: dict[Key, Resource] = {}
         self._registry: tuple[Resource, ...] = ()  # from the platform (Kubernetes Services)
         self._pods: dict[tuple[str, str], WorkloadEntry] = {}  # the registry's, by (ns, pod)
@@ -164,6 +165,13 @@ class MeshState:
         self._tracing = tracing
         self._changed()
 
+    def set_service_vips(self, vips: Mapping[str, str]) -> None:
+        """Take the virtual IPs the control plane gave service hosts; proxies change
+        only when they did (transparent capture matches TCP services by them)."""
+        if vips != self._service_vips:
+            self._service_vips = dict(vips)
+            self._changed()
+
     def _changed(self) -> None:
         self._translator = None
         self._grpc = None
@@ -179,6 +187,8 @@ class MeshState:
             )
             if self._tracing is not None:
                 config = dataclasses.replace(config, tracing=self._tracing)
+            if self._service_vips:
+                config = dataclasses.replace(config, service_vips=dict(self._service_vips))
             self._translator = Translator(config)
         return self._translator
 

@@ -91,6 +91,8 @@ class Resource:
     encoded: bytes
     # RDS names (listeners) or EDS names (clusters) this resource needs.
     references: frozenset[str]
+    # The `DeltaDiscoveryResponse.resources` entry, built when first asked for.
+    _delta: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def of(cls, item: Message | any_pb2.Any) -> Resource:
@@ -112,6 +114,16 @@ class Resource:
             encoded=encoded,
             references=_references(message, type_url, name),
         )
+
+    def delta_encoded(self) -> bytes:
+        """The resource as a `DeltaDiscoveryResponse.resources` entry (name, version, Any)."""
+        if not self._delta:
+            entry = discovery_pb2.Resource(
+                name=self.name, version=self.version, resource=self.packed
+            )
+            response = discovery_pb2.DeltaDiscoveryResponse(resources=[entry])
+            self._delta.append(response.SerializeToString())
+        return self._delta[0]
 
 
 def _resource(item: Resource | Message | any_pb2.Any) -> Resource:
@@ -183,6 +195,7 @@ class ResourceSet:
     _base: ResourceSet | None = field(init=False, repr=False, compare=False)
     _own: Mapping[str, Resource] = field(init=False, repr=False, compare=False)
     _blob: list[bytes] = field(init=False, repr=False, compare=False)
+    _delta_blob: list[bytes] = field(init=False, repr=False, compare=False)
     _diffs: list[tuple[weakref.ref[ResourceSet], frozenset[str]]] = field(
         init=False, repr=False, compare=False
     )
@@ -209,6 +222,7 @@ class ResourceSet:
         object.__setattr__(self, "_base", base)
         object.__setattr__(self, "_own", own)
         object.__setattr__(self, "_blob", [])
+        object.__setattr__(self, "_delta_blob", [])
         object.__setattr__(self, "_diffs", [])
 
     def extended(self, extra: Iterable[Resource]) -> ResourceSet:
@@ -228,7 +242,7 @@ class ResourceSet:
         total = self._total + _checked_total(self.type_url, own)
         extended = ResourceSet.__new__(ResourceSet)
         object.__setattr__(extended, "type_url", self.type_url)
-        object.__setattr__(extended, "by_name", MappingProxyType({**self.by_name, **own}))
+        object.__setattr__(extended, "by_name", _Layered(self.by_name, own))
         refs = self.references.union(*(r.references for r in own.values()))
         extended._fill(total, self.names.union(own), refs, self, MappingProxyType(own))
         return extended
@@ -259,6 +273,16 @@ class ResourceSet:
             return (self._blob[0],)
         return (*self._base.encoded_parts(), self._blob[0])
 
+    def delta_parts(self) -> tuple[bytes, ...]:
+        """Every resource as `DeltaDiscoveryResponse.resources` entries, in pieces to join
+        (shared like `encoded_parts`)."""
+        if not self._delta_blob:
+            own = self.by_name if self._base is None else self._own
+            self._delta_blob.append(b"".join(r.delta_encoded() for r in own.values()))
+        if self._base is None:
+            return (self._delta_blob[0],)
+        return (*self._base.delta_parts(), self._delta_blob[0])
+
     def changed_since(self, older: ResourceSet) -> frozenset[str]:
         """Names added or modified since `older`; remembered for the last few `older` sets."""
         for ref, names in self._diffs:
@@ -279,6 +303,31 @@ class ResourceSet:
 
     def __iter__(self) -> Iterator[Resource]:
         return iter(self.by_name.values())
+
+
+class _Layered(Mapping[str, Resource]):
+    """A read-only view of a shared mapping plus a few entries of one's own (new names),
+    built in constant time: an extended set must not copy its thousand-entry base."""
+
+    __slots__ = ("_base", "_own")
+
+    def __init__(self, base: Mapping[str, Resource], own: Mapping[str, Resource]) -> None:
+        self._base = base
+        self._own = own
+
+    def __getitem__(self, name: str) -> Resource:
+        found = self._own.get(name)
+        return found if found is not None else self._base[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._own or name in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from self._own
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._own)
 
 
 def _checked_total(type_url: str, by_name: Mapping[str, Resource]) -> int:

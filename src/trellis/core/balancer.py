@@ -92,7 +92,11 @@ class RoundRobinBalancer:
         if not size:
             return None
         if not self._weighted:
-            for _ in range(size if exclude else 1):
+            if not exclude:  # the usual case, without the loop below
+                index = self._next
+                self._next = index + 1 if index + 1 < size else 0
+                return index
+            for _ in range(size):
                 index = self._next
                 self._next = index + 1 if index + 1 < size else 0
                 if index not in exclude:

@@ -8,6 +8,7 @@ A config change builds a new `ProxyConfig` and swaps one reference.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from trellis.core.tls import (
 from trellis.core.tracing import TracingConfig
 
 # --- common ------------------------------------------------------------------
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +321,12 @@ class Cluster:
     healthy_panic_threshold: float = 50.0  # percent; 0 disables panic mode
     transport_socket: UpstreamTls | None = None  # None: plaintext
     transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
+    # Envoy's ORIGINAL_DST type (lb_policy CLUSTER_PROVIDED): no endpoints; each
+    # connection goes to where its downstream connection was originally headed.
+    original_dst: bool = False
+    # The service this cluster serves, from Istio's `istio.services` cluster metadata
+    # ("" when none): what an inbound TCP connection reports as destination_service.
+    service_host: str = ""
 
 
 # --- listeners -----------------------------------------------------------------
@@ -387,7 +396,9 @@ class FilterChain:
     TLS, and the network filter those connections run.
 
     A connection takes the chain whose `destination_port` is its (original)
-    destination port, else a chain without one; among those, the chain whose
+    destination port, else a chain without one; among those, the chain with
+    the longest of `prefix_ranges` holding its (original) destination address,
+    else a chain without prefixes; among those, the chain whose
     `transport_protocol` is what the TLS inspector saw, else one with `ANY`
     (`trellis.core.filter_chain`, Envoy's order).
     """
@@ -395,6 +406,7 @@ class FilterChain:
     filter: NetworkFilter
     name: str = ""
     destination_port: int | None = None  # None: any port
+    prefix_ranges: tuple[IpNetwork, ...] = ()  # destination addresses; (): any
     transport_protocol: TransportProtocol = TransportProtocol.ANY
     tls: DownstreamTls | None = None  # None: plaintext
 
@@ -465,6 +477,7 @@ class AdsConfig:
     lds: bool = True  # listeners come from LDS
     cds: bool = True  # clusters come from CDS
     initial_fetch_timeout: float | None = 15.0  # None: wait for the first config forever
+    delta: bool = False  # api_type DELTA_GRPC: incremental xDS; GRPC: state of the world
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ __all__ = [
     "PEER_LABEL_NAMES",
     "CounterCell",
     "GaugeCell",
+    "HttpSeries",
     "IstioMetrics",
     "PeerLabels",
     "ResponseFlag",
@@ -174,14 +175,31 @@ _TCP_FAMILIES = (
 )
 
 
-class _HttpSeries:
-    __slots__ = ("duration", "request_bytes", "requests", "response_bytes")
+class HttpSeries:
+    """The four HTTP metrics of one label set (peer, code, flags, gRPC status)."""
+
+    __slots__ = ("bounds", "duration", "request_bytes", "requests", "response_bytes")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
         self.requests = 0
         self.duration = Histogram(bounds)
         self.request_bytes = Histogram(bounds)
         self.response_bytes = Histogram(bounds)
+
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        """Count one request (Histogram.observe inlined: this runs once per request)."""
+        bounds = self.bounds
+        self.requests += 1
+        histogram = self.duration
+        histogram.counts[bisect_left(bounds, duration_ms)] += 1
+        histogram.sum += duration_ms
+        histogram = self.request_bytes
+        histogram.counts[bisect_left(bounds, request_bytes)] += 1
+        histogram.sum += request_bytes
+        histogram = self.response_bytes
+        histogram.counts[bisect_left(bounds, response_bytes)] += 1
+        histogram.sum += response_bytes
 
 
 class _TcpSeries:
@@ -208,7 +226,7 @@ class IstioMetrics:
 
     def __init__(self, buckets: tuple[float, ...] = ENVOY_DEFAULT_BUCKETS) -> None:
         self._bounds = buckets
-        self._http: dict[tuple[PeerLabels, int, str, int | None], _HttpSeries] = {}
+        self._http: dict[tuple[PeerLabels, int, str, int | None], HttpSeries] = {}
         self._tcp: dict[tuple[PeerLabels, str], _TcpSeries] = {}
 
     def record_http(
@@ -226,22 +244,24 @@ class IstioMetrics:
 
         Sizes are what Istio records: bytes on the downstream wire, headers included.
         """
+        self.http_series(peer, response_code, response_flags, grpc_status).observe(
+            duration_ms, request_bytes, response_bytes
+        )
+
+    def http_series(
+        self,
+        peer: PeerLabels,
+        response_code: int,
+        response_flags: str,
+        grpc_status: int | None = None,
+    ) -> HttpSeries:
+        """The series of one label set, created on first use. A caller that records
+        often may keep it under a cheaper key of its own and call `observe`."""
         key = (peer, response_code, response_flags, grpc_status)
         series = self._http.get(key)
         if series is None:
-            series = self._http[key] = _HttpSeries(self._bounds)
-        # Histogram.observe, inlined: this runs once per request.
-        bounds = self._bounds
-        series.requests += 1
-        histogram = series.duration
-        histogram.counts[bisect_left(bounds, duration_ms)] += 1
-        histogram.sum += duration_ms
-        histogram = series.request_bytes
-        histogram.counts[bisect_left(bounds, request_bytes)] += 1
-        histogram.sum += request_bytes
-        histogram = series.response_bytes
-        histogram.counts[bisect_left(bounds, response_bytes)] += 1
-        histogram.sum += response_bytes
+            series = self._http[key] = HttpSeries(self._bounds)
+        return series
 
     def _tcp_series(self, peer: PeerLabels, response_flags: str) -> _TcpSeries:
         key = (peer, response_flags)

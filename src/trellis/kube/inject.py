@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trellis import __version__
+from trellis.core.app_probe import encode_app_probes
+from trellis.kube.probe_rewrite import rewrite_enabled, rewrite_probes
 from trellis.kube.settings import (
     INIT_NAME,
     INJECT_KEYS,
@@ -107,13 +109,15 @@ def inject_pod(
     spec: Json = result.setdefault("spec", {})
     labels: Json = metadata.setdefault("labels", {})
     annotations: Json = metadata.setdefault("annotations", {})
+    capture = _capture(annotations)
     workload = Workload(
         name=workload_name or _workload_name(metadata),
         labels={k: str(v) for k, v in labels.items() if k != TEMPLATE_HASH_LABEL},
         metrics_annotations=_app_metrics(annotations),
+        app_probes=_rewrite_app_probes(spec, annotations, capture),
     )
     proxy = proxy_container(settings, workload)
-    init = [] if settings.cni else [init_container(settings, _capture(annotations))]
+    init = [] if settings.cni else [init_container(settings, capture)]
     app_init = _list(spec, "initContainers")
     if settings.native_sidecar:
         spec["initContainers"] = [*init, proxy, *app_init]
@@ -148,6 +152,21 @@ def status(settings: InjectionSettings) -> str:
         },
         separators=(",", ":"),
     )
+
+
+def _rewrite_app_probes(spec: Json, annotations: Mapping[str, Any], capture: Capture) -> str:
+    """Points the application's probes in `spec` at the sidecar (unless the pod opts out);
+    the originals as the proxy's JSON, "" when there are none."""
+    if not rewrite_enabled(annotations):
+        return ""
+    probes = {}
+    for field in ("initContainers", "containers"):
+        if field in spec:
+            spec[field], found = rewrite_probes(
+                _list(spec, field), field, capture.exclude_inbound_ports
+            )
+            probes.update(found)
+    return encode_app_probes(probes) if probes else ""
 
 
 def _workload_name(metadata: Mapping[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 `render_manifests` returns, in the order they must be applied: the
 namespace, the CRDs, the control plane's ServiceAccount and RBAC, the CA
-Secret when asked for, the Services, the Deployment, and the
+and API token Secrets when asked for, the Services, the Deployment, and the
 MutatingWebhookConfiguration (last, so the webhook it names can exist before
 the API server starts calling it). `render_yaml` prints them as one
 multi-document YAML stream; the same settings always give the same bytes.
@@ -31,7 +31,13 @@ from trellis.kube.install_settings import (
     InstallNames,
     InstallSettings,
 )
-from trellis.kube.install_workload import CACERTS_SECRET, deployment, services
+from trellis.kube.install_workload import (
+    API_TOKEN_KEY,
+    API_TOKEN_SECRET,
+    CACERTS_SECRET,
+    deployment,
+    services,
+)
 from trellis.kube.settings import NAMESPACE_LABELS
 from trellis.kube.webhook_config import mutating_webhook_configuration
 
@@ -100,6 +106,21 @@ def ca_secret(names: InstallNames, files: CaFiles) -> dict[str, Any]:
     }
 
 
+def api_token_secret(names: InstallNames, token: str) -> dict[str, Any]:
+    """The `trellis-api-token` Secret: the REST API token every replica accepts."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": API_TOKEN_SECRET,
+            "namespace": names.namespace,
+            "labels": names.labels("api"),
+        },
+        "type": "Opaque",
+        "data": {API_TOKEN_KEY: base64.b64encode(token.encode("ascii")).decode("ascii")},
+    }
+
+
 def webhook_configuration(settings: InstallSettings) -> dict[str, Any]:
     """The MutatingWebhookConfiguration, for this installation's Service and revision.
 
@@ -144,12 +165,16 @@ def _revision_selectors(revision: str) -> list[dict[str, Any]]:
 
 
 def render_manifests(
-    settings: InstallSettings, kinds: Iterable[KindNames], ca_files: CaFiles | None = None
+    settings: InstallSettings,
+    kinds: Iterable[KindNames],
+    ca_files: CaFiles | None = None,
+    api_token: str | None = None,
 ) -> list[dict[str, Any]]:
     """All manifests of the installation, in apply order.
 
     `kinds` are the kinds to define CRDs for (`trellis.controlplane.api_kinds.KINDS`);
-    `ca_files`, when given, adds the `cacerts` Secret.
+    `ca_files`, when given, adds the `cacerts` Secret, `api_token` the
+    `trellis-api-token` one.
     """
     names = settings.names
     crds = crd_manifests(kinds, shared_labels("crd"))
@@ -161,6 +186,8 @@ def render_manifests(
     ]
     if ca_files is not None:
         manifests.append(ca_secret(names, ca_files))
+    if api_token is not None:
+        manifests.append(api_token_secret(names, api_token))
     manifests += [*services(names), deployment(settings), webhook_configuration(settings)]
     return manifests
 

@@ -7,9 +7,12 @@ and nothing more:
 - cluster-wide, the Trellis CRDs (the config store): list and watch (its
   cache), get (to look again after a conflict), and create, update and delete
   (the REST API's writes: a POST, a PUT carrying the resourceVersion it
-  expects, a DELETE with that precondition; never a patch, and nothing writes
-  the `status` subresource);
+  expects, a DELETE with that precondition; never a patch of the object);
+- cluster-wide, patch the Trellis CRDs' `status` subresource only (the
+  leader's analysis findings, a JSON merge patch: `kube_status`);
 - create TokenReviews (who a CSR's service-account token belongs to);
+- in every namespace, create the `trellis-ca-root-cert` ConfigMap, and list
+  (by its name) and update only that one: the mesh root sidecars trust;
 - in its own namespace, a Role to create the leader-election Lease and then
   read and renew only that one, by name.
 No Secrets (the CA's key is a mounted Secret, read by the kubelet), no
@@ -24,12 +27,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from trellis.kube.install_settings import InstallNames
+from trellis.kube.root_cert import ROOT_CERT_CONFIG_MAP
 
 RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
 FOLLOW = ("list", "watch")
 """What an informer does: list, then watch from the list's resourceVersion."""
 CONFIG_STORE = ("get", "list", "watch", "create", "update", "delete")
 """What the CRD config store does (`trellis.controlplane.kube_store`)."""
+STATUS_WRITE = ("patch",)
+"""What the leader's status writer does to `<plural>/status` (`controlplane.kube_status`)."""
 
 
 def service_account(names: InstallNames) -> dict[str, Any]:
@@ -54,7 +60,17 @@ def cluster_rules(crds: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         _rule("discovery.k8s.io", ("endpointslices",), FOLLOW),
     ]
     rules += [_rule(group, sorted(by_group[group]), CONFIG_STORE) for group in sorted(by_group)]
+    rules += [
+        _rule(group, [f"{plural}/status" for plural in sorted(by_group[group])], STATUS_WRITE)
+        for group in sorted(by_group)
+    ]
     rules.append(_rule("authentication.k8s.io", ("tokenreviews",), ("create",)))
+    # The mesh root in every namespace (`trellis.kube.root_cert`): a list by name and
+    # updates of that one name; creates cannot be limited by name.
+    rules.append(
+        {**_rule("", ("configmaps",), ("list", "update")), "resourceNames": [ROOT_CERT_CONFIG_MAP]}
+    )
+    rules.append(_rule("", ("configmaps",), ("create",)))
     return rules
 
 

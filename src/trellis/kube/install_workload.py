@@ -15,7 +15,10 @@ capability dropped and the runtime's default seccomp profile; what they write
 and certificates come from the `cacerts` Secret (Istio's plug-in CA layout:
 `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`), so every
 replica signs with the root whose certificate is the webhook's `caBundle`.
-Replicas prefer different nodes.
+The REST API's token comes from the optional `trellis-api-token` Secret, so
+any replica behind the Service accepts the same token.
+Replicas prefer different nodes. Each pod serves its own metrics on 15014
+(`--monitoring-address`) and carries Prometheus's scrape annotations for them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from __future__ import annotations
 from typing import Any
 
 from trellis.kube.install_settings import InstallNames, InstallSettings
-from trellis.kube.webhook_config import SERVICE_PORT, WEBHOOK_PORT, webhook_service_reference
+from trellis.kube.webhook_config import (
+    SERVICE_PORT,
+    WEBHOOK_PORT,
+    webhook_dns_names,
+    webhook_service_reference,
+)
 
 XDS_PORT = 15010
 XDS_TLS_PORT = 15012
@@ -33,6 +41,9 @@ CONTAINER_NAME = "control-plane"
 DATA_DIR = "/var/lib/trellis"
 CACERTS_SECRET = "cacerts"
 CACERTS_DIR = "/etc/cacerts"
+API_TOKEN_SECRET = "trellis-api-token"
+API_TOKEN_KEY = "token"
+API_TOKEN_DIR = "/etc/trellis/api-token"
 RUN_AS = 10001
 HEALTH_PATH = "/healthz"
 PORTS = (
@@ -43,6 +54,12 @@ PORTS = (
     ("http-api", API_PORT),
 )
 """(name, port) of every port the control-plane container declares."""
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(MONITORING_PORT),
+    "prometheus.io/path": "/metrics",
+}
+"""Prometheus finds the control plane's own metrics (`--monitoring-address`) by these."""
 RESOURCES = {
     "requests": {"cpu": "200m", "memory": "256Mi"},
     "limits": {"cpu": "2", "memory": "1Gi"},
@@ -57,7 +74,9 @@ def control_plane_args(settings: InstallSettings) -> list[str]:
     projected tokens with TokenReview; the replicas elect a leader with this
     installation's Lease (as $POD_NAME in $POD_NAMESPACE, from the downward
     API); the webhook's certificate names this installation's webhook Service.
-    The injected sidecars run the same image and reach this installation's Service.
+    xDS and the CA are also served over TLS on 15012, with a certificate for the
+    `trellis` Service's names; the injected sidecars run the same image and dial
+    that port, trusting the root the control plane copies into their namespace.
     """
     names = settings.names
     return [
@@ -74,10 +93,18 @@ def control_plane_args(settings: InstallSettings) -> list[str]:
         f"0.0.0.0:{XDS_PORT}",
         "--xds-socket",
         "",
+        "--xds-tls-address",
+        f"0.0.0.0:{XDS_TLS_PORT}",
+        "--xds-tls-names",
+        ",".join(webhook_dns_names(names.control_plane, names.namespace)),
         "--api-host",
         "0.0.0.0",
         "--api-port",
         str(API_PORT),
+        "--api-token-file",
+        f"{API_TOKEN_DIR}/{API_TOKEN_KEY}",
+        "--monitoring-address",
+        f"0.0.0.0:{MONITORING_PORT}",
         "--trust-domain",
         settings.trust_domain,
         "--ca-cert",
@@ -95,7 +122,7 @@ def control_plane_args(settings: InstallSettings) -> list[str]:
         "--inject-image-pull-policy",
         settings.image_pull_policy,
         "--inject-control-plane",
-        f"{names.control_plane}.{names.namespace}.svc:{XDS_PORT}",
+        f"{names.control_plane}.{names.namespace}.svc:{XDS_TLS_PORT}",
     ]
 
 
@@ -139,6 +166,7 @@ def _container(settings: InstallSettings) -> dict[str, Any]:
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": CACERTS_SECRET, "mountPath": CACERTS_DIR, "readOnly": True},
+            {"name": API_TOKEN_SECRET, "mountPath": API_TOKEN_DIR, "readOnly": True},
         ],
     }
 
@@ -164,6 +192,7 @@ def deployment(settings: InstallSettings) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": {**selector, "sidecar.trellis.io/inject": "false"},
+                    "annotations": dict(SCRAPE_ANNOTATIONS),
                 },
                 "spec": _pod_spec(settings),
             },
@@ -202,6 +231,15 @@ def _pod_spec(settings: InstallSettings) -> dict[str, Any]:
             {
                 "name": CACERTS_SECRET,
                 "secret": {"secretName": CACERTS_SECRET, "defaultMode": 0o440},
+            },
+            {
+                # Optional: without it each replica keeps a token of its own.
+                "name": API_TOKEN_SECRET,
+                "secret": {
+                    "secretName": API_TOKEN_SECRET,
+                    "defaultMode": 0o440,
+                    "optional": True,
+                },
             },
         ],
     }

@@ -10,9 +10,9 @@ does not know where a service came from:
   location MESH_INTERNAL, resolution STATIC; each port's protocol from
   `appProtocol`, else from the port name's prefix as Istio reads it
   (`http-web`, `grpc`, `tcp-db`), else TCP. Its cluster IPs (the service's
-  virtual IPs) are kept in the `trellis.io/cluster-ips` annotation, not in
-  `spec.addresses`: translation does not carry out VIPs chosen in a
-  ServiceEntry yet (`trellis.xds.mesh.carried`), and HTTP is routed by Host;
+  virtual IPs; none for a headless Service) are the ServiceEntry's
+  `addresses`: transparent capture matches TCP services by them
+  (`trellis.xds.mesh.virtual_outbound`), while HTTP is routed by Host;
 - a Service with a selector selects its endpoints by labels
   (`workloadSelector`), so each ready endpoint of its EndpointSlices that is a
   Pod becomes a WorkloadEntry named after the Pod, with the Pod's labels,
@@ -42,7 +42,6 @@ from trellis.kube.settings import PROXY_NAME, STATUS_ANNOTATION, TLS_MODE_LABEL
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
 DEFAULT_DOMAIN = "cluster.local"
-CLUSTER_IPS_ANNOTATION = "trellis.io/cluster-ips"
 """The Service's cluster IPs, comma-separated, on its ServiceEntry."""
 
 _APP_PROTOCOLS = {
@@ -187,6 +186,8 @@ def service_entry_document(
         "location": "MESH_INTERNAL",
         "resolution": "STATIC",
     }
+    if cluster_ips:  # a headless Service's clusterIP is "None": no address
+        entry["addresses"] = cluster_ips
     selector = spec.get("selector") or {}
     if selector:
         entry["workloadSelector"] = {"labels": dict(selector)}
@@ -206,8 +207,6 @@ def service_entry_document(
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
         metadata["labels"] = labels
-    if cluster_ips:
-        metadata["annotations"] = {CLUSTER_IPS_ANNOTATION: ",".join(cluster_ips)}
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",

@@ -19,6 +19,10 @@ INIT_NAME = "trellis-init"
 TOKEN_VOLUME = "trellis-token"
 PODINFO_VOLUME = "trellis-podinfo"
 TMP_VOLUME = "trellis-tmp"
+ROOT_CERT_VOLUME = "trellis-ca-root"
+ROOT_CERT_DIR = "/var/run/secrets/trellis/ca"
+"""Where the proxy finds the mesh root (`trellis.kube.root_cert`'s ConfigMap), which it
+trusts for the control plane's TLS port."""
 TOKEN_DIR = "/var/run/secrets/tokens"
 TOKEN_PATH = f"{TOKEN_DIR}/{TOKEN_VOLUME}"
 PODINFO_DIR = "/etc/trellis/pod"
@@ -44,6 +48,12 @@ STATUS_ANNOTATION = "sidecar.trellis.io/status"
 """Set on every injected pod: what was added, by which version (makes injection idempotent)."""
 INJECT_KEYS = ("sidecar.trellis.io/inject", "sidecar.istio.io/inject")
 """Label or annotation: "false" keeps the pod out of the mesh."""
+REWRITE_PROBES_KEYS = (
+    "sidecar.trellis.io/rewriteAppHTTPProbers",
+    "sidecar.istio.io/rewriteAppHTTPProbers",
+)
+"""Pod annotation: "false" leaves the application's probes as they are (the first one
+present decides; rewriting is on by default)."""
 NAMESPACE_LABELS = ("trellis-injection", "istio-injection")
 """Namespace label: "enabled" turns injection on (the first one present decides)."""
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
@@ -51,7 +61,7 @@ TLS_MODE_LABEL = "security.istio.io/tlsMode"
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 
 DEFAULT_IMAGE = f"trellis:{__version__}"
-DEFAULT_CONTROL_PLANE = "trellis.trellis-system.svc:15010"
+DEFAULT_CONTROL_PLANE = "trellis.trellis-system.svc:15012"
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
@@ -96,7 +106,8 @@ class InjectionSettings:
     image: str = DEFAULT_IMAGE
     """The Trellis image: `trellis proxy` for the sidecar, `trellis iptables` for the init step."""
     control_plane: str = DEFAULT_CONTROL_PLANE
-    """HOST:PORT of the control plane's xDS and CA service, as the pods reach it."""
+    """HOST:PORT of the control plane's xDS and CA service over TLS (15012), as the pods
+    reach it; the proxy checks that HOST is a name on the control plane's certificate."""
     native_sidecar: bool = True
     """The proxy as an init container with `restartPolicy: Always` (Kubernetes >= 1.29):
     it starts before, and stops after, the application. False: a regular container."""

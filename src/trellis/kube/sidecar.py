@@ -6,7 +6,10 @@ then exits; `trellis-proxy` runs as uid/gid 1337, which those rules let
 through. The proxy learns who it is from the downward API (pod name,
 namespace, service account, IP, expanded by the kubelet in its arguments as
 `$(VAR)`), and proves it to the CA with a projected service-account token
-whose audience is `trellis-ca`.
+whose audience is `trellis-ca`. It reaches the control plane over TLS,
+trusting the root the control plane keeps in the `trellis-ca-root-cert`
+ConfigMap of the pod's namespace (the pod waits for that volume until the
+ConfigMap exists).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trellis.core.app_probe import APP_PROBERS_ENV
+from trellis.kube.root_cert import ROOT_CERT_CONFIG_MAP, ROOT_CERT_KEY
 from trellis.kube.settings import (
     ADMIN_PORT,
     ENVOY_METRICS_PORT,
@@ -29,6 +34,8 @@ from trellis.kube.settings import (
     PROXY_NAME,
     PROXY_UID,
     READY_PATH,
+    ROOT_CERT_DIR,
+    ROOT_CERT_VOLUME,
     SIDECAR_PORTS,
     TMP_VOLUME,
     TOKEN_AUDIENCE,
@@ -67,6 +74,8 @@ class Workload:
     labels: Mapping[str, str]
     metrics_annotations: Mapping[str, str]
     """The application's own `prometheus.io/*`, which the proxy merges into 15020."""
+    app_probes: str = ""
+    """The application's probes the proxy performs for the kubelet (JSON; "" for none)."""
 
 
 def init_container(settings: InjectionSettings, capture: Capture) -> Json:
@@ -114,10 +123,7 @@ def proxy_container(settings: InjectionSettings, workload: Workload) -> Json:
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["trellis"],
         "args": proxy_arguments(settings, workload),
-        "env": [
-            {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
-            for name, path in DOWNWARD_ENV
-        ],
+        "env": _env(workload),
         "ports": [
             {"containerPort": ENVOY_METRICS_PORT, "name": "http-envoy-prom", "protocol": "TCP"}
         ],
@@ -141,6 +147,7 @@ def proxy_container(settings: InjectionSettings, workload: Workload) -> Json:
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True},
+            {"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
     }
@@ -162,6 +169,9 @@ def proxy_arguments(settings: InjectionSettings, workload: Workload) -> list[str
         "proxy",
         "--xds",
         settings.control_plane,
+        # TLS, trusting the mesh root the control plane keeps in the pod's namespace.
+        "--xds-root-ca",
+        f"{ROOT_CERT_DIR}/{ROOT_CERT_KEY}",
         "--node-id",
         "sidecar~$(INSTANCE_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local",
         "--admin-port",
@@ -198,7 +208,8 @@ def proxy_arguments(settings: InjectionSettings, workload: Workload) -> list[str
 
 
 def volumes() -> list[Json]:
-    """The token the CA checks, the pod's labels and annotations, and a scratch /tmp."""
+    """The token the CA checks, the pod's labels and annotations, the mesh root, and a
+    scratch /tmp."""
     return [
         {
             "name": TOKEN_VOLUME,
@@ -223,8 +234,26 @@ def volumes() -> list[Json]:
                 ]
             },
         },
+        {
+            "name": ROOT_CERT_VOLUME,
+            "configMap": {
+                "name": ROOT_CERT_CONFIG_MAP,
+                "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_KEY}],
+            },
+        },
         {"name": TMP_VOLUME, "emptyDir": {}},
     ]
+
+
+def _env(workload: Workload) -> list[Json]:
+    """The downward API's facts, and the application's probes when the proxy performs them."""
+    env: list[Json] = [
+        {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+        for name, path in DOWNWARD_ENV
+    ]
+    if workload.app_probes:
+        env.append({"name": APP_PROBERS_ENV, "value": workload.app_probes})
+    return env
 
 
 def _join(ports: Sequence[int] | Mapping[int, None]) -> str:

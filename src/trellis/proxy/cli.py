@@ -12,10 +12,11 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
+from trellis.core.app_probe import APP_PROBERS_ENV, AppProbe, parse_app_probes
 from trellis.core.config import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddress, SocketAddress
+from trellis.errors import ConfigError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     add(
         "-c",
         "--bootstrap",
-        type=Path,
+        type=str,  # not pathlib.Path: the sidecar does not load pathlib (~0.5 MiB)
         metavar="FILE",
         help="Envoy v3 Bootstrap (YAML or JSON). Required unless --xds is given.",
     )
@@ -71,8 +72,15 @@ def parser() -> argparse.ArgumentParser:
         "socket (reachable from another network namespace).",
     )
     add(
+        "--xds-protocol",
+        choices=("delta", "sotw"),
+        default=None,
+        help="How --xds speaks xDS: delta (incremental, Envoy's DELTA_GRPC; the default) or "
+        "sotw (state of the world, GRPC).",
+    )
+    add(
         "--xds-root-ca",
-        type=Path,
+        type=str,
         metavar="FILE",
         help="Connect to --xds (and a HOST:PORT CA) over TLS, trusting this root (PEM): the "
         "control plane's --xds-tls-address. Never falls back to plaintext.",
@@ -115,8 +123,9 @@ def parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="Serve the merged Prometheus metrics (GET /stats/prometheus: the proxy's and "
-        "the application's) and /healthz/ready on --public-address:PORT, like Istio's "
-        "15020 (default: not served).",
+        "the application's), /healthz/ready and the application's probes "
+        "(GET /app-health/..., from $TRELLIS_KUBE_APP_PROBERS) on --public-address:PORT, "
+        "like Istio's 15020 (default: not served).",
     )
     add(
         "--health-port",
@@ -140,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--join-token-file",
-        type=Path,
+        type=str,
         metavar="FILE",
         default=os.environ.get("TRELLIS_JOIN_TOKEN_FILE") or None,
         help="Join token (from `trellis join-token`) to obtain the workload certificate "
@@ -229,7 +238,9 @@ def control_plane_address(value: str | None, flag: str) -> EndpointAddress | Non
 
 
 def xds_tls_settings(
-    root_file: Path | None, server_name: str | None, control_plane: EndpointAddress | None
+    root_file: str | os.PathLike[str] | None,
+    server_name: str | None,
+    control_plane: EndpointAddress | None,
 ) -> tuple[str, str] | None:
     """--xds-root-ca and --xds-server-name as (root PEM, server name); None: plaintext.
 
@@ -243,11 +254,12 @@ def xds_tls_settings(
     if not isinstance(control_plane, SocketAddress):
         raise ValueError("--xds-root-ca: needs --xds HOST:PORT (a Unix socket is plaintext)")
     try:
-        root = root_file.read_text(encoding="ascii")
+        with open(root_file, encoding="ascii") as file:
+            root = file.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--xds-root-ca: cannot read {str(root_file)!r}: {exc}") from None
+        raise ValueError(f"--xds-root-ca: cannot read {os.fspath(root_file)!r}: {exc}") from None
     if "-----BEGIN CERTIFICATE-----" not in root:
-        raise ValueError(f"--xds-root-ca: {str(root_file)!r} holds no PEM certificate")
+        raise ValueError(f"--xds-root-ca: {os.fspath(root_file)!r} holds no PEM certificate")
     name = control_plane.host if server_name is None else server_name
     if not name:
         raise ValueError("--xds-server-name: must not be empty")
@@ -290,12 +302,29 @@ def node_fields(
     return node
 
 
+def app_probes(environ: Mapping[str, str], stats_port: int | None) -> dict[str, AppProbe]:
+    """The application's probes from $TRELLIS_KUBE_APP_PROBERS (set by the injector);
+    ValueError naming the variable and the key, or the missing --stats-port."""
+    text = environ.get(APP_PROBERS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        probes = parse_app_probes(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if probes and stats_port is None:
+        raise ValueError(f"{APP_PROBERS_ENV}: the probes are served on --stats-port; give it")
+    return probes
+
+
 def main(argv: Sequence[str]) -> int:
     """Parse `argv` (after `proxy`) and run the proxy; returns the exit status."""
     args_parser = parser()
     args = args_parser.parse_args(list(argv))
     if args.bootstrap is None and args.xds is None:
         args_parser.error("give --bootstrap FILE, --xds HOST:PORT, or both")
+    if args.xds_protocol is not None and args.xds is None:
+        args_parser.error("--xds-protocol: needs --xds (a bootstrap sets ads_config.api_type)")
     try:
         control_plane = control_plane_address(args.xds, "--xds")
         ca = control_plane_address(args.ca_address, "--ca-address") or control_plane
@@ -306,6 +335,10 @@ def main(argv: Sequence[str]) -> int:
         args_parser.error(str(exc))
     try:
         xds_tls = xds_tls_settings(args.xds_root_ca, args.xds_server_name, control_plane)
+    except ValueError as exc:
+        args_parser.error(str(exc))
+    try:
+        probes = app_probes(os.environ, args.stats_port)
     except ValueError as exc:
         args_parser.error(str(exc))
     if args.stats_port and args.stats_port == args.health_port:
@@ -324,6 +357,7 @@ def main(argv: Sequence[str]) -> int:
         args.bootstrap,
         drain_time=args.drain_time,
         xds=control_plane,
+        xds_delta=args.xds_protocol != "sotw",
         node=node,
         admin_port=args.admin_port,
         admin_address=args.admin_address,
@@ -334,4 +368,5 @@ def main(argv: Sequence[str]) -> int:
         health_port=args.health_port,
         public_address=args.public_address,
         xds_tls=xds_tls,
+        app_probes=probes,
     )

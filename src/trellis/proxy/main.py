@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from trellis.core.app_probe import AppProbe
 from trellis.core.config import (
     EndpointAddress,
     HttpConnectionManager,
@@ -44,15 +45,17 @@ FIRST_CERTIFICATE_TIMEOUT = 30.0
 
 
 def load(
-    bootstrap: Path | None,
+    bootstrap: str | os.PathLike[str] | None,
     *,
     xds: EndpointAddress | None = None,
+    xds_delta: bool = True,
     node: Mapping[str, object] | None = None,
     admin_port: int | None = None,
     admin_address: str = "127.0.0.1",
 ) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig]:
     """The bootstrap (file, or built from flags) and its compiled config
-    (`admin_port`: serve the admin interface on `admin_address`:`admin_port`)."""
+    (`admin_port`: serve the admin interface on `admin_address`:`admin_port`;
+    `xds_delta`: `xds` speaks incremental xDS, else state of the world)."""
     source = str(bootstrap) if bootstrap is not None else "--xds"
     message = load_bootstrap(bootstrap) if bootstrap is not None else bootstrap_pb2.Bootstrap()
     extra: dict[str, object] = {}
@@ -65,7 +68,7 @@ def load(
     if extra:
         message.MergeFrom(parse_bootstrap(extra, source))
     if xds is not None:
-        message = with_ads(message, xds)
+        message = with_ads(message, xds, delta=xds_delta)
     config = compile_bootstrap(message, source)
     if config.ads is not None and config.admin is not None:
         # Lets the control plane find this proxy's /config_dump (trellis proxy-config).
@@ -76,20 +79,22 @@ def load(
 
 
 def run(
-    bootstrap: Path | None,
+    bootstrap: str | os.PathLike[str] | None,
     *,
     drain_time: float | None = None,
     xds: EndpointAddress | None = None,
+    xds_delta: bool = True,
     node: Mapping[str, object] | None = None,
     admin_port: int | None = None,
     admin_address: str = "127.0.0.1",
     ca: EndpointAddress | None = None,
-    join_token_file: Path | None = None,
+    join_token_file: str | os.PathLike[str] | None = None,
     join_token: str | None = None,
     stats_port: int | None = None,
     health_port: int | None = None,
     public_address: str = "127.0.0.1",
     xds_tls: tuple[str, str] | None = None,
+    app_probes: Mapping[str, AppProbe] | None = None,
 ) -> int:
     """Run the proxy in this process; returns the exit status.
 
@@ -101,10 +106,17 @@ def run(
     agent serves beside Envoy: the merged `/stats/prometheus` and `/healthz/ready`.
     `xds_tls` (root PEM, server name): the ADS stream, and the CA when it is a
     HOST:PORT, go over TLS checked against them (the control plane's 15012).
+    `xds_delta` (the default): `xds` speaks incremental xDS, else state of the world.
+    `app_probes` (by `/app-health/...` path) are answered on the stats port.
     """
     try:
         message, config = load(
-            bootstrap, xds=xds, node=node, admin_port=admin_port, admin_address=admin_address
+            bootstrap,
+            xds=xds,
+            xds_delta=xds_delta,
+            node=node,
+            admin_port=admin_port,
+            admin_address=admin_address,
         )
     except ConfigError as exc:
         print(f"trellis proxy: invalid bootstrap: {exc}", file=sys.stderr)
@@ -141,6 +153,7 @@ def run(
         drain_time=drain_time,
         stats_address=_at(public_address, stats_port),
         health_address=_at(public_address, health_port),
+        app_probes=app_probes,
     )
     if config.ads is not None:
         from trellis.runtime.grpc_stream import GrpcTls  # noqa: PLC0415
@@ -157,7 +170,7 @@ def _at(host: str, port: int | None) -> SocketAddress | None:
 
 def _identity(
     ca: EndpointAddress | None,
-    token_file: Path | None,
+    token_file: str | os.PathLike[str] | None,
     token: str | None,
     xds_tls: tuple[str, str] | None = None,
 ) -> CertificateManager | str | None:

@@ -15,11 +15,12 @@ from typing import Protocol, TypeVar
 
 from trellis.core.balancer import HostStats, LoadBalancer, choose_with_predicate, make_balancer
 from trellis.core.circuit import ResourceLimits
-from trellis.core.config import Cluster, Endpoint, PipeAddress
+from trellis.core.config import Cluster, Endpoint, PipeAddress, SocketAddress
 from trellis.core.outlier import Outcome, OutlierDetector, choose_available
 from trellis.core.prometheus import StatsRegistry
 from trellis.core.tls import san_allowed, upstream_tls_for
 from trellis.runtime.secrets import SecretStore, peer_sans
+from trellis.runtime.tls_stream import TlsStream
 from trellis.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("trellis.upstream")
@@ -58,14 +59,14 @@ class HostRuntime:
         self.cx_total = 0
         self.cx_connect_fail = 0
 
-    async def connect(self, factory: Callable[[], P]) -> P | str:
+    async def connect(self, factory: Callable[[], P], *, half_close: bool = False) -> P | str:
         """A new connection within the cluster's connect timeout, or why it failed.
 
         Failures are counted here; the caller counts the connection as active
-        once it decides to keep it.
+        once it decides to keep it. `half_close`: a TLS connection's transport can
+        end one direction only (`TlsStream`, for the TCP proxy).
         """
         self.cx_total += 1
-        loop = asyncio.get_running_loop()
         address = self.address
         config = self.cluster.config
         tls = upstream_tls_for(
@@ -82,24 +83,16 @@ class HostRuntime:
         sni = tls.sni if tls is not None else None  # "": no SNI
         handshake_timeout = config.connect_timeout if context is not None else None
         try:
-            if isinstance(address, PipeAddress):
-                connecting = loop.create_unix_connection(
-                    factory,
-                    address.path,
-                    ssl=context,
-                    server_hostname=sni,
-                    ssl_handshake_timeout=handshake_timeout,
+            if context is not None and half_close:
+                transport, protocol = await asyncio.wait_for(
+                    _tls_stream(address, factory, context, sni, config.connect_timeout),
+                    config.connect_timeout,
                 )
             else:
-                connecting = loop.create_connection(
-                    factory,
-                    address.host,
-                    address.port,
-                    ssl=context,
-                    server_hostname=sni,
-                    ssl_handshake_timeout=handshake_timeout,
+                transport, protocol = await asyncio.wait_for(
+                    _connection(address, factory, context, sni, handshake_timeout),
+                    config.connect_timeout,
                 )
-            transport, protocol = await asyncio.wait_for(connecting, config.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.debug("connect to %s failed: %s", address, exc)
             if isinstance(exc, TimeoutError):
@@ -119,6 +112,63 @@ class HostRuntime:
         self.cx_connect_fail += 1
         self.stats.connect_failures += 1
         return reason
+
+
+async def _connection(
+    address: SocketAddress | PipeAddress,
+    factory: Callable[[], P],
+    context: ssl.SSLContext | None,
+    sni: str | None,
+    handshake_timeout: float | None,
+) -> tuple[asyncio.BaseTransport, P]:
+    """A TCP or Unix-socket connection, with asyncio's TLS when `context` is given."""
+    loop = asyncio.get_running_loop()
+    if isinstance(address, PipeAddress):
+        return await loop.create_unix_connection(
+            factory,
+            address.path,
+            ssl=context,
+            server_hostname=sni,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+    return await loop.create_connection(
+        factory,
+        address.host,
+        address.port,
+        ssl=context,
+        server_hostname=sni,
+        ssl_handshake_timeout=handshake_timeout,
+    )
+
+
+async def _tls_stream(
+    address: SocketAddress | PipeAddress,
+    factory: Callable[[], P],
+    context: ssl.SSLContext,
+    sni: str | None,
+    handshake_timeout: float,
+) -> tuple[asyncio.BaseTransport, P]:
+    """A TLS connection whose transport can half-close (`TlsStream`), once its handshake
+    is done."""
+    app = factory()
+    assert isinstance(app, asyncio.Protocol), "a TLS stream carries a streaming protocol"
+
+    def stream() -> TlsStream:
+        return TlsStream(
+            app,
+            context,
+            server_side=False,
+            server_hostname=sni,
+            handshake_timeout=handshake_timeout,
+        )
+
+    _, tls = await _connection(address, stream, None, None, None)
+    try:
+        await tls.handshake
+    except BaseException:
+        tls.abort()
+        raise
+    return tls.transport, app
 
 
 class HostPool:
@@ -235,6 +285,7 @@ class ClusterRuntime:
         "config",
         "hosts",
         "limits",
+        "original_hosts",
         "outlier",
         "rng",
         "secrets",
@@ -256,6 +307,8 @@ class ClusterRuntime:
         self.balancer: LoadBalancer = make_balancer(config, [h.stats for h in self.hosts], rng)
         self.outlier: OutlierDetector | None = None  # None: the hot path skips it
         self._update_outlier(None, [None] * len(self.hosts))
+        # ORIGINAL_DST: a host per original destination in use (`original_host`).
+        self.original_hosts: dict[tuple[str, int], HostRuntime] = {}
 
     def update(self, config: Cluster) -> None:
         """Take a new config (for EDS clusters, with the endpoints filled in)."""
@@ -323,6 +376,17 @@ class ClusterRuntime:
             return self.balancer.choose()
         return choose_with_predicate(self.balancer, exclude, attempts)
 
+    def original_host(self, host: str, port: int) -> HostRuntime:
+        """ORIGINAL_DST: the host for the original destination `host`:`port`, made on
+        first use (as Envoy adds them on demand) and dropped by `sweep_idle` once no
+        connection uses it. Such hosts stay out of `hosts` and the balancer."""
+        key = (host, port)
+        found = self.original_hosts.get(key)
+        if found is None:
+            endpoint = Endpoint(SocketAddress(host, port))
+            found = self.original_hosts[key] = HostRuntime(self, -1, endpoint)
+        return found
+
     def report(self, host: HostRuntime, outcome: Outcome) -> None:
         """An outcome for outlier detection; call only when `self.outlier` is set."""
         outlier = self.outlier
@@ -346,14 +410,28 @@ class ClusterRuntime:
                 pool._open()
 
     def sweep_idle(self, now: float) -> None:
+        if self.original_hosts:
+            self._forget_unused_originals()
         timeout = self.config.idle_timeout
         if timeout is None:
             return
         for host in self.hosts:
             host.pool.close_idle(now - timeout)
 
+    def _forget_unused_originals(self) -> None:
+        """Drop the ORIGINAL_DST hosts no connection or request holds any more."""
+        unused = [
+            key
+            for key, host in self.original_hosts.items()
+            if not (host.stats.active_requests or host.stats.active_connections)
+            and not host.pool.waiters
+            and not host.pool.connecting
+        ]
+        for key in unused:
+            self.original_hosts.pop(key).pool.close_idle(float("inf"))
+
     def close(self) -> None:
-        for host in self.hosts:
+        for host in [*self.hosts, *self.original_hosts.values()]:
             for conn in host.pool.idle:
                 conn.close()
             host.pool.idle.clear()

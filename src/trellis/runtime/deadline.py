@@ -49,14 +49,11 @@ class _Fifo:
         while entries and entries[0].callback is None:
             entries.popleft()
 
-    def append(self, deadline: Deadline) -> None:
-        self.drop_cancelled_head()
-        entries = self.entries
-        entries.append(deadline)
-        if len(entries) > self.limit:
-            # Amortised O(1): the limit doubles with what survives a compaction.
-            self.entries = deque(d for d in entries if d.callback is not None)
-            self.limit = max(_COMPACT_MIN, 2 * len(self.entries))
+    def compact(self) -> None:
+        """Drop every cancelled entry. Amortised O(1) when called once the length
+        passes `limit`: the limit doubles with what survives."""
+        self.entries = deque(d for d in self.entries if d.callback is not None)
+        self.limit = max(_COMPACT_MIN, 2 * len(self.entries))
 
 
 class Deadlines:
@@ -76,7 +73,14 @@ class Deadlines:
         fifo = self._fifos.get(delay)
         if fifo is None:
             fifo = self._fifos[delay] = _Fifo()
-        fifo.append(deadline)
+        # Appending is inlined (this runs for every request): cancelled entries at
+        # the head go first, so the head is the FIFO's earliest live deadline.
+        entries = fifo.entries
+        while entries and entries[0].callback is None:
+            entries.popleft()
+        entries.append(deadline)
+        if len(entries) > fifo.limit:
+            fifo.compact()
         if (
             fifo.entries[0] is deadline
             and not self._firing

@@ -242,7 +242,8 @@ class DownstreamHttp1(asyncio.Protocol):
         self._in_body = True
         # Each request takes the listener's current config; those in flight keep theirs.
         self.ctx = self.chain.context  # type: ignore[assignment]
-        self._cancel_header_timer()
+        if self.header_timer is not None:
+            self._cancel_header_timer()
         try:
             stream = new_stream(self, self._parser, self._url, self._headers, self._header_bytes)
         except RequestRejectedError as exc:

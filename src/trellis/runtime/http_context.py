@@ -60,6 +60,7 @@ class RouteRuntime:
         "_mesh",
         "_mutations",
         "_picker",
+        "_rewrites_prefix",
         "_route_mutations",
         "action",
         "host_rewrite",
@@ -80,6 +81,7 @@ class RouteRuntime:
         self.retry_policy = None
         self.host_rewrite: bytes | None = None
         self._picker: WeightedPicker | None = None
+        self._rewrites_prefix = False
         # Weighted cluster (by identity) -> its runtime, None while CDS lacks it.
         self._clusters: dict[int, ClusterRuntime | None] = {}
         # Envoy applies weighted cluster, route, virtual host, then route configuration
@@ -92,6 +94,7 @@ class RouteRuntime:
         if isinstance(action, ClusterAction):
             self.timeout = action.timeout
             self.retry_policy = action.retry_policy
+            self._rewrites_prefix = action.prefix_rewrite is not None
             if action.host_rewrite is not None:
                 self.host_rewrite = action.host_rewrite.encode("latin-1")
             self._picker = table.picker(action)
@@ -155,8 +158,9 @@ class RouteRuntime:
         if stream.request_chunked:
             headers.append(_CHUNKED)
         path = stream.path
-        action = self.action
-        if isinstance(action, ClusterAction) and action.prefix_rewrite is not None:
+        if self._rewrites_prefix:
+            action = self.action
+            assert isinstance(action, ClusterAction)
             path = rewrite_path(path, self.route, action)
         return wire.request_head(stream.method, path.encode("latin-1"), headers)
 

@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trellis.core.config import EndpointAddress
 from trellis.core.prometheus import braces, family_header, format_value, label_pairs
@@ -42,6 +42,9 @@ from trellis.runtime.ca_client import (
     request_certificate,
 )
 from trellis.runtime.grpc_stream import GrpcTls
+
+if TYPE_CHECKING:
+    from pathlib import Path  # the proxy itself passes none: it does not load pathlib
 
 log = logging.getLogger("trellis.identity")
 
@@ -110,16 +113,19 @@ class IdentitySettings:
     keytool: tuple[str, ...] = KEYTOOL
 
 
-def token_from_file(path: Path) -> TokenSource:
+def token_from_file(path: str | os.PathLike[str]) -> TokenSource:
     """Reads the token file on every call (it may be refreshed while the proxy runs)."""
 
     def read() -> str:
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip()
         except OSError as exc:
-            raise IdentityError(f"cannot read the join token file {path}: {exc.strerror}") from None
+            raise IdentityError(
+                f"cannot read the join token file {os.fspath(path)}: {exc.strerror}"
+            ) from None
         if not token:
-            raise IdentityError(f"the join token file {path} is empty")
+            raise IdentityError(f"the join token file {os.fspath(path)} is empty")
         return token
 
     return read

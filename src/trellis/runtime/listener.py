@@ -17,6 +17,7 @@ from trellis.runtime.http_context import HttpContext
 from trellis.runtime.secrets import SecretStore, peer_principal, peer_sans
 from trellis.runtime.tcp import TcpDownstream
 from trellis.runtime.tcp_context import TcpContext
+from trellis.runtime.tls_stream import TlsStream
 
 log = logging.getLogger("trellis.listener")
 
@@ -226,10 +227,14 @@ class ListenerRuntime:
             config, chains, table = self.config, self.chains, self.table
             local = None
             port = self._port
+            address = None  # the destination address, read only when a chain names one
             if config.use_original_dst:
                 local = original_destination(conn)
                 port = local[1]
-            found = table.for_port(port)
+                address = local[0]
+            elif table.uses_addresses:
+                address = str(conn.getsockname()[0])
+            found = table.lookup(port, address)
             is_tls = False
             if found is not None and found.needs_inspection:
                 first = await _peek(loop, conn)
@@ -246,6 +251,21 @@ class ListenerRuntime:
                 if context is None:
                     self._refuse(conn, "TLS", "the certificate or trusted CAs are not ready")
                     return
+            if context is not None and isinstance(chain.context, TcpContext):
+                # TLS the TCP proxy can half-close (asyncio's cannot): see TlsStream.
+                app = self._protocol_for(chain, local)
+                _, stream = await loop.connect_accepted_socket(
+                    lambda: TlsStream(
+                        app, context, server_side=True, handshake_timeout=_HANDSHAKE_TIMEOUT
+                    ),
+                    conn,
+                )
+                try:
+                    await stream.handshake
+                except (OSError, TimeoutError) as error:  # the stream closed its socket
+                    log.debug("listener %s: TLS handshake failed: %r", self.config.name, error)
+                    self._count_tls_failure()
+                return
             await loop.connect_accepted_socket(
                 lambda: self._protocol_for(chain, local),
                 conn,
@@ -351,14 +371,15 @@ class ListenerRuntime:
 
 def accepts_by_hand(config: Listener) -> bool:
     """Whether a listener needs the Python accept path: anything but one plaintext
-    chain for every connection (TLS, inspection, destination ports, original
-    destinations)."""
+    chain for every connection (TLS, inspection, destination ports or addresses,
+    original destinations)."""
     if config.use_original_dst or len(config.chains) != 1:
         return True
     (chain,) = config.chains
     return (
         chain.tls is not None
         or chain.destination_port is not None
+        or bool(chain.prefix_ranges)
         or chain.transport_protocol is not TransportProtocol.ANY
     )
 

@@ -136,7 +136,12 @@ class ConfigManager:
         network_filter = chain.filter
         logs = tuple(sinks[config] for config in network_filter.access_logs)
         if isinstance(network_filter, TcpProxy):
-            host = service_from_cluster(network_filter.cluster) or network_filter.cluster
+            cluster = self.clusters.clusters.get(network_filter.cluster)
+            host = (
+                (cluster.config.service_host if cluster is not None else "")
+                or service_from_cluster(network_filter.cluster)
+                or network_filter.cluster
+            )
             node, direction = self.node, listener.direction
 
             def labels_for(peer: WorkloadMetadata) -> PeerLabels:
@@ -144,7 +149,7 @@ class ConfigManager:
 
             return TcpContext(
                 network_filter,
-                self.clusters.clusters.get(network_filter.cluster),
+                cluster,
                 self.metrics,
                 peer_labels(self.node, listener.direction, host, protocol="tcp"),
                 logs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -20,7 +21,9 @@ from trellis.runtime.manager import ConfigManager
 from trellis.runtime.secrets import SecretStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
+
+    from trellis.core.app_probe import AppProbe
 
 log = logging.getLogger("trellis.proxy")
 
@@ -39,9 +42,11 @@ class ProxyServer:
         rng: random.Random | None = None,
         stats_address: SocketAddress | None = None,
         health_address: SocketAddress | None = None,
+        app_probes: Mapping[str, AppProbe] | None = None,
     ) -> None:
         """`stats_address`, `health_address`: where to serve Istio's agent ports (15020
-        merged metrics, 15021 readiness), which Envoy's bootstrap has no field for."""
+        merged metrics, 15021 readiness), which Envoy's bootstrap has no field for.
+        `app_probes`: the application's probes the stats port answers by path."""
         self.config = config
         self._dump = dump
         self.drain_time = drain_time
@@ -67,6 +72,7 @@ class ProxyServer:
             ("stats", STATS_ROUTES, stats_address),
             ("health", HEALTH_ROUTES, health_address),
         )
+        self.app_probes = dict(app_probes or {})
         self.agent_servers: dict[str, AdminServer] = {}
         """The started agent ports by name (`stats`, `health`)."""
         self.started = time.time()
@@ -103,6 +109,8 @@ class ProxyServer:
         for name, routes, where in self._agent_ports:
             if where is not None:
                 agent = AdminServer(self, routes, self.prometheus_sources)
+                if name == "stats" and self.app_probes:
+                    self._serve_app_probes(agent)
                 try:
                     await agent.start(where.host, where.port)
                 except OSError as exc:
@@ -113,6 +121,14 @@ class ProxyServer:
         self._housekeeping = loop.create_task(self._housekeep(), name="housekeeping")
         if live:
             self.set_live()
+
+    def _serve_app_probes(self, agent: AdminServer) -> None:
+        """`/app-health/...` on the stats port, as Istio's agent serves them on 15020."""
+        from trellis.runtime.app_prober import AppProber  # noqa: PLC0415 - only with probes
+
+        prober = AppProber(self.app_probes)
+        for path in self.app_probes:
+            agent.add_async_route(path, functools.partial(prober.answer, path))
 
     def set_live(self) -> None:
         """Initial config is in place (Envoy leaves PRE_INITIALIZING)."""

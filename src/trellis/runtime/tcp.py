@@ -19,6 +19,7 @@ changes: no header is written or expected.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from trellis.runtime.cluster import HostRuntime
     from trellis.runtime.listener import ChainRuntime, ListenerRuntime
     from trellis.runtime.tcp_context import TcpContext
+
+log = logging.getLogger("trellis.tcp")
 
 
 def _selected_exchange(transport: asyncio.BaseTransport) -> bool:
@@ -182,28 +185,46 @@ class TcpDownstream(asyncio.Protocol):
         """Choose a host of the cluster and start connecting to it."""
         assert self.transport is not None
         cluster = self.ctx.cluster
-        if cluster is None or not cluster.hosts:
-            self._fail(
-                ResponseFlag.NO_HEALTHY_UPSTREAM if cluster else ResponseFlag.NO_CLUSTER_FOUND
-            )
+        if cluster is None:
+            self._fail(ResponseFlag.NO_CLUSTER_FOUND)
+            return
+        destination = self._original_destination() if cluster.config.original_dst else None
+        if not (cluster.hosts or destination):
+            self._fail(ResponseFlag.NO_HEALTHY_UPSTREAM)
             return
         if not cluster.limits.try_acquire_connection():
             self._fail(ResponseFlag.UPSTREAM_OVERFLOW)
             return
-        index = cluster.choose_host()
-        if index is None:
-            cluster.limits.release_connection()
-            self._fail(ResponseFlag.NO_HEALTHY_UPSTREAM)
-            return
-        self.host = cluster.hosts[index]
+        if destination is not None:
+            self.host = cluster.original_host(*destination)
+        else:
+            index = cluster.choose_host()
+            if index is None:
+                cluster.limits.release_connection()
+                self._fail(ResponseFlag.NO_HEALTHY_UPSTREAM)
+                return
+            self.host = cluster.hosts[index]
         self.host.stats.active_requests += 1
         self.transport.pause_reading()
         self._connect = asyncio.get_running_loop().create_task(
             self._open(self.host), name=f"tcp connect {self.host.address}"
         )
 
+    def _original_destination(self) -> tuple[str, int] | None:
+        """Where an ORIGINAL_DST cluster sends this connection: where the client sent
+        it before iptables redirected it here. None when it was not redirected (its
+        original destination is this listener's own socket): connecting there would
+        bring the connection back to this proxy, over and over."""
+        local = self.local
+        transport = self.transport
+        own = transport.get_extra_info("sockname") if transport is not None else None
+        if local is None or (isinstance(own, tuple) and tuple(own[:2]) == local):
+            log.debug("tcp: %s was not redirected here: no original destination", own)
+            return None
+        return local
+
     async def _open(self, host: HostRuntime) -> None:
-        upstream = await host.connect(lambda: _UpstreamSide(self))
+        upstream = await host.connect(lambda: _UpstreamSide(self), half_close=True)
         cluster = host.cluster
         if isinstance(upstream, str):
             if cluster.outlier is not None:
@@ -382,9 +403,9 @@ class TcpDownstream(asyncio.Protocol):
 
 
 def _end_writing(transport: asyncio.Transport) -> None:
-    """Pass an EOF on: half-close a plain socket; a TLS transport cannot half-close
-    (asyncio has no close_notify without closing), so it is closed once its buffered
-    bytes are written, or the peer would never learn the stream ended."""
+    """Pass an EOF on: half-close a plain socket or a `TlsStream` (close_notify); an
+    asyncio TLS transport cannot half-close, so it is closed once its buffered bytes
+    are written, or the peer would never learn the stream ended."""
     if transport.can_write_eof():
         transport.write_eof()
     else:

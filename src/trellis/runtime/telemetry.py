@@ -11,6 +11,7 @@ from trellis.core.config import AccessLogConfig, NodeIdentity, TrafficDirection
 from trellis.core.labels import peer_labels, service_from_cluster, with_peer_identity
 from trellis.core.metrics import (
     CounterCell,
+    HttpSeries,
     IstioMetrics,
     PeerLabels,
     ResponseFlag,
@@ -23,7 +24,13 @@ from trellis.core.routing import strip_port
 if TYPE_CHECKING:
     from trellis.runtime.router import Stream
 
+_NO_FLAG = ResponseFlag.NONE  # a module global: cheaper to load than the enum's attribute
 _MAX_PEER_CACHE = 4096  # authorities are client-chosen: bound what they can make us keep
+_MAX_SERIES_CACHE = 4096  # the same for the series cache (emptied when full: it is a cache)
+
+# What a finished request's Istio series is cached under: cluster, authority, peer
+# principal, peer workload, status code, flags. Plain values: no Python-level hash.
+_SeriesKey = tuple[str, str, str | None, WorkloadMetadata | None, int, str]
 
 
 class AccessLogSink:
@@ -60,6 +67,7 @@ class HttpRecorder:
         "_prefix",
         "_rbac",
         "_rq_by_class",
+        "_series",
         "direction",
         "logs",
         "metrics",
@@ -82,6 +90,7 @@ class HttpRecorder:
         self.stats = stats
         self.logs = logs
         self._peers: dict[tuple[str, str, str | None, WorkloadMetadata | None], PeerLabels] = {}
+        self._series: dict[_SeriesKey, HttpSeries] = {}
         labels = (("envoy_http_conn_manager_prefix", stat_prefix),)
         self._cx_rq = stats.counter("envoy_http_downstream_rq_total", labels)
         self._rq_by_class = [
@@ -128,7 +137,7 @@ class HttpRecorder:
         duration_ms = (now - stream.start) * 1000.0
         code = stream.response_code
         # Identity, not truth value: Flag.__bool__ is Python code, and this runs per request.
-        flags = "-" if stream.flags is ResponseFlag.NONE else format_flags(stream.flags)
+        flags = "-" if stream.flags is _NO_FLAG else format_flags(stream.flags)
         cluster = stream.cluster
         cluster_name = cluster.config.name if cluster is not None else ""
         principal = (
@@ -136,14 +145,11 @@ class HttpRecorder:
             if self.direction is TrafficDirection.INBOUND
             else stream.upstream_principal
         )
-        workload = stream.peer_workload
-        peer = self._peers.get((cluster_name, stream.authority, principal, workload))
-        self.metrics.record_http(
-            peer
-            if peer is not None
-            else self.peer(cluster_name, stream.authority, principal, workload),
-            code,
-            flags,
+        key = (cluster_name, stream.authority, principal, stream.peer_workload, code, flags)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        series.observe(
             duration_ms,
             stream.body_bytes + stream.request_head_bytes,
             stream.response_bytes + stream.response_head_bytes,
@@ -156,6 +162,16 @@ class HttpRecorder:
             entry = self._entry(stream, code, flags, duration_ms, now)
             for sink in self.logs:
                 sink.write(entry)
+
+    def _new_series(self, key: _SeriesKey) -> HttpSeries:
+        cluster_name, authority, principal, workload, code, flags = key
+        series = self.metrics.http_series(
+            self.peer(cluster_name, authority, principal, workload), code, flags
+        )
+        if len(self._series) >= _MAX_SERIES_CACHE:
+            self._series.clear()
+        self._series[key] = series
+        return series
 
     def _rbac_counter(self, allowed: bool) -> CounterCell:
         cell = self._rbac.get(allowed)

@@ -25,11 +25,6 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def status_line(code: int) -> bytes:
-    line = STATUS_LINES.get(code)
-    return line if line is not None else _status_line(code)
-
-
 def header_block(headers: Headers) -> bytes:
     """`name: value` lines and the blank line that ends a head."""
     if not headers:
@@ -42,7 +37,7 @@ def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
 
 
 def response_head(code: int, headers: Headers) -> bytes:
-    return status_line(code) + header_block(headers)
+    return (STATUS_LINES.get(code) or _status_line(code)) + header_block(headers)
 
 
 def chunk(data: bytes) -> bytes:

@@ -1,9 +1,12 @@
 """The proxy's ADS client: one gRPC stream to the control plane, updates applied live.
 
-Each response is compiled and applied as a unit; anything that fails is NACKed
-with the reason and the previous config stays. When the control plane goes away
-the proxy keeps serving what it has and reconnects with jittered back-off; the
-new stream resubscribes and the control plane resends the state of the world.
+The stream speaks state of the world (`AdsClientState`) or, with `AdsConfig.delta`,
+incremental xDS (`DeltaAdsClientState`); either hands over the complete view of a
+type per response, and that view is compiled and applied here as a unit, the same
+way for both. Anything that fails is NACKed with the reason and the previous
+config stays. When the control plane goes away the proxy keeps serving what it
+has and reconnects with jittered back-off; the new stream resubscribes (with
+delta, naming the versions it holds) and the control plane resends what differs.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -24,7 +28,8 @@ from trellis.errors import ConfigError
 from trellis.runtime.grpc_stream import GrpcError, GrpcStream, GrpcTls
 from trellis.runtime.manager import ConfigManager
 from trellis.xds import compile_dynamic
-from trellis.xds.ads_client import AdsClientState, Update
+from trellis.xds.ads_client import AdsClientState, AdsProtocol, Request, Response, Update
+from trellis.xds.ads_delta_client import DeltaAdsClientState
 from trellis.xds.compile_dynamic import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -34,8 +39,8 @@ from trellis.xds.compile_dynamic import (
 )
 
 log = logging.getLogger("trellis.xds")
+T = TypeVar("T")
 
-ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 _BACKOFF_BASE = 0.5
 _BACKOFF_MAX = 30.0
 _CONNECT_TIMEOUT = 5.0
@@ -70,8 +75,14 @@ class XdsClient:
         types = [SECRET_TYPE]
         types += [CLUSTER_TYPE, ENDPOINT_TYPE] if ads.cds else []
         types += [LISTENER_TYPE, ROUTE_TYPE] if ads.lds else []
-        self.state = AdsClientState(node, types)
+        self.state: AdsProtocol = (
+            DeltaAdsClientState(node, types) if ads.delta else AdsClientState(node, types)
+        )
         self.status: dict[str, TypeStatus] = {t: TypeStatus() for t in types}
+        # Per type, each resource message last compiled and its result: a resource
+        # that did not change keeps its message object (delta xDS, and the RDS/EDS
+        # resources SotW keeps), so a response costs compiling only what it carries.
+        self._compiled: dict[str, dict[str, tuple[Message, Any]]] = {t: {} for t in types}
         self.connected = False
         self._initialized = False
         self._stream: GrpcStream | None = None
@@ -100,37 +111,36 @@ class XdsClient:
 
     async def _session(self) -> None:
         address = self.ads.address
-        stream = await GrpcStream.open(address, ADS_METHOD, _CONNECT_TIMEOUT, tls=self.tls)
+        state = self.state
+        stream = await GrpcStream.open(address, state.method, _CONNECT_TIMEOUT, tls=self.tls)
         self._stream = stream
         self.connected = True
-        log.info("ADS stream to %s open", address)
-        for request in self.state.start():
+        log.info("ADS stream to %s open (%s)", address, "delta" if self.ads.delta else "sotw")
+        for request in state.start():
             await stream.send(request.SerializeToString())
         while True:
-            response = discovery_pb2.DiscoveryResponse()
+            response = state.response_type()
             response.ParseFromString(await stream.recv())
             for request in await self._handle(response):
                 await stream.send(request.SerializeToString())
 
-    async def _handle(
-        self, response: discovery_pb2.DiscoveryResponse
-    ) -> list[discovery_pb2.DiscoveryRequest]:
+    async def _handle(self, response: Response) -> list[Request]:
+        """Apply one response (SotW or delta); the ACK or NACK and subscriptions to send."""
         try:
             update = self.state.decode(response)
             follow_up = await self._apply(update)
         except ConfigError as exc:
             reason = str(exc)
-            log.warning(
-                "rejected %s version %r: %s", response.type_url, response.version_info, reason
-            )
+            version = _version(response)
+            log.warning("rejected %s version %r: %s", response.type_url, version, reason)
             status = self.status.get(response.type_url)
             if status is not None:
-                status.rejected_version = response.version_info
+                status.rejected_version = version
                 status.rejected_reason = reason
             return [self.state.nack(response.type_url, response.nonce, reason)]
         status = self.status[update.type_url]
         status.version = update.version
-        status.resources = dict(self._held_after(update))
+        status.resources = dict(update.resources)
         status.last_updated = time.time()
         status.rejected_version = status.rejected_reason = ""
         requests = [self.state.ack(update)]
@@ -138,60 +148,68 @@ class XdsClient:
         await self._maybe_initialized()
         return requests
 
-    async def _apply(self, update: Update) -> tuple[discovery_pb2.DiscoveryRequest | None, ...]:
+    async def _apply(self, update: Update) -> tuple[Request | None, ...]:
         """Compile every resource first (all or nothing), then apply; returns the
         subscription changes it calls for (EDS/RDS names, SDS names)."""
         manager = self.manager
         kind = update.type_url
-        resources = self._held_after(update)
+        resources = update.resources
         if kind == SECRET_TYPE:
-            manager.apply_secrets(
-                {n: compile_dynamic.secret_resource(m) for n, m in resources.items()}
-            )
+            manager.apply_secrets(self._compile(kind, resources, compile_dynamic.secret_resource))
             return ()
         if kind == CLUSTER_TYPE:
-            clusters = {n: compile_dynamic.cluster_resource(m) for n, m in resources.items()}
+            clusters = self._compile(kind, resources, compile_dynamic.cluster_resource)
             names = manager.apply_clusters(clusters)
             return (
-                self.state.want(ENDPOINT_TYPE, names),
-                self.state.want(SECRET_TYPE, manager.ads_secret_names()),
+                self._want(ENDPOINT_TYPE, names),
+                self._want(SECRET_TYPE, manager.ads_secret_names()),
             )
         if kind == ENDPOINT_TYPE:
             manager.apply_endpoints(
-                {n: compile_dynamic.endpoint_resource(m) for n, m in resources.items()}
+                self._compile(kind, resources, compile_dynamic.endpoint_resource)
             )
             return ()
         if kind == LISTENER_TYPE:
-            listeners = {n: compile_dynamic.listener_resource(m) for n, m in resources.items()}
+            listeners = self._compile(kind, resources, compile_dynamic.listener_resource)
             try:
                 names = await manager.apply_listeners(listeners)
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
             return (
-                self.state.want(ROUTE_TYPE, names),
-                self.state.want(SECRET_TYPE, manager.ads_secret_names()),
+                self._want(ROUTE_TYPE, names),
+                self._want(SECRET_TYPE, manager.ads_secret_names()),
             )
-        routes = {n: compile_dynamic.route_resource(m) for n, m in resources.items()}
-        manager.apply_routes(routes)
+        manager.apply_routes(self._compile(kind, resources, compile_dynamic.route_resource))
         try:
             await manager.start_warmed()
         except OSError as exc:
             raise ConfigError(f"cannot listen: {exc}") from exc
         return ()
 
-    def _held_after(self, update: Update) -> dict[str, Message]:
-        """The resources of the type once `update` is applied.
+    def _compile(
+        self, type_url: str, resources: Mapping[str, Message], compile_one: Callable[[Message], T]
+    ) -> dict[str, T]:
+        """Every resource compiled (all or nothing: ConfigError names the bad one),
+        reusing the result for a message compiled before."""
+        known = self._compiled[type_url]
+        compiled: dict[str, T] = {}
+        for name, message in resources.items():
+            hit = known.get(name)
+            compiled[name] = (
+                hit[1] if hit is not None and hit[0] is message else compile_one(message)
+            )
+        self._compiled[type_url] = {n: (resources[n], c) for n, c in compiled.items()}
+        return compiled
 
-        LDS and CDS responses carry every resource. RDS and EDS responses may carry
-        only some (xDS state of the world): the others stay while subscribed.
-        """
-        if update.type_url in (LISTENER_TYPE, CLUSTER_TYPE):
-            return dict(update.resources)
-        if update.type_url not in self.status:
-            return {}
-        wanted = self.state.names(update.type_url)
-        held = {**self.status[update.type_url].resources, **update.resources}
-        return {name: message for name, message in held.items() if name in wanted}
+    def _want(self, type_url: str, names: set[str]) -> Request | None:
+        """Subscribe to `names` of a named type; what is no longer named stops being
+        shown as held at once (with delta the server sends nothing for it)."""
+        request = self.state.want(type_url, names)
+        status = self.status.get(type_url)
+        if request is not None and status is not None:
+            wanted = self.state.names(type_url)
+            status.resources = {n: m for n, m in status.resources.items() if n in wanted}
+        return request
 
     async def _maybe_initialized(self) -> None:
         """Envoy's rule: initialized once every subscribed type has been received once."""
@@ -209,3 +227,10 @@ class XdsClient:
             log.warning("no complete config from the control plane yet; serving what there is")
             self._initialized = True
             self.on_initialized()
+
+
+def _version(response: Response) -> str:
+    """The version a response states: `version_info` (SotW) or `system_version_info`."""
+    if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
+        return str(response.system_version_info)
+    return str(response.version_info)

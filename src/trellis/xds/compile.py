@@ -18,8 +18,8 @@ Choices where Envoy leaves room:
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
@@ -134,10 +134,10 @@ def _max_connections(manager: overload_pb2.OverloadManager, where: Where) -> int
     return limit
 
 
-def compile_file(path: str | Path) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig]:
+def compile_file(path: str | os.PathLike[str]) -> tuple[bootstrap_pb2.Bootstrap, ProxyConfig]:
     """Load a bootstrap file and compile it."""
     bootstrap = load_bootstrap(path)
-    return bootstrap, compile_bootstrap(bootstrap, str(path))
+    return bootstrap, compile_bootstrap(bootstrap, os.fspath(path))
 
 
 def _listeners(

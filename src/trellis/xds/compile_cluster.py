@@ -56,10 +56,13 @@ def clusters(configs: Sequence[cluster_pb2.Cluster], where: Where) -> tuple[Clus
 
 
 def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
-    """Convert one STATIC or EDS cluster."""
+    """Convert one STATIC, EDS or ORIGINAL_DST cluster."""
     if not config.name:
         raise where.at("name").error("name is required")
-    policy = LbPolicy(cluster_pb2.Cluster.LbPolicy.Name(config.lb_policy))
+    original_dst = _original_dst(config, where)
+    policy = LbPolicy.ROUND_ROBIN  # unused by ORIGINAL_DST: the cluster picks the host
+    if not original_dst:
+        policy = LbPolicy(cluster_pb2.Cluster.LbPolicy.Name(config.lb_policy))
     choice_count = 2
     if config.HasField("least_request_lb_config"):
         here = where.at("least_request_lb_config")
@@ -100,7 +103,47 @@ def cluster(config: cluster_pb2.Cluster, where: Where) -> Cluster:
         transport_socket_matches=socket_matches(
             config.transport_socket_matches, where.at("transport_socket_matches")
         ),
+        original_dst=original_dst,
+        service_host=_service_host(config, where),
     )
+
+
+def _service_host(config: cluster_pb2.Cluster, where: Where) -> str:
+    """The first host in Istio's `filter_metadata.istio.services` ("" when absent)."""
+    istio = config.metadata.filter_metadata.get("istio")
+    if istio is None or "services" not in istio.fields:
+        return ""
+    here = where.at("metadata").at("filter_metadata").at("istio").at("services")
+    services = istio.fields["services"]
+    if services.WhichOneof("kind") != "list_value":
+        raise here.error("must be a list of {host, name, namespace}")
+    hosts = []
+    for index, item in enumerate(services.list_value.values):
+        fields = item.struct_value.fields if item.WhichOneof("kind") == "struct_value" else {}
+        host = fields.get("host")
+        if host is None or host.WhichOneof("kind") != "string_value":
+            raise here.item(index).at("host").error("must be a string")
+        hosts.append(host.string_value)
+    return hosts[0] if hosts else ""
+
+
+def _original_dst(config: cluster_pb2.Cluster, where: Where) -> bool:
+    """Whether `config` is an ORIGINAL_DST cluster, checking what Envoy requires of one:
+    lb_policy CLUSTER_PROVIDED (and only there) and no endpoints of its own."""
+    provided = config.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
+    if config.type != cluster_pb2.Cluster.ORIGINAL_DST:
+        if provided:
+            raise where.at("lb_policy").error("CLUSTER_PROVIDED is only for type ORIGINAL_DST")
+        return False
+    if not provided:
+        raise where.at("lb_policy").error("an ORIGINAL_DST cluster needs CLUSTER_PROVIDED")
+    for field in ("load_assignment", "eds_cluster_config", "outlier_detection"):
+        if config.HasField(field):
+            raise where.at(field).error(
+                "not supported on an ORIGINAL_DST cluster (its hosts are the connections' "
+                "original destinations)"
+            )
+    return True
 
 
 def _endpoints(config: cluster_pb2.Cluster, where: Where) -> tuple[Endpoint, ...]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -40,7 +41,11 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 def ads_config(
     bootstrap: bootstrap_pb2.Bootstrap, clusters: Sequence[Cluster], where: Where
 ) -> AdsConfig | None:
-    """The ADS stream a bootstrap asks for, or None for a static-only proxy."""
+    """The ADS stream a bootstrap asks for, or None for a static-only proxy.
+
+    `ads_config.api_type` picks the protocol as in Envoy: `DELTA_GRPC` incremental
+    xDS, `GRPC` state of the world (the supported-fields check refuses others).
+    """
     if not bootstrap.HasField("dynamic_resources"):
         for cluster in clusters:
             if cluster.http2:
@@ -83,6 +88,7 @@ def ads_config(
         lds=dynamic.HasField("lds_config"),
         cds=dynamic.HasField("cds_config"),
         initial_fetch_timeout=fetch,  # 0s: no limit, as in Envoy
+        delta=api.api_type == config_source_pb2.ApiConfigSource.DELTA_GRPC,
     )
 
 

@@ -3,6 +3,7 @@ or a TCP proxy after any number of network RBAC filters, per chain."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -16,12 +17,13 @@ from trellis.core.config import (
     AccessLogConfig,
     FilterChain,
     HttpConnectionManager,
+    IpNetwork,
     Listener,
     NetworkFilter,
     TcpProxy,
     TrafficDirection,
 )
-from trellis.core.filter_chain import ChainMatch, chain_match
+from trellis.core.filter_chain import MatchKey, match_keys
 from trellis.errors import ConfigError
 from trellis.xds.compile_rbac import http_filter_chain, network_filter_chain
 from trellis.xds.compile_route import route_config
@@ -87,27 +89,53 @@ def _filter_chains(
     clusters: frozenset[str] | None,
     where: Where,
 ) -> tuple[FilterChain, ...]:
-    """Each chain's match (`destination_port`, `transport_protocol`), TLS and filters;
-    like Envoy, two chains with the same match are an error."""
+    """Each chain's match (`destination_port`, `prefix_ranges`, `transport_protocol`),
+    TLS and filters; like Envoy, two chains matching the same (port, prefix,
+    protocol) are an error."""
     result = []
-    seen: dict[ChainMatch, int] = {}
+    seen: dict[MatchKey, int] = {}
     for i, chain in enumerate(chains):
         here = where.item(i)
         protocol, tls = chain_transport(chain, here)
+        match = chain.filter_chain_match
         compiled = FilterChain(
             filter=_network_filter(chain, clusters, here),
             name=chain.name,
-            destination_port=_destination_port(chain.filter_chain_match, here),
+            destination_port=_destination_port(match, here),
+            prefix_ranges=_prefix_ranges(match, here.at("filter_chain_match")),
             transport_protocol=protocol,
             tls=tls,
         )
-        match = chain_match(compiled)
-        if match in seen:
-            raise here.at("filter_chain_match").error(
-                f"filter chains {seen[match]} and {i} have the same match"
-            )
-        seen[match] = i
+        for key in match_keys(compiled):
+            if key in seen:
+                raise here.at("filter_chain_match").error(
+                    f"filter chains {seen[key]} and {i} have the same match"
+                )
+            seen[key] = i
         result.append(compiled)
+    return tuple(result)
+
+
+def _prefix_ranges(
+    match: listener_components_pb2.FilterChainMatch, where: Where
+) -> tuple[IpNetwork, ...]:
+    """The destination address blocks, IPv4 or IPv6; host bits beyond `prefix_len` are
+    dropped, as Envoy does. Listed twice is listed once."""
+    result: dict[IpNetwork, None] = {}
+    for i, cidr in enumerate(match.prefix_ranges):
+        here = where.at("prefix_ranges").item(i)
+        try:
+            address = ipaddress.ip_address(cidr.address_prefix)
+        except ValueError:
+            raise here.at("address_prefix").error(
+                f"{cidr.address_prefix!r} is not an IPv4 or IPv6 address"
+            ) from None
+        length = wrapped(cidr, "prefix_len", 0)
+        if length > address.max_prefixlen:
+            raise here.at("prefix_len").error(
+                f"must be 0-{address.max_prefixlen} for {address}, got {length}"
+            )
+        result[ipaddress.ip_network(f"{address}/{length}", strict=False)] = None
     return tuple(result)
 
 

@@ -99,8 +99,9 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"name", "filters", "filter_chain_match", "transport_socket"}
         ),
         "envoy.config.listener.v3.FilterChainMatch": frozenset(
-            {"destination_port", "transport_protocol"}
+            {"destination_port", "prefix_ranges", "transport_protocol"}
         ),
+        _CORE + "CidrRange": frozenset({"address_prefix", "prefix_len"}),
         "envoy.config.listener.v3.Filter": frozenset({"name", "typed_config"}),
         HCM_TYPE: frozenset(
             {
@@ -251,6 +252,7 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "common_lb_config",
                 "transport_socket",
                 "transport_socket_matches",
+                "metadata",
             }
         ),
         _CLUSTER + "Cluster.LeastRequestLbConfig": frozenset({"choice_count"}),
@@ -302,11 +304,13 @@ SUPPORTED_ENUM_VALUES: Mapping[tuple[str, str], frozenset[str]] = MappingProxyTy
     {
         (_CORE + "SocketAddress", "protocol"): frozenset({"TCP"}),
         (HCM_TYPE, "codec_type"): frozenset({"AUTO", "HTTP1"}),
-        (_CLUSTER + "Cluster", "type"): frozenset({"STATIC", "EDS"}),
-        (_CORE + "ApiConfigSource", "api_type"): frozenset({"GRPC"}),
+        (_CLUSTER + "Cluster", "type"): frozenset({"STATIC", "EDS", "ORIGINAL_DST"}),
+        (_CORE + "ApiConfigSource", "api_type"): frozenset({"GRPC", "DELTA_GRPC"}),
         (_CORE + "ApiConfigSource", "transport_api_version"): frozenset({"V3"}),
         (_CORE + "ConfigSource", "resource_api_version"): frozenset({"V3"}),
-        (_CLUSTER + "Cluster", "lb_policy"): frozenset({"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}),
+        (_CLUSTER + "Cluster", "lb_policy"): frozenset(
+            {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED"}
+        ),
         (_CLUSTER + "CircuitBreakers.Thresholds", "priority"): frozenset({"DEFAULT"}),
         **TLS_SUPPORTED_VALUES,
     }

@@ -143,13 +143,14 @@ def test_stale_nonce_is_ignored_and_new_names_are_answered() -> None:
                 ENDPOINT_TYPE, ["svc0", "svc1"], version=first.version_info, nonce=first.nonce
             )
             await client.expect_silence(0.3)
-            # With the current nonce the new name is answered with everything subscribed.
+            # With the current nonce the new name is answered, and only it: EDS is not
+            # a state-of-the-world type, the client keeps svc0.
             client.ack(second, ["svc0"])
             client.send(
                 ENDPOINT_TYPE, ["svc0", "svc1"], version=second.version_info, nonce=second.nonce
             )
             third = await client.recv()
-            assert names_of(third) == ["svc0", "svc1"]
+            assert names_of(third) == ["svc1"]
             client.ack(third, ["svc0", "svc1"])
             # Dropping a name needs no response.
             client.send(ENDPOINT_TYPE, ["svc1"], version=third.version_info, nonce=third.nonce)
@@ -190,7 +191,7 @@ def test_named_resources_that_do_not_exist_are_sent_when_they_appear() -> None:
     run(main)
 
 
-def test_bad_node_and_delta_are_refused() -> None:
+def test_a_bad_node_is_refused_on_both_protocols() -> None:
     async def main() -> None:
         cache = SnapshotCache(debounce=0.01)
         async with ads_server(cache) as server, channel_to(server) as channel:
@@ -209,10 +210,13 @@ def test_bad_node_and_delta_are_refused() -> None:
             assert 'node.metadata["LABELS"]' in (raised.value.details() or "")
 
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            delta = stub.DeltaAggregatedResources(iter([discovery_pb2.DeltaDiscoveryRequest()]))
+            delta = stub.DeltaAggregatedResources(
+                iter([discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER_TYPE)])
+            )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await delta.read()
-            assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "node.id" in (raised.value.details() or "")
             assert server.service.status() == []
 
     run(main)

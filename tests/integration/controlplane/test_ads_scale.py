@@ -55,7 +55,7 @@ def test_a_change_reaches_200_proxies_quickly() -> None:
             set_done = time.monotonic() - start
             for client in clients:
                 eds = await client.recv(within=10)
-                assert names_of(eds)[:1] == ["svc0"] and len(eds.resources) == SERVICES
+                assert names_of(eds) == ["svc0"]  # the one that changed
                 client.ack(eds, names)
             delays = [client.arrivals[-1] - start for client in clients]
             acked = await _until_synced(server.service, 10) - start

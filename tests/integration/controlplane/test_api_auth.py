@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trellis.controlplane.api_auth import TOKEN_FILE, is_loopback, load_or_create_token
+from trellis.controlplane.api_auth import TOKEN_FILE, api_token, is_loopback, load_or_create_token
 from trellis.errors import ConfigError
 
 from .api_helpers import GROUP, TOKEN, in_process
@@ -79,3 +79,21 @@ def test_unusable_token_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / TOKEN_FILE).write_text("short\n")
     with pytest.raises(ConfigError, match="api-token"):
         load_or_create_token(tmp_path)
+
+
+def test_a_shared_token_file_wins_and_its_absence_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "secret" / "token"
+    own = api_token(tmp_path / "data", shared)
+    assert "no API token file" in caplog.text
+    assert own == (tmp_path / "data" / TOKEN_FILE).read_text().strip()
+    shared.parent.mkdir()
+    shared.write_text("shared-token-of-every-replica\n")
+    shared.chmod(0o440)  # as Kubernetes mounts a Secret: not a reason to refuse or warn
+    caplog.clear()
+    assert api_token(tmp_path / "data", shared) == "shared-token-of-every-replica"
+    assert "readable" not in caplog.text
+    shared.write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        api_token(tmp_path / "data", shared)

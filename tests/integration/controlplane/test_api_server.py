@@ -116,8 +116,9 @@ def test_serve_api_on_a_taken_port_is_an_error() -> None:
             asyncio.run(asyncio.wait_for(serve_api(app, "127.0.0.1", port), 10))
 
 
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_proxy_status_and_config_of_a_real_proxy(
-    tmp_path: Path, pytestconfig: pytest.Config
+    tmp_path: Path, pytestconfig: pytest.Config, api_type: str
 ) -> None:
     plane = ControlPlane()
     plane.start()
@@ -132,7 +133,7 @@ def test_proxy_status_and_config_of_a_real_proxy(
             served(tmp_path, ads_status=plane.status, proxy_admin={NODE: admin}.get) as api,
         ):
             node = {"id": NODE, "cluster": "web", "metadata": {"WORKLOAD_NAME": "web"}}
-            start(xds_bootstrap(node, admin_port, plane.port), name="sidecar")
+            start(xds_bootstrap(node, admin_port, plane.port, api_type), name="sidecar")
 
             def synced() -> str | None:
                 result = _cli(api.url, "proxy-status")

@@ -202,7 +202,10 @@ def test_virtual_service_applied_under_traffic_and_control_plane_restart(
             "LABELS": {"app": "web"},
             "TRELLIS_OUTBOUND_PORT": str(outbound),
         }
-        start(xds_bootstrap(_node("web", web_meta), free_port(), plane.xds_port), name="web")
+        # web speaks delta xDS (what `trellis proxy --xds` uses), the payment sidecars
+        # state of the world: both protocols follow the same changes and the restart.
+        web = xds_bootstrap(_node("web", web_meta), free_port(), plane.xds_port, "DELTA_GRPC")
+        start(web, name="web")
         traffic = Traffic(outbound)
         _until(lambda: traffic.get("/pay").status == 200, what="web -> payment through the mesh")
 

@@ -178,7 +178,9 @@ def test_control_plane_serves_the_webhook_when_asked(tmp_path: Path) -> None:
         reply = until(answered, what=f"the webhook\n{plane.log_text()[-2000:]}")
         assert reply is not None
         operations = json.loads(base64.b64decode(reply.json()["response"]["patch"]))
-        proxy = next(op for op in operations if op["path"] == "/spec/containers/1")["value"]
+        # The application's probes are rewritten too, so the patch replaces the list.
+        (containers,) = (op["value"] for op in operations if op["path"] == "/spec/containers")
+        proxy = containers[1]
         assert proxy["name"] == PROXY_NAME
         assert proxy["args"][:3] == ["proxy", "--xds", "cp.example:15010"]
     finally:

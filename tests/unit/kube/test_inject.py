@@ -118,8 +118,16 @@ def test_the_proxy_knows_its_pod_from_the_downward_api() -> None:
         "INSTANCE_IP": "status.podIP",
     }
     args = proxy["args"]
-    assert args[:3] == ["proxy", "--xds", "trellis.trellis-system.svc:15010"]
+    assert args[:3] == ["proxy", "--xds", "trellis.trellis-system.svc:15012"]
     pairs = list(zip(args[3::2], args[4::2], strict=True))
+    # TLS to the control plane, trusting the root from the namespace's ConfigMap.
+    root = "/var/run/secrets/trellis/ca/root-cert.pem"
+    assert ("--xds-root-ca", root) in pairs
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "trellis-ca-root")
+    assert (mount["mountPath"], mount["readOnly"]) == ("/var/run/secrets/trellis/ca", True)
+    volume = next(v for v in injected["spec"]["volumes"] if v["name"] == "trellis-ca-root")
+    assert volume["configMap"]["name"] == "trellis-ca-root-cert"
+    assert volume["configMap"]["items"] == [{"key": "root-cert.pem", "path": "root-cert.pem"}]
     assert ("--metadata", "NAMESPACE=$(POD_NAMESPACE)") in pairs
     assert ("--metadata", "WORKLOAD_NAME=web") in pairs
     assert ("--join-token-file", "/var/run/secrets/tokens/trellis-token") in pairs

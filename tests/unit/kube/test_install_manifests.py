@@ -25,6 +25,7 @@ KEY_PEM = _KEY.private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 ).decode()
 CA_FILES = CaFiles(cert_pem=ROOT_PEM, key_pem=KEY_PEM, chain_pem=ROOT_PEM, root_pem=ROOT_PEM)
+API_TOKEN = "k2bZ0n3yJ8xQ7pW5rT1vL9mC4dF6hS0a"
 K8S_VERSIONS = ("1.29", "1.31", kubernetes_validate.latest_version())
 
 
@@ -41,7 +42,8 @@ def one(found: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("revision", ["", "canary"])
 def test_every_manifest_is_valid_for_kubernetes(version: str, revision: str) -> None:
-    found = render_manifests(InstallSettings(ROOT_PEM, revision=revision), KINDS, CA_FILES)
+    settings = InstallSettings(ROOT_PEM, revision=revision)
+    found = render_manifests(settings, KINDS, CA_FILES, API_TOKEN)
     for manifest in found:
         try:
             kubernetes_validate.validate(manifest, version, strict=True)
@@ -100,15 +102,50 @@ def test_cluster_role_grants_exactly_what_the_control_plane_needs() -> None:
             "verbs": store,
         },
         {"apiGroups": ["telemetry.istio.io"], "resources": ["telemetries"], "verbs": store},
+        # The leader's status writes: a merge patch of the status subresource, nothing more.
+        {
+            "apiGroups": ["networking.istio.io"],
+            "resources": [
+                "destinationrules/status",
+                "serviceentries/status",
+                "virtualservices/status",
+                "workloadentries/status",
+            ],
+            "verbs": ["patch"],
+        },
+        {
+            "apiGroups": ["security.istio.io"],
+            "resources": ["authorizationpolicies/status", "peerauthentications/status"],
+            "verbs": ["patch"],
+        },
+        {
+            "apiGroups": ["telemetry.istio.io"],
+            "resources": ["telemetries/status"],
+            "verbs": ["patch"],
+        },
         {
             "apiGroups": ["authentication.k8s.io"],
             "resources": ["tokenreviews"],
             "verbs": ["create"],
         },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["list", "update"],
+            "resourceNames": ["trellis-ca-root-cert"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     ]
     text = yaml.safe_dump(role)
-    for never in ("secrets", "'*'", "/status", "patch", "escalate", "bind", "impersonate"):
+    for never in ("secrets", "'*'", "escalate", "bind", "impersonate"):
         assert never not in text
+    # Patches and the status subresource go together, on the Trellis kinds only.
+    for rule in role["rules"]:
+        on_status = [resource.endswith("/status") for resource in rule["resources"]]
+        assert ("patch" in rule["verbs"]) == any(on_status), rule
+        if any(on_status):
+            assert all(on_status) and rule["verbs"] == ["patch"], rule
+            assert rule["apiGroups"][0].endswith(".istio.io"), rule
     # Deleting is granted on the Trellis kinds only, never on what discovery reads.
     for rule in role["rules"]:
         if "delete" in rule["verbs"]:
@@ -295,6 +332,25 @@ def test_ca_secret_holds_the_plug_in_ca_files() -> None:
     }
 
 
+def test_every_replica_takes_the_api_token_of_one_optional_secret() -> None:
+    found = render_manifests(InstallSettings(ROOT_PEM), KINDS, None, API_TOKEN)
+    secret = one(found, "Secret", "trellis-api-token")
+    assert base64.b64decode(secret["data"]["token"]).decode() == API_TOKEN
+    pod = one(found, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "trellis-api-token")
+    assert volume["secret"] == {
+        "secretName": "trellis-api-token",
+        "defaultMode": 0o440,
+        "optional": True,
+    }
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "trellis-api-token")
+    args = container["args"]
+    token_file = args[args.index("--api-token-file") + 1]
+    assert token_file == f"{mount['mountPath']}/token"
+    assert "Secret" not in [m["kind"] for m in manifests()]
+
+
 def test_rendering_is_deterministic_and_round_trips() -> None:
     first = render_yaml(manifests(), "header line")
     assert first == render_yaml(manifests(), "header line")
@@ -323,3 +379,15 @@ def test_bad_settings_name_the_flag(settings: dict[str, Any], option: str) -> No
 def test_a_bundle_without_certificates_is_refused() -> None:
     with pytest.raises(InstallError, match="--ca-bundle: holds no PEM certificate"):
         InstallSettings("not a certificate")
+
+
+def test_each_pod_serves_its_own_metrics_where_its_annotations_point() -> None:
+    found = manifests()
+    template = one(found, "Deployment")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(annotations["prometheus.io/port"]) == ports["http-monitoring"] == 15014
+    assert flag(container["args"], "--monitoring-address") == "0.0.0.0:15014"

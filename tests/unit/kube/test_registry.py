@@ -9,7 +9,6 @@ import pytest
 
 from trellis.api.networking import Location, Resolution
 from trellis.kube.registry import (
-    CLUSTER_IPS_ANNOTATION,
     build_registry,
     has_sidecar,
     port_protocol,
@@ -119,8 +118,7 @@ def test_service_with_selector_selects_ready_pods_as_workload_entries() -> None:
     assert entry.spec.hosts == ("payment.shop.svc.cluster.local",)
     assert entry.spec.location is Location.MESH_INTERNAL
     assert entry.spec.resolution is Resolution.STATIC
-    assert entry.spec.addresses == ()  # the cluster IP is an annotation (see the module)
-    assert entry.metadata.annotations == {CLUSTER_IPS_ANNOTATION: "10.96.0.10"}
+    assert entry.spec.addresses == ("10.96.0.10",)  # the cluster IP
     (port,) = entry.spec.ports
     assert (port.number, port.name, port.protocol, port.target_port) == (80, "http", "HTTP", 8080)
     assert entry.spec.workload_selector is not None
@@ -176,7 +174,7 @@ def test_what_is_left_out() -> None:
     )
     assert [e.metadata.name for e in registry.entries] == ["headless", "payment"]
     headless_entry = registry.entries[0]
-    assert headless_entry.metadata.annotations == {}
+    assert headless_entry.spec.addresses == ()  # clusterIP "None": no address
     assert registry.workloads == ()
     assert registry.problems == ()
 

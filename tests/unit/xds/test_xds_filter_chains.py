@@ -4,6 +4,7 @@ and `use_original_dst` (transparent capture)."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -98,9 +99,9 @@ def test_a_chain_error_names_that_chains_filters(
     ("field", "value", "path"),
     [
         (
-            "prefix_ranges",
-            [{"address_prefix": "10.0.0.0", "prefix_len": 8}],
-            f"{L0}.filter_chains[0].filter_chain_match.prefix_ranges",
+            "server_names",
+            ["example.com"],
+            f"{L0}.filter_chains[0].filter_chain_match.server_names",
         ),
         (
             "source_ports",
@@ -134,3 +135,70 @@ def test_a_default_filter_chain_is_refused_by_path(
     with pytest.raises(ConfigError) as info:
         compile_dict(d)
     assert info.value.path == f"{L0}.default_filter_chain"
+
+
+def test_prefix_ranges_match_the_destination_address_after_the_port(
+    minimal_dict: dict[str, Any], compile_dict: Compile
+) -> None:
+    d = _virtual_inbound(minimal_dict)
+    d["static_resources"]["listeners"][0]["name"] = "virtualOutbound"
+    chains = d["static_resources"]["listeners"][0]["filter_chains"]
+    chains[1]["filter_chain_match"]["prefix_ranges"] = [
+        {"address_prefix": "240.240.0.7", "prefix_len": 32},
+        {"address_prefix": "2001:db8::1:2", "prefix_len": 64},  # host bits dropped
+        {"address_prefix": "240.240.0.7", "prefix_len": 32},  # listed twice: once
+    ]
+    chains.append({**copy.deepcopy(chains[1]), "name": "wide", "filter_chain_match": {}})
+    (listener,) = compile_dict(d).listeners
+    assert listener.chains[1].prefix_ranges == (
+        ipaddress.ip_network("240.240.0.7/32"),
+        ipaddress.ip_network("2001:db8::/64"),
+    )
+    pick = listener.chains
+    assert select_chain(pick, 5432, False, "240.240.0.7") is pick[1]
+    assert select_chain(pick, 5432, False, "2001:db8::9") is pick[1]
+    assert select_chain(pick, 5432, False, "240.240.0.8") is None  # the port's chains only
+    assert select_chain(pick, 6379, False, "240.240.0.7") is pick[2]
+
+
+@pytest.mark.parametrize(
+    ("cidr", "field", "message"),
+    [
+        ({"address_prefix": "nowhere", "prefix_len": 8}, "address_prefix", "not an IPv4"),
+        ({"address_prefix": "10.0.0.0", "prefix_len": 33}, "prefix_len", "must be 0-32"),
+        ({"address_prefix": "::1", "prefix_len": 129}, "prefix_len", "must be 0-128"),
+    ],
+)
+def test_a_bad_prefix_range_is_refused_by_path(
+    minimal_dict: dict[str, Any],
+    compile_dict: Compile,
+    cidr: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    d = _virtual_inbound(minimal_dict)
+    match = d["static_resources"]["listeners"][0]["filter_chains"][1]["filter_chain_match"]
+    match["prefix_ranges"] = [{"address_prefix": "10.1.0.0", "prefix_len": 16}, cidr]
+    with pytest.raises(ConfigError) as info:
+        compile_dict(d)
+    assert info.value.path == f"{L0}.filter_chains[1].filter_chain_match.prefix_ranges[1].{field}"
+    assert message in str(info.value)
+
+
+def test_two_chains_sharing_a_prefix_port_and_protocol_are_refused(
+    minimal_dict: dict[str, Any], compile_dict: Compile
+) -> None:
+    d = _virtual_inbound(minimal_dict)
+    chains = d["static_resources"]["listeners"][0]["filter_chains"]
+    chains[1]["filter_chain_match"]["prefix_ranges"] = [
+        {"address_prefix": "10.0.0.1", "prefix_len": 32}
+    ]
+    twin = copy.deepcopy(chains[1])
+    twin["filter_chain_match"]["prefix_ranges"].insert(
+        0, {"address_prefix": "10.0.0.2", "prefix_len": 32}
+    )
+    chains.append(twin)
+    with pytest.raises(ConfigError) as info:
+        compile_dict(d)
+    assert info.value.path == f"{L0}.filter_chains[2].filter_chain_match"
+    assert "filter chains 1 and 2 have the same match" in str(info.value)

@@ -53,6 +53,9 @@ def load_case(name: str) -> Case:
     tls = node.get("mesh_tls")  # {root_ca_pem, trust_domain?}: the mesh has a CA
     if tls is not None:
         config = replace(config, tls=MeshTls(tls["root_ca_pem"].encode(), **_trust_domain(tls)))
+    vips = node.get("service_vips")  # {host: address}: the control plane's virtual IPs
+    if vips:
+        config = replace(config, service_vips=dict(vips))
     return Case(name, config, _proxy(node["proxy"], config), _options(node.get("options") or {}))
 
 

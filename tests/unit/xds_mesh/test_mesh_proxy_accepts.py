@@ -54,8 +54,34 @@ def test_transparent_inbound_takes_the_chain_of_the_original_port() -> None:
     outbound = listeners["virtualOutbound"]
     assert outbound.use_original_dst
     assert (outbound.address.host, outbound.address.port) == ("0.0.0.0", 15001)
-    (everything,) = outbound.chains  # one connection manager, whatever the port
-    assert select_chain(outbound.chains, 9080, is_tls=False) is everything
+    # HTTP by port, to the connection manager and the routes
+    http_out = select_chain(outbound.chains, 9080, False, "240.240.0.1")
+    assert http_out is not None and isinstance(http_out.filter, HttpConnectionManager)
+    assert http_out.filter.route_config is not None  # the `outbound` routes, inlined here
+    assert http_out.filter.route_config.name == "outbound"
+    assert select_chain(outbound.chains, 9080, False, "192.0.2.1") is http_out
+    # TCP by address and port: reviews' virtual IP, db's own addresses (an IP, a block)
+    for address, port, cluster in [
+        ("240.240.0.1", 9090, "outbound|9090||reviews.default.svc.cluster.local"),
+        ("10.96.0.20", 5432, "outbound|5432||db.example.com"),
+        ("10.97.3.4", 5432, "outbound|5432||db.example.com"),
+    ]:
+        tcp_out = select_chain(outbound.chains, port, False, address)
+        assert tcp_out is not None and isinstance(tcp_out.filter, TcpProxy)
+        assert tcp_out.filter.cluster == cluster
+    # anything else passes through to where it was sent; the capture port is a blackhole
+    for address, port, cluster in [
+        ("10.96.0.21", 5432, "PassthroughCluster"),
+        ("240.240.0.1", 6379, "PassthroughCluster"),
+        ("203.0.113.9", 443, "PassthroughCluster"),
+        ("10.0.0.1", 15001, "BlackHoleCluster"),
+    ]:
+        other = select_chain(outbound.chains, port, False, address)
+        assert other is not None and isinstance(other.filter, TcpProxy)
+        assert other.filter.cluster == cluster
+    clusters = {cluster.name: cluster for cluster in config.clusters}
+    assert clusters["PassthroughCluster"].original_dst
+    assert clusters["BlackHoleCluster"].endpoints == ()
     inbound = listeners["virtualInbound"]
     assert inbound.use_original_dst
     assert (inbound.address.host, inbound.address.port) == ("0.0.0.0", 15006)

@@ -8,7 +8,7 @@ behaviour that is not there — above all mTLS that is not happening.
 
 from __future__ import annotations
 
-from trellis.api.networking import DestinationRule, ServiceEntry, TLSMode, VirtualService
+from trellis.api.networking import DestinationRule, TLSMode, VirtualService
 from trellis.api.telemetry import Telemetry
 from trellis.xds.mesh.errors import UnsupportedConfigError, unsupported
 from trellis.xds.mesh.model import MeshConfig
@@ -27,10 +27,6 @@ def first_uncarried(config: MeshConfig, *, mtls: bool = False) -> UnsupportedCon
     `mtls`: the proxies get mesh mTLS (sidecars of a mesh with a CA), so a
     DestinationRule may ask for ISTIO_MUTUAL.
     """
-    for entry in config.service_entries:
-        problem = _service_entry(entry)
-        if problem is not None:
-            return problem
     for service in config.virtual_services:
         problem = _virtual_service(service)
         if problem is not None:
@@ -65,17 +61,6 @@ def _telemetry(telemetry: Telemetry) -> UnsupportedConfigError | None:
                     f"unknown access log provider {provider.name!r}; Trellis has Istio's "
                     f"built-in {ENVOY_PROVIDER!r} (the mesh access log)",
                 )
-    return None
-
-
-def _service_entry(entry: ServiceEntry) -> UnsupportedConfigError | None:
-    if entry.spec.addresses:
-        return unsupported(
-            entry,
-            "spec.addresses",
-            "virtual IPs chosen in the ServiceEntry are not supported yet; the control plane "
-            "allocates one per service itself (GET /api/v1/service-addresses)",
-        )
     return None
 
 

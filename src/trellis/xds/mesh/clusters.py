@@ -13,13 +13,15 @@ one, clusters are plaintext and ISTIO_MUTUAL is refused (`carried`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import outlier_detection_pb2
 from envoy.type.v3 import percent_pb2
 
 from trellis.api.networking import DestinationRule, OutlierDetection, ServicePort, SimpleLB, Subset
+from trellis.core.labels import split_service
+from trellis.core.peer_metadata import UNKNOWN
 from trellis.xds.mesh.build import MAX_UINT32, ads_source, duration, pack, socket_address, u32
 from trellis.xds.mesh.endpoints import load_assignment
 from trellis.xds.mesh.errors import unsupported
@@ -184,8 +186,25 @@ def _apply_outlier_detection(cluster: cluster_pb2.Cluster, outlier: OutlierDetec
     )
 
 
-def inbound_cluster_for(port: int, app_address: str, app_port: int) -> cluster_pb2.Cluster:
-    """`inbound|PORT||`: STATIC, to the application on `app_address:app_port`."""
+def _service_metadata(host: str) -> dict[str, str]:
+    """{host, name, namespace} of a service host, as Istio writes it."""
+    name, namespace = split_service(host)
+    return (
+        {"host": host}
+        if namespace == UNKNOWN
+        else {"host": host, "name": name, "namespace": namespace}
+    )
+
+
+def inbound_cluster_for(
+    port: int, app_address: str, app_port: int, services: Sequence[str] = ()
+) -> cluster_pb2.Cluster:
+    """`inbound|PORT||`: STATIC, to the application on `app_address:app_port`.
+
+    `services`, the hosts reaching the workload on `port`, go into Istio's
+    `istio.services` metadata, where the proxy finds the destination service of an
+    inbound TCP connection (an HTTP request names it in its authority).
+    """
     name = inbound_cluster(port)
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -193,6 +212,10 @@ def inbound_cluster_for(port: int, app_address: str, app_port: int) -> cluster_p
         connect_timeout=duration(DEFAULT_CONNECT_TIMEOUT),
         load_assignment=load_assignment(name, [(socket_address(app_address, app_port), 1)]),
     )
+    if services:
+        cluster.metadata.filter_metadata["istio"].update(
+            {"services": [_service_metadata(host) for host in services]}
+        )
     thresholds = cluster.circuit_breakers.thresholds.add()
     for field in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
         getattr(thresholds, field).value = MAX_UINT32

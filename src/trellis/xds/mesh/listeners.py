@@ -10,8 +10,10 @@ Explicit mode:
   cluster (after the policies' RBAC network filters).
 
 Transparent mode (Istio's `virtualOutbound`/`virtualInbound` on 0.0.0.0:15001
-and :15006 with `use_original_dst`): outbound, one connection manager with the
-`outbound` routes over RDS for every original destination; inbound, one filter
+and :15006 with `use_original_dst`): outbound, a TCP proxy per TCP service
+address and port, the connection manager with the `outbound` routes over RDS
+for HTTP service ports, and the rest passed through to its original
+destination (`trellis.xds.mesh.virtual_outbound`); inbound, one filter
 chain per workload port matched by `destination_port`, each with that port's
 own network filters as above. `trellis proxy` and Envoy both consume it: the
 proxy reads each connection's original destination (SO_ORIGINAL_DST) and
@@ -49,6 +51,14 @@ from trellis.xds.mesh.names import (
 )
 from trellis.xds.mesh.registry import InboundPort
 from trellis.xds.mesh.tracing import NO_TRACING, ProxyTracing, Tracing
+from trellis.xds.mesh.virtual_outbound import (
+    BLACKHOLE_CHAIN,
+    BLACKHOLE_CLUSTER,
+    NO_OUTBOUND_PORTS,
+    PASSTHROUGH_CHAIN,
+    PASSTHROUGH_CLUSTER,
+    OutboundPorts,
+)
 from trellis.xds.protos import (
     http_connection_manager_pb2,
     listener_pb2,
@@ -75,6 +85,7 @@ def listeners(
     mtls: InboundMtls | None = None,
     logs: ProxyLogs = NO_PROXY_LOGS,
     tracing: ProxyTracing = NO_TRACING,
+    outbound: OutboundPorts = NO_OUTBOUND_PORTS,
 ) -> list[listener_pb2.Listener]:
     """The outbound listener and the inbound listener(s) for `ports`.
 
@@ -82,11 +93,12 @@ def listeners(
     inbound TCP before the TCP proxy; `mtls`: with mesh mTLS, how each port
     terminates it (None: plaintext); `logs`: the access logs of every connection
     manager and TCP proxy, outbound and inbound; `tracing`: the `tracing` of the
-    outbound and of the inbound connection managers.
+    outbound and of the inbound connection managers; `outbound`: the service
+    ports transparent capture's outbound listener sorts connections by.
     """
     inbound = _Inbound(authz, mtls, logs.inbound, tracing.inbound)
     if options.capture_mode is CaptureMode.TRANSPARENT:
-        result = [_virtual_outbound(options, logs.outbound, tracing.outbound)]
+        result = [_virtual_outbound(options, outbound, logs.outbound, tracing.outbound)]
         if ports:
             result.append(_virtual_inbound(options, ports, inbound))
         return result
@@ -191,18 +203,51 @@ def _explicit_inbound(address: str, item: InboundPort, inbound: _Inbound) -> lis
 
 
 def _virtual_outbound(
-    options: TranslateOptions, logs: ListenerLogs, tracing: Tracing | None
+    options: TranslateOptions,
+    outbound: OutboundPorts,
+    logs: ListenerLogs,
+    tracing: Tracing | None,
 ) -> listener_pb2.Listener:
-    port = options.outbound_port
+    """Istio's `virtualOutbound`: TCP services by address and port, HTTP by port, the
+    sidecar's own port to the blackhole, the rest passed through."""
+    own_port = options.outbound_port
     listener = listener_pb2.Listener(
         name=VIRTUAL_OUTBOUND,
-        address=socket_address(WILDCARD, port),
+        address=socket_address(WILDCARD, own_port),
         traffic_direction=_OUTBOUND,
         use_original_dst=boolean(True),
     )
-    hcm = _outbound_hcm(f"outbound_{WILDCARD}_{port}")
-    listener.filter_chains.add().filters.append(_filter(hcm, logs, tracing))
+    for service in outbound.tcp:
+        chain = listener.filter_chains.add(name=service.cluster)
+        chain.filter_chain_match.destination_port.CopyFrom(u32(service.port))
+        for prefix in service.prefixes:
+            chain.filter_chain_match.prefix_ranges.add(
+                address_prefix=str(prefix.network_address), prefix_len=u32(prefix.prefixlen)
+            )
+        chain.filters.append(_tcp_proxy_to(service.cluster, logs))
+    for port in outbound.http:
+        chain = listener.filter_chains.add(name=f"{WILDCARD}_{port}")
+        chain.filter_chain_match.destination_port.CopyFrom(u32(port))
+        hcm = _outbound_hcm(f"outbound_{WILDCARD}_{port}")
+        chain.filters.append(_filter(hcm, logs, tracing))
+    # Envoy never falls back from a port's chains to the portless ones: a TCP service
+    # port needs its own passthrough chain for the addresses no service has.
+    tcp_only = sorted({item.port for item in outbound.tcp} - set(outbound.http))
+    for only in (*tcp_only, None):
+        passthrough = listener.filter_chains.add(name=PASSTHROUGH_CHAIN)
+        if only is not None:
+            passthrough.name = f"{PASSTHROUGH_CHAIN}_{only}"
+            passthrough.filter_chain_match.destination_port.CopyFrom(u32(only))
+        passthrough.filters.append(_tcp_proxy_to(PASSTHROUGH_CLUSTER, logs))
+    blackhole = listener.filter_chains.add(name=BLACKHOLE_CHAIN)
+    blackhole.filter_chain_match.destination_port.CopyFrom(u32(own_port))
+    blackhole.filters.append(_tcp_proxy_to(BLACKHOLE_CLUSTER, logs))
     return listener
+
+
+def _tcp_proxy_to(cluster: str, logs: ListenerLogs) -> listener_components_pb2.Filter:
+    """A TCP proxy to `cluster`, named after it in its stats (Istio's stat prefix)."""
+    return _filter(tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster), logs)
 
 
 def _virtual_inbound(

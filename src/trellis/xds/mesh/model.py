@@ -59,6 +59,9 @@ class MeshConfig:
     tls: MeshTls | None = None
     access_log: MeshAccessLog | None = None  # meshConfig.accessLogFile; None: no access log
     tracing: MeshTracing | None = None  # every sidecar's spans to this collector; None: off
+    # Service host -> the virtual IP the control plane gave it (`trellis.xds.mesh.vips`):
+    # transparent capture's outbound listener matches TCP services by it.
+    service_vips: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(

@@ -72,10 +72,12 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class InboundPort:
-    """A port the proxy's own workload serves, and whether it carries HTTP."""
+    """A port the proxy's own workload serves, whether it carries HTTP, and the hosts of
+    the services that reach the workload on it (qualified, sorted)."""
 
     port: int
     http: bool
+    services: tuple[str, ...] = ()
 
 
 def _namespace_rank(namespace: str, proxy_ns: str, service_ns: str) -> int | None:
@@ -255,16 +257,23 @@ def inbound_ports(entries: Iterable[ServiceEntry], proxy: ProxyIdentity) -> tupl
         number: name.split("-", 1)[0].upper() in HTTP_PROTOCOLS
         for name, number in proxy.ports.items()
     }
+    services: dict[int, set[str]] = {}
     for entry in entries:
         selector = entry.spec.workload_selector
-        if entry.metadata.namespace != proxy.namespace or selector is None:
+        namespace = entry.metadata.namespace
+        if namespace != proxy.namespace or selector is None:
             continue
         if not labels_match(selector.labels, proxy.labels):
             continue
+        hosts = {qualify(host, namespace) for host in entry.spec.hosts if "*" not in host}
         for port in entry.spec.ports:
             number = proxy.ports.get(port.name, port.target_port or port.number)
             http[number] = http.get(number, False) or port.is_http
-    return tuple(InboundPort(number, http[number]) for number in sorted(http))
+            services.setdefault(number, set()).update(hosts)
+    return tuple(
+        InboundPort(number, http[number], tuple(sorted(services.get(number, ()))))
+        for number in sorted(http)
+    )
 
 
 def _instance(spec: WorkloadEntrySpec, port: ServicePort, owner: Resource, path: str) -> Instance:

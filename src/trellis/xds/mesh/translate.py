@@ -62,6 +62,13 @@ from trellis.xds.mesh.tracing import (
     hcm_tracing,
     tracing_service_name,
 )
+from trellis.xds.mesh.virtual_outbound import (
+    NO_OUTBOUND_PORTS,
+    OutboundPorts,
+    blackhole_cluster,
+    outbound_ports,
+    passthrough_cluster,
+)
 from trellis.xds.protos import cluster_pb2, http_connection_manager_pb2
 from trellis.xds.supported import HCM_TYPE
 
@@ -82,6 +89,7 @@ class SharedOutbound:
     clusters: dict[str, Message]
     assignments: dict[str, Message]
     routes: dict[str, Message]
+    ports: OutboundPorts = NO_OUTBOUND_PORTS  # what transparent capture's outbound matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +165,7 @@ class Translator:
             {} if tls is None else _by_name([root_ca_secret(tls)], lambda m: m.name)
         )
         self._selectors = source_label_selectors(config)
+        self._passthrough = _by_name([passthrough_cluster(), blackhole_cluster()], lambda m: m.name)
         self._shared: dict[tuple[str, tuple[bool, ...]], SharedOutbound] = {}
         # ServiceEntries with a workloadSelector, by namespace and by one of their
         # selector's labels: a proxy only looks at those its own labels can match.
@@ -256,7 +265,9 @@ class Translator:
         _check_ports(proxy, options, ports)
         inbound = _by_name(
             (
-                inbound_cluster_for(item.port, options.app_address, options.app_port(item.port))
+                inbound_cluster_for(
+                    item.port, options.app_address, options.app_port(item.port), item.services
+                )
                 for item in ports
             ),
             lambda m: m.name,
@@ -271,9 +282,20 @@ class Translator:
         authz = self._inbound_authz(proxy)
         levels = telemetry_levels(self.config.telemetries, proxy.namespace, proxy.labels)
         tracing = self._proxy_tracing(proxy, levels)
-        built = listeners(proxy, options, ports, authz, mtls, self._proxy_logs(levels), tracing)
+        built = listeners(
+            proxy,
+            options,
+            ports,
+            authz,
+            mtls,
+            self._proxy_logs(levels),
+            tracing,
+            self._outbound_ports(outbound, options.outbound_port),
+        )
         if self._collector is not None and tracing != NO_TRACING:
             inbound[COLLECTOR_CLUSTER] = self._collector  # the proxy's own cluster too
+        if options.capture_mode is CaptureMode.TRANSPARENT:
+            inbound.update(self._passthrough)  # what virtualOutbound's fallbacks name
         return ProxyResources(
             shared=outbound,
             inbound_clusters=inbound,
@@ -294,9 +316,22 @@ class Translator:
                     outbound_assignments(registry, mtls), lambda m: m.cluster_name
                 ),
                 routes=_by_name([outbound_route_config(registry)], lambda m: m.name),
+                ports=outbound_ports(registry.services, self.config.service_vips),
             )
             self._shared[key] = shared
         return shared
+
+    @staticmethod
+    def _outbound_ports(shared: SharedOutbound, own_port: int) -> OutboundPorts:
+        """The group's outbound ports without the proxy's own capture port (the
+        blackhole chain's)."""
+        ports = shared.ports
+        if own_port not in ports.http and all(item.port != own_port for item in ports.tcp):
+            return ports
+        return OutboundPorts(
+            tuple(port for port in ports.http if port != own_port),
+            tuple(item for item in ports.tcp if item.port != own_port),
+        )
 
 
 def translate(

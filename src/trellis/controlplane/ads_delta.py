@@ -1,0 +1,267 @@
+"""One incremental (delta) ADS stream's protocol state, without I/O.
+
+The counterpart of `AdsSession` for `DeltaAggregatedResources`: feed each
+`DeltaDiscoveryRequest` to `receive`, then ask `responses(snapshot)` what to
+send, again whenever the node's snapshot changes. A response carries only the
+resources the client lacks or holds in an older content, and names the ones it
+holds that are gone (`removed_resources`), so a new service costs each proxy
+one cluster and one assignment rather than all of them, and ACKs carry no
+names.
+
+Rules (envoy api/xds_protocol.rst, "Incremental xDS"):
+- Subscriptions change by difference (`resource_names_subscribe` /
+  `_unsubscribe`), in any request, whatever its nonce. LDS and CDS are wildcard
+  when their first request subscribes to nothing; `*` subscribes to (and
+  unsubscribing `*` leaves) the wildcard for any type.
+- The first request of a type may list what the client already holds
+  (`initial_resource_versions`, after a reconnect): those are not sent again
+  unless their content differs, and those that no longer exist are removed.
+- A request whose `response_nonce` is the latest one sent for its type ACKs it,
+  or NACKs it with `error_detail`; an older nonce only changes subscriptions.
+- As in `AdsSession`: at most one response per type awaits its ACK/NACK, types
+  go in make-before-break order, and rejected content is not sent again, only a
+  newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from trellis.controlplane.ads_session import WILDCARD, AdsProtocolError, Outgoing, wanted_names
+from trellis.controlplane.ads_status import Nack, ProxyNode, SyncState, TypeStatus
+from trellis.controlplane.snapshot import (
+    FULL_STATE_TYPES,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    ResourceSet,
+    Snapshot,
+)
+
+
+@dataclass(slots=True)
+class _DeltaType:
+    type_url: str
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    force: bool = False  # look again even if the snapshot's set did not change
+    # What the client said it holds on (re)connecting, until first compared.
+    initial: Mapping[str, str] | None = None
+    outstanding: bool = False
+    sent_nonce: str = ""
+    sent_version: str = ""
+    sent_set: ResourceSet | None = None  # the set the client's resources were cut from
+    held: frozenset[str] = frozenset()  # names the client holds, as in `sent_set`
+    synced_set: ResourceSet | None = None
+    acked_version: str = ""
+    nacked: bool = False
+    last_nack: Nack | None = None
+    responses: int = 0
+    acks: int = 0
+    nacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """What one response must carry."""
+
+    send: frozenset[str]
+    removed: frozenset[str]
+
+
+def _due(state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> _Due:
+    """The resources the client lacks (or holds in another content) and those it holds
+    that no longer exist."""
+    if state.initial is not None:
+        known = state.initial
+        by_name = resources.by_name
+        current = frozenset(
+            name
+            for name, version in known.items()
+            if name in wanted and by_name[name].version == version
+        )
+        gone = frozenset(name for name in known if name not in resources.names)
+        gone = gone if state.wildcard else gone & state.names
+        return _Due(wanted - current, gone)
+    sent, held = state.sent_set, state.held
+    send = wanted - held
+    if sent is not None and resources is not sent and resources.version != sent.version:
+        changed = resources.changed_since(sent)
+        if not changed.isdisjoint(held):
+            send |= changed & held & wanted
+    gone = held - resources.names
+    return _Due(send, gone)
+
+
+class DeltaSession:
+    """The server side of one incremental ADS stream for one node."""
+
+    def __init__(
+        self,
+        node: ProxyNode,
+        *,
+        clock: Callable[[], float],
+        control_plane_id: str = "trellis",
+    ) -> None:
+        self.node = node
+        self._clock = clock
+        self._types: dict[str, _DeltaType] = {}
+        self._nonce = 0
+        self._control_plane = discovery_pb2.DeltaDiscoveryResponse(
+            control_plane=base_pb2.ControlPlane(identifier=control_plane_id)
+        ).SerializeToString()
+        self.stale_requests = 0
+
+    def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Nack | None:
+        """Take a request: subscription changes, then an ACK or NACK of the latest
+        response. Returns the NACK when it rejected the latest response."""
+        type_url = request.type_url
+        if not type_url:
+            raise AdsProtocolError("a DeltaDiscoveryRequest must set type_url")
+        state = self._types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self._types[type_url] = _DeltaType(type_url)
+        nonce = request.response_nonce
+        self._subscribe(state, first, request)
+        if not nonce:
+            return None
+        if nonce != state.sent_nonce or not state.outstanding:
+            self.stale_requests += 1
+            return None
+        return self._settle(state, request)
+
+    def _subscribe(
+        self, state: _DeltaType, first: bool, request: discovery_pb2.DeltaDiscoveryRequest
+    ) -> None:
+        added = frozenset(request.resource_names_subscribe)
+        dropped = frozenset(request.resource_names_unsubscribe)
+        if first:
+            state.force = True
+            state.wildcard = WILDCARD in added or (not added and state.type_url in FULL_STATE_TYPES)
+            if request.initial_resource_versions:
+                state.initial = dict(request.initial_resource_versions)
+        elif WILDCARD in added and not state.wildcard:
+            state.wildcard = state.force = True
+        if WILDCARD in dropped:
+            state.wildcard = False
+        new = (state.names | (added - {WILDCARD})) - dropped
+        if new - state.names:
+            state.force = True
+        state.names = new
+        if dropped:
+            state.held -= dropped  # the client forgets what it unsubscribed
+            if state.initial is not None:
+                state.initial = {n: v for n, v in state.initial.items() if n not in dropped}
+
+    def _settle(
+        self, state: _DeltaType, request: discovery_pb2.DeltaDiscoveryRequest
+    ) -> Nack | None:
+        state.outstanding = False
+        if request.HasField("error_detail"):
+            state.nacked = True
+            state.nacks += 1
+            state.last_nack = Nack(
+                type_url=state.type_url,
+                version=state.sent_version,
+                nonce=state.sent_nonce,
+                message=request.error_detail.message,
+                at=self._clock(),
+            )
+            return state.last_nack
+        state.nacked = False
+        state.acks += 1
+        state.acked_version = state.sent_version
+        return None
+
+    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
+        """The responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
+        if snapshot is None:
+            return []
+        due = []
+        for type_url in self._order():
+            state = self._types[type_url]
+            if state.outstanding:
+                continue
+            resources = snapshot.get(type_url)
+            if not state.force and state.synced_set is resources:
+                continue
+            state.force = False
+            state.synced_set = resources
+            wanted = wanted_names(state, resources)
+            todo = _due(state, resources, wanted)
+            first = state.responses == 0
+            if todo.send or todo.removed or (first and state.wildcard):
+                due.append(self._send(state, resources, wanted, todo))
+            else:
+                state.sent_set, state.held, state.initial = resources, wanted, None
+        return due
+
+    def _order(self) -> list[str]:
+        known = [t for t in PUSH_ORDER if t in self._types]
+        return known + sorted(t for t in self._types if t not in PUSH_ORDER)
+
+    def _send(
+        self,
+        state: _DeltaType,
+        resources: ResourceSet,
+        wanted: frozenset[str],
+        todo: _Due,
+    ) -> Outgoing:
+        self._nonce += 1
+        nonce = str(self._nonce)
+        version = resources.version
+        head = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            type_url=state.type_url,
+            nonce=nonce,
+            removed_resources=sorted(todo.removed),
+        ).SerializeToString()
+        send = todo.send
+        if send == resources.names:
+            entries = resources.delta_parts()
+        else:
+            by_name = resources.by_name
+            entries = tuple(by_name[name].delta_encoded() for name in sorted(send))
+        state.sent_nonce, state.sent_version = nonce, version
+        state.sent_set, state.held, state.initial = resources, wanted, None
+        state.outstanding = True
+        state.responses += 1
+        data = b"".join((head, self._control_plane, *entries))
+        return Outgoing(state.type_url, version, nonce, len(send), data)
+
+    def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
+        """Per subscribed type: SYNCED, STALE or NOT SENT against `snapshot`."""
+        return tuple(
+            TypeStatus(
+                type_url=type_url,
+                short_name=SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]),
+                state=self._state(state, snapshot),
+                sent_version=state.sent_version,
+                sent_nonce=state.sent_nonce,
+                acked_version=state.acked_version,
+                last_nack=state.last_nack,
+                wildcard=state.wildcard,
+                resource_names=tuple(sorted(state.names)),
+                responses=state.responses,
+                acks=state.acks,
+                nacks=state.nacks,
+            )
+            for type_url, state in ((t, self._types[t]) for t in self._order())
+        )
+
+    def _state(self, state: _DeltaType, snapshot: Snapshot | None) -> SyncState:
+        if state.responses == 0:
+            return SyncState.NOT_SENT
+        if state.outstanding or state.nacked or state.force:
+            return SyncState.STALE
+        if snapshot is None:
+            return SyncState.SYNCED
+        resources = snapshot.get(state.type_url)
+        if state.synced_set is resources:
+            return SyncState.SYNCED
+        todo = _due(state, resources, wanted_names(state, resources))
+        return SyncState.STALE if todo.send or todo.removed else SyncState.SYNCED
