@@ -16,7 +16,9 @@
 #      and the client's SPIFFE identity in source_principal,
 #   4. exactly one control-plane replica holds the trellis-leader Lease,
 #   5. the leader copied the mesh root (the sidecars' trust for the control plane's TLS
-#      port, 15012) into the apps' namespace as the trellis-ca-root-cert ConfigMap.
+#      port, 15012) into the apps' namespace as the trellis-ca-root-cert ConfigMap,
+#   6. echo's readiness probe was rewritten through its sidecar (15020 app-health)
+#      and the pod is Ready through it.
 # Exits non-zero at the first failed check; `KEEP=1` leaves everything in place.
 set -euo pipefail
 
@@ -105,5 +107,12 @@ root="$(kubectl -n "$NAMESPACE" get configmap trellis-ca-root-cert -o jsonpath='
 [[ "$root" == *"BEGIN CERTIFICATE"* ]] || fail "no trellis-ca-root-cert ConfigMap in $NAMESPACE"
 [[ "$(cat "$WORK/mesh-ca/ca/ca-cert.pem")" == *"$root"* ]] \
     || fail "the ConfigMap's root is not the CA's ($WORK/mesh-ca/ca/ca-cert.pem)"
+
+log "check 6: the application's probe goes through the sidecar"
+probe="$(kubectl -n "$NAMESPACE" get pod "$echo_pod" \
+    -o jsonpath='{.spec.containers[?(@.name=="echo")].readinessProbe.httpGet.port} {.spec.containers[?(@.name=="echo")].readinessProbe.httpGet.path}')"
+[[ "$probe" == "15020 /app-health/echo/readyz" ]] || fail "echo's probe was not rewritten: $probe"
+ready="$(kubectl -n "$NAMESPACE" get pod "$echo_pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+[[ "$ready" == True ]] || fail "echo is not Ready through its rewritten probe"
 
 log "all checks passed"

@@ -28,15 +28,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from trellis.controlplane.ads_session import WILDCARD, AdsProtocolError, Outgoing, wanted_names
-from trellis.controlplane.ads_status import Nack, ProxyNode, SyncState, TypeStatus
+from trellis.controlplane.ads_session import (
+    WILDCARD,
+    AdsProtocolError,
+    Outgoing,
+    SessionBase,
+    control_plane_field,
+    wanted_names,
+)
+from trellis.controlplane.ads_status import Nack, ProxyNode, SyncState
 from trellis.controlplane.snapshot import (
     FULL_STATE_TYPES,
-    PUSH_ORDER,
-    SHORT_NAMES,
     ResourceSet,
     Snapshot,
 )
@@ -96,7 +100,7 @@ def _due(state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> _
     return _Due(send, gone)
 
 
-class DeltaSession:
+class DeltaSession(SessionBase[_DeltaType]):
     """The server side of one incremental ADS stream for one node."""
 
     def __init__(
@@ -106,14 +110,13 @@ class DeltaSession:
         clock: Callable[[], float],
         control_plane_id: str = "trellis",
     ) -> None:
-        self.node = node
-        self._clock = clock
-        self._types: dict[str, _DeltaType] = {}
-        self._nonce = 0
-        self._control_plane = discovery_pb2.DeltaDiscoveryResponse(
-            control_plane=base_pb2.ControlPlane(identifier=control_plane_id)
-        ).SerializeToString()
-        self.stale_requests = 0
+        super().__init__(
+            node,
+            clock=clock,
+            control_plane=control_plane_field(
+                discovery_pb2.DeltaDiscoveryResponse, control_plane_id
+            ),
+        )
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Nack | None:
         """Take a request: subscription changes, then an ACK or NACK of the latest
@@ -162,18 +165,8 @@ class DeltaSession:
     ) -> Nack | None:
         state.outstanding = False
         if request.HasField("error_detail"):
-            state.nacked = True
-            state.nacks += 1
-            state.last_nack = Nack(
-                type_url=state.type_url,
-                version=state.sent_version,
-                nonce=state.sent_nonce,
-                message=request.error_detail.message,
-                at=self._clock(),
-            )
-            return state.last_nack
-        state.nacked = False
-        state.acks += 1
+            return self._nacked(state, request.error_detail.message)
+        self._acked(state)
         state.acked_version = state.sent_version
         return None
 
@@ -200,10 +193,6 @@ class DeltaSession:
                 state.sent_set, state.held, state.initial = resources, wanted, None
         return due
 
-    def _order(self) -> list[str]:
-        known = [t for t in PUSH_ORDER if t in self._types]
-        return known + sorted(t for t in self._types if t not in PUSH_ORDER)
-
     def _send(
         self,
         state: _DeltaType,
@@ -211,8 +200,7 @@ class DeltaSession:
         wanted: frozenset[str],
         todo: _Due,
     ) -> Outgoing:
-        self._nonce += 1
-        nonce = str(self._nonce)
+        nonce = self._next_nonce()
         version = resources.version
         head = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
@@ -232,26 +220,6 @@ class DeltaSession:
         state.responses += 1
         data = b"".join((head, self._control_plane, *entries))
         return Outgoing(state.type_url, version, nonce, len(send), data)
-
-    def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
-        """Per subscribed type: SYNCED, STALE or NOT SENT against `snapshot`."""
-        return tuple(
-            TypeStatus(
-                type_url=type_url,
-                short_name=SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]),
-                state=self._state(state, snapshot),
-                sent_version=state.sent_version,
-                sent_nonce=state.sent_nonce,
-                acked_version=state.acked_version,
-                last_nack=state.last_nack,
-                wildcard=state.wildcard,
-                resource_names=tuple(sorted(state.names)),
-                responses=state.responses,
-                acks=state.acks,
-                nacks=state.nacks,
-            )
-            for type_url, state in ((t, self._types[t]) for t in self._order())
-        )
 
     def _state(self, state: _DeltaType, snapshot: Snapshot | None) -> SyncState:
         if state.responses == 0:

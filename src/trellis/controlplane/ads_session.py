@@ -26,12 +26,14 @@ Rules (envoy api/xds_protocol.rst):
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
 
 from trellis.controlplane.ads_status import Nack, ProxyNode, SyncState, TypeStatus
 from trellis.controlplane.snapshot import (
@@ -97,6 +99,92 @@ def wanted_names(state: SubscriptionState, resources: ResourceSet) -> frozenset[
     return state.names & resources.names
 
 
+class TypeProgress(SubscriptionState, Protocol):
+    """What both sessions record per type: the last response and its fate."""
+
+    type_url: str
+    sent_nonce: str
+    sent_version: str
+    acked_version: str
+    nacked: bool
+    last_nack: Nack | None
+    responses: int
+    acks: int
+    nacks: int
+
+
+S = TypeVar("S", bound=TypeProgress)
+
+
+class SessionBase(abc.ABC, Generic[S]):
+    """What the SotW and delta sessions share: the node, the types in push order,
+    nonces, the fate of each response and the status built from it."""
+
+    def __init__(
+        self, node: ProxyNode, *, clock: Callable[[], float], control_plane: bytes
+    ) -> None:
+        self.node = node
+        self._clock = clock
+        self._types: dict[str, S] = {}
+        self._nonce = 0
+        self._control_plane = control_plane  # the response's `control_plane` field, encoded
+        self.stale_requests = 0
+
+    def _next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    def _acked(self, state: S) -> None:
+        state.nacked = False
+        state.acks += 1
+
+    def _nacked(self, state: S, message: str) -> Nack:
+        """Record that the latest response of `state`'s type was rejected."""
+        state.nacked = True
+        state.nacks += 1
+        state.last_nack = Nack(
+            type_url=state.type_url,
+            version=state.sent_version,
+            nonce=state.sent_nonce,
+            message=message,
+            at=self._clock(),
+        )
+        return state.last_nack
+
+    def _order(self) -> list[str]:
+        known = [t for t in PUSH_ORDER if t in self._types]
+        return known + sorted(t for t in self._types if t not in PUSH_ORDER)
+
+    def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
+        """Per subscribed type: SYNCED, STALE or NOT SENT against `snapshot`."""
+        return tuple(
+            TypeStatus(
+                type_url=type_url,
+                short_name=SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]),
+                state=self._state(state, snapshot),
+                sent_version=state.sent_version,
+                sent_nonce=state.sent_nonce,
+                acked_version=state.acked_version,
+                last_nack=state.last_nack,
+                wildcard=state.wildcard,
+                resource_names=tuple(sorted(state.names)),
+                responses=state.responses,
+                acks=state.acks,
+                nacks=state.nacks,
+            )
+            for type_url, state in ((t, self._types[t]) for t in self._order())
+        )
+
+    @abc.abstractmethod
+    def _state(self, state: S, snapshot: Snapshot | None) -> SyncState:
+        """Whether the client holds what `snapshot` has for `state`'s type."""
+
+
+def control_plane_field(response: type[Message], identifier: str) -> bytes:
+    """A response's `control_plane` field, serialized once per session."""
+    return response(control_plane=base_pb2.ControlPlane(identifier=identifier)).SerializeToString()
+
+
 def _changed(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> bool:
     """Whether the client lacks something of `wanted` (LDS/CDS: or has something extra)."""
     sent = state.sent_set
@@ -134,7 +222,7 @@ def _entries(resources: ResourceSet, names: frozenset[str]) -> tuple[bytes, ...]
     return tuple(by_name[name].encoded for name in sorted(names))
 
 
-class AdsSession:
+class AdsSession(SessionBase[_TypeState]):
     """The server side of one SotW ADS stream for one node."""
 
     def __init__(
@@ -144,14 +232,11 @@ class AdsSession:
         clock: Callable[[], float],
         control_plane_id: str = "trellis",
     ) -> None:
-        self.node = node
-        self._clock = clock
-        self._types: dict[str, _TypeState] = {}
-        self._nonce = 0
-        self._control_plane = discovery_pb2.DiscoveryResponse(
-            control_plane=base_pb2.ControlPlane(identifier=control_plane_id)
-        ).SerializeToString()
-        self.stale_requests = 0
+        super().__init__(
+            node,
+            clock=clock,
+            control_plane=control_plane_field(discovery_pb2.DiscoveryResponse, control_plane_id),
+        )
 
     def receive(self, request: discovery_pb2.DiscoveryRequest) -> Nack | None:
         """Take a request: ACK, NACK, (re)subscription, or a stale one to ignore.
@@ -181,18 +266,8 @@ class AdsSession:
         state.outstanding = False
         state.acked_version = request.version_info
         if request.HasField("error_detail"):
-            state.nacked = True
-            state.nacks += 1
-            state.last_nack = Nack(
-                type_url=state.type_url,
-                version=state.sent_version,
-                nonce=state.sent_nonce,
-                message=request.error_detail.message,
-                at=self._clock(),
-            )
-            return state.last_nack
-        state.nacked = False
-        state.acks += 1
+            return self._nacked(state, request.error_detail.message)
+        self._acked(state)
         return None
 
     def _subscribe(self, state: _TypeState, resource_names: Iterable[str]) -> None:
@@ -239,10 +314,6 @@ class AdsSession:
             due.append(self._send(state, resources, wanted, carried))
         return due
 
-    def _order(self) -> list[str]:
-        known = [t for t in PUSH_ORDER if t in self._types]
-        return known + sorted(t for t in self._types if t not in PUSH_ORDER)
-
     def _send(
         self,
         state: _TypeState,
@@ -250,8 +321,7 @@ class AdsSession:
         wanted: frozenset[str],
         carried: frozenset[str],
     ) -> Outgoing:
-        self._nonce += 1
-        nonce = str(self._nonce)
+        nonce = self._next_nonce()
         version = resources.version
         head = discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=state.type_url, nonce=nonce
@@ -265,29 +335,6 @@ class AdsSession:
         state.responses += 1
         data = b"".join((head, self._control_plane, *_entries(resources, carried)))
         return Outgoing(state.type_url, version, nonce, len(carried), data)
-
-    def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
-        """Per requested type: SYNCED, STALE or NOT SENT against `snapshot`."""
-        result = []
-        for type_url in self._order():
-            state = self._types[type_url]
-            result.append(
-                TypeStatus(
-                    type_url=type_url,
-                    short_name=SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]),
-                    state=self._state(state, snapshot),
-                    sent_version=state.sent_version,
-                    sent_nonce=state.sent_nonce,
-                    acked_version=state.acked_version,
-                    last_nack=state.last_nack,
-                    wildcard=state.wildcard,
-                    resource_names=tuple(sorted(state.names)),
-                    responses=state.responses,
-                    acks=state.acks,
-                    nacks=state.nacks,
-                )
-            )
-        return tuple(result)
 
     def _state(self, state: _TypeState, snapshot: Snapshot | None) -> SyncState:
         if state.responses == 0:

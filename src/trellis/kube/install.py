@@ -90,34 +90,30 @@ def namespace(names: InstallNames) -> dict[str, Any]:
 
 def ca_secret(names: InstallNames, files: CaFiles) -> dict[str, Any]:
     """The `cacerts` Secret the control plane reads its CA from (holds the private key)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": CACERTS_SECRET,
-            "namespace": names.namespace,
-            "labels": names.labels("ca"),
-        },
-        "type": "Opaque",
-        "data": {
-            key: base64.b64encode(value.encode("ascii")).decode("ascii")
-            for key, value in files.items().items()
-        },
-    }
+    return _secret(names, CACERTS_SECRET, "ca", files.items())
 
 
 def api_token_secret(names: InstallNames, token: str) -> dict[str, Any]:
     """The `trellis-api-token` Secret: the REST API token every replica accepts."""
+    return _secret(names, API_TOKEN_SECRET, "api", {API_TOKEN_KEY: token})
+
+
+def _secret(
+    names: InstallNames, name: str, component: str, data: Mapping[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": API_TOKEN_SECRET,
+            "name": name,
             "namespace": names.namespace,
-            "labels": names.labels("api"),
+            "labels": names.labels(component),
         },
         "type": "Opaque",
-        "data": {API_TOKEN_KEY: base64.b64encode(token.encode("ascii")).decode("ascii")},
+        "data": {
+            key: base64.b64encode(value.encode("ascii")).decode("ascii")
+            for key, value in data.items()
+        },
     }
 
 
