@@ -125,9 +125,7 @@ def _xds_tls(address: str | None, names: str | None) -> XdsTlsSettings | None:
         if names is not None:
             raise click.BadParameter("needs --xds-tls-address", param_hint="--xds-tls-names")
         return None
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--xds-tls-address")
+    host_port(address, "--xds-tls-address")
     dns_names: tuple[str, ...] = DEFAULT_XDS_TLS_NAMES
     if names is not None:
         dns_names = tuple(name.strip() for name in names.split(","))
@@ -139,12 +137,15 @@ def _xds_tls(address: str | None, names: str | None) -> XdsTlsSettings | None:
 
 def host_port(value: str | None, flag: str) -> tuple[str, int] | None:
     """A `HOST:PORT` flag as a pair (None or "": not given); BadParameter naming `flag`."""
+    from trellis.core.config import SocketAddress  # noqa: PLC0415
+
     if not value:
         return None
-    host, _, port = value.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
-    return host.strip("[]"), int(port)
+    try:
+        address = SocketAddress.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+    return address.host, address.port
 
 
 def webhook_certificate_names(value: str) -> tuple[str, ...]:

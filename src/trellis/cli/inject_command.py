@@ -200,14 +200,9 @@ def _read(filename: str) -> str:
 
 def webhook_address(value: str | None) -> tuple[str, int] | None:
     """`--webhook-address HOST:PORT` as a pair (None: no webhook); BadParameter otherwise."""
-    if value is None or value == "":
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(
-            f"expected HOST:PORT, got {value!r}", param_hint="--webhook-address"
-        )
-    return host.strip("[]"), int(port)
+    from trellis.cli.controlplane_settings import host_port  # noqa: PLC0415
+
+    return host_port(value, "--webhook-address")
 
 
 async def serve_beside_webhook(

@@ -18,9 +18,7 @@ problem is a `CaError` naming the flag and the file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,31 +37,13 @@ from trellis.controlplane.ca import (
     describe,
     signature_hash,
 )
+from trellis.runtime.files import write_file_atomically
 
 CA_DIR = "ca"
 CERT_FILE = "ca-cert.pem"
 KEY_FILE = "ca-key.pem"
 ROOT_VALIDITY = datetime.timedelta(days=3650)
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def write_file_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` with `mode`: a temporary file beside it, fsync, rename, fsync dir."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def create_root(

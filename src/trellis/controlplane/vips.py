@@ -25,8 +25,8 @@ from typing import Any
 
 from trellis.api.meta import Resource
 from trellis.api.networking import ServiceEntry
-from trellis.controlplane.ca_files import write_file_atomically
 from trellis.errors import ConfigError
+from trellis.runtime.files import write_file_atomically
 from trellis.xds.mesh.service_addresses import (
     ServiceAddressList,
     hosts_wanting_addresses,

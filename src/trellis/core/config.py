@@ -35,6 +35,15 @@ class SocketAddress:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @classmethod
+    def parse(cls, text: str) -> SocketAddress:
+        """`HOST:PORT` (`[V6]:PORT` too; port 0-65535); ValueError saying what is wrong."""
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host, int(port))
+
 
 PIPE_PATH_MAX_BYTES = 107
 """The longest Unix socket path the kernel takes (`sun_path` holds 108 bytes with the NUL)."""

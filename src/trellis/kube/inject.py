@@ -20,11 +20,13 @@ from typing import Any
 
 from trellis import __version__
 from trellis.core.app_probe import encode_app_probes
+from trellis.core.sidecar_ports import (
+    MERGED_METRICS_PORT,
+)
 from trellis.kube.probe_rewrite import rewrite_enabled, rewrite_probes
 from trellis.kube.settings import (
     INIT_NAME,
     INJECT_KEYS,
-    MERGED_METRICS_PORT,
     METRICS_PATH,
     NAMESPACE_LABELS,
     PODINFO_VOLUME,

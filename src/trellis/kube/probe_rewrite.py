@@ -20,12 +20,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from trellis.core.app_probe import PROBE_PREFIX, PROBE_SUFFIXES, AppProbe, parse_app_probe
+from trellis.core.sidecar_ports import (
+    MERGED_METRICS_PORT,
+    SIDECAR_PORTS,
+)
 from trellis.errors import ConfigError
 from trellis.kube.settings import (
-    MERGED_METRICS_PORT,
     PROXY_NAME,
     REWRITE_PROBES_KEYS,
-    SIDECAR_PORTS,
     InjectionError,
 )
 

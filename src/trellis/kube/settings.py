@@ -12,6 +12,10 @@ import re
 from dataclasses import dataclass
 
 from trellis import __version__
+from trellis.core.sidecar_ports import (
+    INBOUND_CAPTURE_PORT,
+    OUTBOUND_CAPTURE_PORT,
+)
 from trellis.errors import TrellisError
 
 PROXY_NAME = "trellis-proxy"
@@ -31,16 +35,8 @@ TOKEN_AUDIENCE = "trellis-ca"
 TOKEN_EXPIRATION = 43200
 """Seconds; the kubelet refreshes the token at 80% of this."""
 
-PROXY_UID = 1337
-PROXY_GID = 1337
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-ADMIN_PORT = 15000
-MERGED_METRICS_PORT = 15020
-HEALTH_PORT = 15021
-ENVOY_METRICS_PORT = 15090
-SIDECAR_PORTS = (ADMIN_PORT, MERGED_METRICS_PORT, HEALTH_PORT, ENVOY_METRICS_PORT)
-"""Never captured inbound: the kubelet's probes and Prometheus reach the proxy directly."""
+OUTBOUND_PORT = OUTBOUND_CAPTURE_PORT
+INBOUND_PORT = INBOUND_CAPTURE_PORT
 METRICS_PATH = "/stats/prometheus"
 READY_PATH = "/healthz/ready"
 

@@ -19,24 +19,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from trellis.core.app_probe import APP_PROBERS_ENV
-from trellis.kube.root_cert import ROOT_CERT_CONFIG_MAP, ROOT_CERT_KEY
-from trellis.kube.settings import (
+from trellis.core.sidecar_ports import (
     ADMIN_PORT,
     ENVOY_METRICS_PORT,
     HEALTH_PORT,
+    MERGED_METRICS_PORT,
+    PROXY_GID,
+    PROXY_UID,
+    SIDECAR_PORTS,
+)
+from trellis.kube.root_cert import ROOT_CERT_CONFIG_MAP, ROOT_CERT_KEY
+from trellis.kube.settings import (
     INBOUND_PORT,
     INIT_NAME,
-    MERGED_METRICS_PORT,
     OUTBOUND_PORT,
     PODINFO_DIR,
     PODINFO_VOLUME,
-    PROXY_GID,
     PROXY_NAME,
-    PROXY_UID,
     READY_PATH,
     ROOT_CERT_DIR,
     ROOT_CERT_VOLUME,
-    SIDECAR_PORTS,
     TMP_VOLUME,
     TOKEN_AUDIENCE,
     TOKEN_DIR,

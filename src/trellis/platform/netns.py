@@ -29,10 +29,12 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from trellis.core.sidecar_ports import (
+    PROXY_GID,
+)
 from trellis.platform import netns_host as host
 from trellis.platform import netns_state as state
 from trellis.platform.netns_rules import (
-    PROXY_GID,
     CaptureRules,
     NetworkError,
     NetworkRecord,

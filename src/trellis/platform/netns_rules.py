@@ -26,6 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trellis.core.sidecar_ports import (
+    INBOUND_CAPTURE_PORT,
+    OUTBOUND_CAPTURE_PORT,
+    PROXY_GID,
+    SIDECAR_PORTS,
+)
 from trellis.platform.spec import LaunchError
 
 DEFAULT_BRIDGE = "trellis0"
@@ -33,12 +39,8 @@ DEFAULT_SUBNET = "10.213.0.0/24"
 """A /24 unlikely to clash: Docker takes 172.17+, libvirt 192.168.122, Kubernetes 10.96/10.244."""
 DEFAULT_STATE_DIR = Path("/run/trellis/net")
 DEFAULT_PREFIX = "trellis"
-PROXY_GID = 1337
-"""Istio's proxy group: the sidecar runs with it, and the rules let its traffic pass."""
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-SIDECAR_PORTS = (15000, 15020, 15021, 15090)
-"""Admin, merged metrics, health and Envoy's Prometheus port: never captured inbound."""
+OUTBOUND_PORT = OUTBOUND_CAPTURE_PORT
+INBOUND_PORT = INBOUND_CAPTURE_PORT
 ID_LENGTH = 6
 IFNAME_MAX = 15
 """The kernel's limit on interface names (IFNAMSIZ - 1)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from trellis.platform.netns_rules import NetworkError, NetworkRecord
 from trellis.platform.paths import private_dir, release, try_lock
+from trellis.runtime.files import write_file_atomically
 
 LOCK_WAIT = 30.0
 LOCK_POLL = 0.05
@@ -95,15 +95,7 @@ def hold_record(directory: Path, network_id: str) -> int:
 
 def write_record(directory: Path, record: NetworkRecord) -> None:
     """Store `record` atomically (a reader sees the old file or the new one)."""
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".record-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(record.to_json())
-        os.replace(temporary, record_path(directory, record.network_id))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_file_atomically(record_path(directory, record.network_id), record.to_json().encode())
 
 
 def read_records(directory: Path) -> list[StoredRecord]:

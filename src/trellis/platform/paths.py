@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trellis.platform.spec import LaunchError, WorkloadSpec
+from trellis.runtime.files import write_file_atomically
 
 RUN_PREFIX = "run-"
 STALE_SCAN_LIMIT = 200
@@ -142,15 +143,7 @@ class RunDir:
 
     def write_token(self, token: str) -> None:
         """Replace the join token file atomically (0600): the proxy reads it on every request."""
-        fd, temporary = tempfile.mkstemp(dir=self.path, prefix=".join-token-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(token + "\n")
-            os.replace(temporary, self.token_file)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_file_atomically(self.token_file, (token + "\n").encode())
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -15,6 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 from trellis.api.meta import RUN_OWNER_ANNOTATION, check_dns1123_label, check_dns1123_subdomain
+from trellis.core.sidecar_ports import (
+    ADMIN_PORT,
+    HEALTH_PORT,
+    INBOUND_CAPTURE_PORT,
+    MERGED_METRICS_PORT,
+    OUTBOUND_CAPTURE_PORT,
+)
 from trellis.errors import ConfigError, TrellisError
 
 NETWORKING_VERSION = "networking.istio.io/v1"
@@ -29,12 +36,7 @@ PROXY_ENV = tuple(
 SERVICE_PORT = 80
 """The port of a ServiceEntry the launcher creates: clients call `http://SVC/`."""
 SERVICE_PORT_NAME = "http"
-OUTBOUND_CAPTURE_PORT = 15001
-INBOUND_CAPTURE_PORT = 15006
-ADMIN_PORT = 15000
-STATS_PORT = 15020
-HEALTH_PORT = 15021
-"""Transparent capture: the sidecar's ports in the workload's network namespace (DESIGN.md §4)."""
+STATS_PORT = MERGED_METRICS_PORT
 DEFAULT_APP_PORT = 8080
 """Transparent capture: the application's port when `--port` is not given."""
 TLS_MODE_LABEL = "security.istio.io/tlsMode"

@@ -192,13 +192,13 @@ def _non_negative(text: str) -> float:
 
 
 def host_port(value: str | None) -> tuple[str, int] | None:
-    """HOST:PORT as a pair; ValueError naming the problem."""
+    """HOST:PORT (port 1-65535) as a pair; ValueError naming the problem."""
     if value is None:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    address = SocketAddress.parse(value)
+    if address.port == 0:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    return address.host, address.port
 
 
 UNIX_PREFIX = "unix:"

@@ -23,7 +23,6 @@ Everything is held in memory; nothing is written unless `directory` is given
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -41,6 +40,7 @@ from trellis.runtime.ca_client import (
     inspect_chain,
     request_certificate,
 )
+from trellis.runtime.files import write_file_atomically
 from trellis.runtime.grpc_stream import GrpcTls
 
 if TYPE_CHECKING:
@@ -326,14 +326,4 @@ def _write_files(directory: Path, cert: IssuedCertificate) -> None:
         ("root-cert.pem", cert.root_pem),
     )
     for name, text in files:
-        path = directory / name
-        temporary = directory / f".{name}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        write_file_atomically(directory / name, text.encode("ascii"))

@@ -17,6 +17,7 @@ from trellis.api.networking import (
 )
 from trellis.api.security import AuthorizationPolicy, PeerAuthentication
 from trellis.api.telemetry import Telemetry
+from trellis.core.sidecar_ports import INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT
 from trellis.errors import ConfigError
 from trellis.xds.mesh.access_log import MeshAccessLog
 from trellis.xds.mesh.tracing import MeshTracing
@@ -170,11 +171,11 @@ class TranslateOptions:
 
     capture_mode: CaptureMode = CaptureMode.EXPLICIT
     outbound_address: str = "127.0.0.1"
-    outbound_port: int = 15001
+    outbound_port: int = OUTBOUND_CAPTURE_PORT
     inbound_address: str | None = None
     """Explicit mode: the address the inbound listeners bind (default: the
     workload's address). Transparent mode: default 0.0.0.0."""
-    inbound_port: int = 15006
+    inbound_port: int = INBOUND_CAPTURE_PORT
     """Transparent mode only: the one inbound capture port."""
     app_address: str = "127.0.0.1"
     app_ports: Mapping[int, int] = field(default_factory=dict)
