@@ -249,3 +249,27 @@ def test_malformed_probes_stop_the_proxy_at_startup(
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_probes_go_to_the_pods_ip_like_the_kubelets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application listening only on its pod's IP (here 127.0.0.2) passes, because
+    the proxy probes INSTANCE_IP, as the kubelet and Istio's agent do."""
+    listener = socket.create_server(("127.0.0.2", 0))
+    port = int(listener.getsockname()[1])
+    try:
+        probes = {"/app-health/db/livez": {"tcpSocket": {"port": port}, "timeoutSeconds": 1}}
+        monkeypatch.setenv("INSTANCE_IP", "127.0.0.2")
+        stats, proxy = _probing_proxy(probes, tmp_path, monkeypatch)
+        with proxy as proc:
+            _until("the stats port", lambda: _get(stats, "/healthz/ready")[0] == 200, proc)
+            assert _get(stats, "/app-health/db/livez")[0] == 200
+        monkeypatch.delenv("INSTANCE_IP")  # outside a pod: the loopback, where it is not
+        (tmp_path / "again").mkdir()
+        stats, proxy = _probing_proxy(probes, tmp_path / "again", monkeypatch)
+        with proxy as proc:
+            _until("the stats port", lambda: _get(stats, "/healthz/ready")[0] == 200, proc)
+            assert _get(stats, "/app-health/db/livez")[0] == 500
+    finally:
+        listener.close()

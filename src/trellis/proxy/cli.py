@@ -369,4 +369,7 @@ def main(argv: Sequence[str]) -> int:
         public_address=args.public_address,
         xds_tls=xds_tls,
         app_probes=probes,
+        # The kubelet probes the pod's IP (the injector sets INSTANCE_IP), and so does
+        # Istio's agent: an application listening only there still passes.
+        app_probe_host=os.environ.get("INSTANCE_IP") or "127.0.0.1",
     )

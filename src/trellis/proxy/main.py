@@ -95,6 +95,7 @@ def run(
     public_address: str = "127.0.0.1",
     xds_tls: tuple[str, str] | None = None,
     app_probes: Mapping[str, AppProbe] | None = None,
+    app_probe_host: str = "127.0.0.1",
 ) -> int:
     """Run the proxy in this process; returns the exit status.
 
@@ -107,7 +108,8 @@ def run(
     `xds_tls` (root PEM, server name): the ADS stream, and the CA when it is a
     HOST:PORT, go over TLS checked against them (the control plane's 15012).
     `xds_delta` (the default): `xds` speaks incremental xDS, else state of the world.
-    `app_probes` (by `/app-health/...` path) are answered on the stats port.
+    `app_probes` (by `/app-health/...` path) are answered on the stats port, by
+    probing the application at `app_probe_host`.
     """
     try:
         message, config = load(
@@ -154,6 +156,7 @@ def run(
         stats_address=_at(public_address, stats_port),
         health_address=_at(public_address, health_port),
         app_probes=app_probes,
+        app_probe_host=app_probe_host,
     )
     if config.ads is not None:
         from trellis.runtime.grpc_stream import GrpcTls  # noqa: PLC0415

@@ -3,8 +3,8 @@
 The injector points each HTTP, TCP and gRPC probe of the application at the
 sidecar's 15020 `/app-health/<container>/livez|readyz|startupz`
 (`trellis.core.app_probe`); here the sidecar does what the kubelet would have
-done, on the pod's loopback, where the capture rules leave the proxy's own
-connections alone: a GET with the probe's path, headers and scheme (TLS
+done, at the pod's IP (`host`; the loopback outside a pod), where the capture
+rules leave the proxy's own connections alone: a GET with the probe's path, headers and scheme (TLS
 without verifying the certificate, as the kubelet does), a TCP connect, or a
 `grpc.health.v1.Health/Check`. Every probe ends within its `timeoutSeconds`.
 
@@ -42,7 +42,8 @@ class ProbeFailedError(Exception):
 
 
 class AppProber:
-    """Answers the `/app-health/...` paths of `probes` by probing `host` (the loopback)."""
+    """Answers the `/app-health/...` paths of `probes` by probing the application at
+    `host` (the pod's IP in a pod, as the kubelet would)."""
 
     def __init__(self, probes: Mapping[str, AppProbe], host: str = "127.0.0.1") -> None:
         self.probes = dict(probes)

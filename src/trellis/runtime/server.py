@@ -43,10 +43,12 @@ class ProxyServer:
         stats_address: SocketAddress | None = None,
         health_address: SocketAddress | None = None,
         app_probes: Mapping[str, AppProbe] | None = None,
+        app_probe_host: str = "127.0.0.1",
     ) -> None:
         """`stats_address`, `health_address`: where to serve Istio's agent ports (15020
         merged metrics, 15021 readiness), which Envoy's bootstrap has no field for.
-        `app_probes`: the application's probes the stats port answers by path."""
+        `app_probes`: the application's probes the stats port answers by path, sent
+        to `app_probe_host` (the pod's IP, where the kubelet would have sent them)."""
         self.config = config
         self._dump = dump
         self.drain_time = drain_time
@@ -73,6 +75,7 @@ class ProxyServer:
             ("health", HEALTH_ROUTES, health_address),
         )
         self.app_probes = dict(app_probes or {})
+        self.app_probe_host = app_probe_host
         self.agent_servers: dict[str, AdminServer] = {}
         """The started agent ports by name (`stats`, `health`)."""
         self.started = time.time()
@@ -126,7 +129,7 @@ class ProxyServer:
         """`/app-health/...` on the stats port, as Istio's agent serves them on 15020."""
         from trellis.runtime.app_prober import AppProber  # noqa: PLC0415 - only with probes
 
-        prober = AppProber(self.app_probes)
+        prober = AppProber(self.app_probes, self.app_probe_host)
         for path in self.app_probes:
             agent.add_async_route(path, functools.partial(prober.answer, path))
 
