@@ -51,7 +51,7 @@ class MemoryTransport:
         self.written += len(data)
 
     def writelines(self, chunks: list[bytes]) -> None:
-        self.written += sum(len(c) for c in chunks)
+        self.written += sum(map(len, chunks))  # no generator: the harness's cost stays small
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 40000) if name == "peername" else default

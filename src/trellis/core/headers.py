@@ -203,11 +203,46 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 def generate_request_id(rng: random.Random) -> bytes:
     """A random (version 4) UUID in its lower-case 8-4-4-4-12 text form.
 
-    Formatted once as 32 hex digits and cut into groups: a third of the cost of
-    shifting and masking the 128-bit integer for each group (this runs per request).
+    The 16 bytes are hex-encoded with a dash every two bytes, and the three
+    dashes a UUID does not have are cut out: cheaper than formatting the 128-bit
+    integer as text and joining its groups (this runs per request).
     """
-    digits = b"%032x" % ((rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
-    return b"-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+    text = ((rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET).to_bytes(16).hex("-", 2)
+    # "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg-hhhh" -> "aaaabbbb-cccc-dddd-eeee-ffffgggghhhh"
+    return (text[:4] + text[5:29] + text[30:34] + text[35:]).encode("ascii")
+
+
+_IDS_PER_DRAW = 64
+_DRAW_CLEAR = sum((_UUID_CLEAR & ((1 << 128) - 1)) << (128 * i) for i in range(_IDS_PER_DRAW))
+_DRAW_SET = sum(_UUID_SET << (128 * i) for i in range(_IDS_PER_DRAW))
+
+
+class RequestIds:
+    """The ids `generate_request_id` makes from the same generator, in the same order,
+    made 64 at a time: one draw of random bits and one hex conversion per batch,
+    and a `pop` per request."""
+
+    __slots__ = ("_ids", "_rng")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._ids: list[bytes] = []
+
+    def take(self) -> bytes:
+        ids = self._ids
+        if not ids:
+            self._draw()
+        return ids.pop()
+
+    def _draw(self) -> None:
+        bits = (self._rng.getrandbits(128 * _IDS_PER_DRAW) & _DRAW_CLEAR) | _DRAW_SET
+        # Each id is 40 characters of the text, its dash to the next one included;
+        # the last id drawn sits first (big-endian), so `pop` hands them out in order.
+        text = bits.to_bytes(16 * _IDS_PER_DRAW).hex("-", 2).encode("ascii")
+        self._ids[:] = [
+            text[i : i + 4] + text[i + 5 : i + 29] + text[i + 30 : i + 34] + text[i + 35 : i + 39]
+            for i in range(0, 40 * _IDS_PER_DRAW, 40)
+        ]
 
 
 def append_forwarded_for(headers: list[tuple[bytes, bytes]], client_ip: str) -> None:

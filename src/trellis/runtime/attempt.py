@@ -106,10 +106,13 @@ class Attempts(abc.ABC):
         if not cluster.limits.try_acquire_request():
             self._overflow()
             return
-        policy = self.retry.policy if self.retry is not None else None
-        exclude = self.tried if policy is not None and policy.avoid_previous_hosts else ()
-        attempts = policy.host_selection_retry_max_attempts if policy is not None else 1
-        index = cluster.choose_host(exclude, attempts)
+        retry = self.retry
+        if retry is None:
+            index = cluster.choose_host()
+        else:
+            policy = retry.policy
+            exclude = self.tried if policy.avoid_previous_hosts else ()
+            index = cluster.choose_host(exclude, policy.host_selection_retry_max_attempts)
         if index is None:
             cluster.limits.release_request()
             self.local_reply(503, b"no healthy upstream", ResponseFlag.NO_HEALTHY_UPSTREAM)
@@ -117,7 +120,8 @@ class Attempts(abc.ABC):
         host = cluster.hosts[index]
         self.host = host
         self.last_host = host
-        self.tried.append(index)
+        if retry is not None:  # only a retry looks at the hosts tried before
+            self.tried.append(index)
         host.stats.active_requests += 1
         host.stats.total_requests += 1
         conn = host.pool.take_idle()

@@ -220,7 +220,9 @@ class HostPool:
         conn.listener = None
         if conn.closed:
             return
-        conn.resume_reading()  # a finished response may have left it paused
+        transport = conn.transport  # a finished response may have left it paused
+        if transport is not None and not transport.is_reading():
+            transport.resume_reading()
         if self.waiters:
             self.waiters.popleft().on_pool_ready(conn)
             return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,10 +20,11 @@ from trellis.core.config import (
     VirtualHost,
 )
 from trellis.core.headers import (
+    HOP_BY_HOP,
     CompiledMutation,
+    RequestIds,
     append_forwarded_for,
     forwardable_response,
-    generate_request_id,
     set_forwarded_proto,
     strip_hop_by_hop,
 )
@@ -124,23 +124,18 @@ class RouteRuntime:
         """The request head sent upstream (same bytes for every retry)."""
         ctx = stream.ctx
         config = ctx.config
-        headers = strip_hop_by_hop(stream.headers, keep_upgrade=stream.upgrade)
+        headers = stream.headers
+        has_host, has_request_id, has_proto, hop_by_hop = _scan_request(headers)
+        if hop_by_hop:  # rare from clients: strip, then look again at what is left
+            headers = strip_hop_by_hop(headers, keep_upgrade=stream.upgrade)
+            has_host, has_request_id, has_proto, _ = _scan_request(headers)
         host_value = self.host_rewrite
-        has_request_id = has_host = has_proto = False
-        for i, (name, _) in enumerate(headers):
-            if name == b"host":
-                has_host = True
-                if host_value is not None:
-                    headers[i] = (b"host", host_value)
-            elif name == b"x-request-id":
-                has_request_id = True
-            elif name == b"x-forwarded-proto":
-                has_proto = True
         if not has_host:
             headers.insert(0, (b"host", host_value or stream.authority.encode("latin-1")))
+        elif host_value is not None:
+            headers[:] = [(b"host", host_value) if item[0] == b"host" else item for item in headers]
         if not has_request_id and config.generate_request_id:
-            request_id = generate_request_id(ctx.rng)
-            stream.request_id = request_id.decode("ascii")
+            request_id = stream.request_id = ctx.request_ids.take()
             headers.append((b"x-request-id", request_id))
         if has_proto or config.use_remote_address:
             set_forwarded_proto(headers, stream.conn.scheme, overwrite=config.use_remote_address)
@@ -179,7 +174,8 @@ class RouteRuntime:
         mutations = self._mutations.get(id(cluster), self._route_mutations)[1]
         for mutation in mutations:
             mutation.apply(out)
-        service_ms = int((time.monotonic() - stream.upstream_start) * 1000)
+        # The connection's last activity is when these response bytes arrived.
+        service_ms = int((stream.conn.last_activity - stream.upstream_start) * 1000)
         out.append((b"x-envoy-upstream-service-time", b"%d" % service_ms))
         if mutations:
             replace_server(out)  # a configured `server` header yields to the proxy's
@@ -210,6 +206,27 @@ class RouteRuntime:
         return location.encode("latin-1")
 
 
+# Request headers `request_head` looks for: those it sets, and the hop-by-hop ones.
+_NOTED = HOP_BY_HOP | {b"host", b"x-request-id", b"x-forwarded-proto"}
+
+
+def _scan_request(headers: Headers) -> tuple[bool, bool, bool, bool]:
+    """Whether `headers` hold a host, an x-request-id, an x-forwarded-proto and any
+    hop-by-hop header: one pass over the names."""
+    host = request_id = proto = hop_by_hop = False
+    for name, _ in headers:
+        if name in _NOTED:
+            if name == b"host":
+                host = True
+            elif name == b"x-request-id":
+                request_id = True
+            elif name == b"x-forwarded-proto":
+                proto = True
+            else:
+                hop_by_hop = True
+    return host, request_id, proto, hop_by_hop
+
+
 def replace_server(headers: Headers) -> None:
     for i, (name, _) in enumerate(headers):
         if name == b"server":
@@ -235,6 +252,7 @@ class HttpContext:
         "note_retry",
         "outbound_exchange",
         "record",
+        "request_ids",
         "rng",
         "table",
         "tracer",
@@ -267,6 +285,7 @@ class HttpContext:
         self.loop = loop
         self.deadlines = deadlines
         self.rng = rng
+        self.request_ids = RequestIds(rng)
         self.buffer_limit = buffer_limit
         self.record = record
         self.note_retry = note_retry

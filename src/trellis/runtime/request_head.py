@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from trellis.runtime.wire import Headers
 
 
+# The request headers `new_stream` checks.
+_CONNECTION = frozenset((b"connection", b"proxy-connection"))  # llhttp reads both for keep-alive
+_CHECKED = frozenset((b"host", b"transfer-encoding", b"content-length", b"expect")) | _CONNECTION
+
+
 class RequestRejectedError(Exception):
     """A request the proxy refuses before routing; carries the status to answer."""
 
@@ -44,34 +49,40 @@ def new_stream(
     `target`, lower-cased `headers` and size in bytes as the callbacks collected
     them), or a `RequestRejectedError`. Sets `conn.http11` to the request's version
     and answers `100 Continue` itself when the config does not pass it on."""
-    version = parser.get_http_version()
     config = conn.ctx.config
-    if version == "1.0":
-        if not config.accept_http_10:
-            raise RequestRejectedError(426, "HTTP/1.0 is not accepted")
-        conn.http11 = False
-    elif version != "1.1":
-        raise RequestRejectedError(400, f"unsupported HTTP version {version}")
-    else:
-        conn.http11 = True
-    method = parser.get_method()
+    keep_alive = parser.should_keep_alive()
     host: bytes | None = None
-    chunked = False
-    has_length = False
-    expect_continue = False
+    chunked = has_length = expect_continue = has_connection = False
+    refusal: RequestRejectedError | None = None  # raised after a version error, which wins
     for name, value in headers:
+        if name not in _CHECKED:
+            continue  # most headers: one set lookup instead of the tests below
         if name == b"host":
             if host is not None:
-                raise RequestRejectedError(400, "duplicate host header")
+                refusal = RequestRejectedError(400, "duplicate host header")
+                break
             host = value
         elif name == b"transfer-encoding":
             if value.strip().lower() != b"chunked" or chunked:
-                raise RequestRejectedError(501, "unsupported transfer encoding")
+                refusal = RequestRejectedError(501, "unsupported transfer encoding")
+                break
             chunked = True
         elif name == b"content-length":
             has_length = value.strip() != b"0"
+        elif name in _CONNECTION:
+            has_connection = True
         elif name == b"expect" and value.lower() == b"100-continue":
             expect_continue = True
+    # Persistent without a (Proxy-)Connection header means HTTP/1.1 (RFC 9112 section
+    # 9.3: of the versions llhttp accepts, 0.9, 1.0 and 2.0 persist only when asked to).
+    # That spares the usual request the parser's version string.
+    if keep_alive and not has_connection and refusal is None:
+        conn.http11 = True
+    else:
+        conn.http11 = is_http11(parser.get_http_version(), config)
+    if refusal is not None:
+        raise refusal
+    method = parser.get_method()
     if target[:1] != b"/":
         # Absolute form (explicit proxy): the URL's authority replaces any Host header.
         target, host = absolute_form(method, target, config)
@@ -94,13 +105,25 @@ def new_stream(
         host.decode("latin-1"),
         target.decode("latin-1"),
         headers,
-        parser.should_keep_alive() and not conn.draining,
+        keep_alive and not conn.draining,
         upgrade,
         chunked,
         chunked or has_length,
     )
     stream.request_head_bytes = head_bytes
     return stream
+
+
+def is_http11(version: str, config: HttpConnectionManager) -> bool:
+    """Whether a request of HTTP `version` is 1.1 (else 1.0); refuses the others, and
+    1.0 unless the config accepts it."""
+    if version == "1.1":
+        return True
+    if version != "1.0":
+        raise RequestRejectedError(400, f"unsupported HTTP version {version}")
+    if not config.accept_http_10:
+        raise RequestRejectedError(426, "HTTP/1.0 is not accepted")
+    return False
 
 
 def absolute_form(

@@ -8,7 +8,6 @@ module moves the bytes, owns the timers and records the outcome.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING
 
 from trellis.core.authz import DENIED_BODY, DENIED_STATUS, AuthzDecision
@@ -84,7 +83,7 @@ class Stream(Attempts):
         self.upgrade = upgrade
         self.request_chunked = request_chunked
         self.is_head = method == b"HEAD"
-        self.start = time.monotonic()
+        self.start = conn.last_activity  # when the head's last bytes arrived: just now
         self.upstream_start = 0.0
         self.upstream_keep_alive = True
         self.upstream_principal: str | None = None  # the upstream's SPIFFE ID over mTLS
@@ -92,7 +91,7 @@ class Stream(Attempts):
         self.cluster: ClusterRuntime | None = None
         self.host: HostRuntime | None = None
         self.last_host: HostRuntime | None = None
-        self.request_id: str | None = None
+        self.request_id: bytes | None = None  # the x-request-id the proxy generated
         self.authz: AuthzDecision | None = None  # the RBAC filters' decision, if any
         self.upstream: UpstreamConnection | None = None
         self.pending_on: HostRuntime | None = None
@@ -167,8 +166,9 @@ class Stream(Attempts):
         else:
             self.replayable = False
         self.head = route.request_head(self, cluster)
-        if self.request_done:
-            self._start_global_timer()
+        timeout = route.timeout
+        if timeout is not None and self.request_done:  # `_start_global_timer`, inlined
+            self._global_timer = self.ctx.deadlines.schedule(timeout, self._on_global_timeout)
         self._attempt()
 
     def on_request_body(self, data: bytes) -> None:
@@ -395,7 +395,8 @@ class Stream(Attempts):
             self._release_client()
         self.done = True
         self._cancel_timers()
-        self._end_attempt()
+        if self.host is not None:  # (usually released already, with the response)
+            self._end_attempt()
         if self.retry is not None:
             self.retry.finish()
         self.ctx.record(self)

@@ -63,6 +63,7 @@ class HttpRecorder:
 
     __slots__ = (
         "_cx_rq",
+        "_inbound",
         "_peers",
         "_prefix",
         "_rbac",
@@ -86,6 +87,7 @@ class HttpRecorder:
     ) -> None:
         self.node = node
         self.direction = direction
+        self._inbound = direction is TrafficDirection.INBOUND
         self.metrics = metrics
         self.stats = stats
         self.logs = logs
@@ -140,11 +142,7 @@ class HttpRecorder:
         flags = "-" if stream.flags is _NO_FLAG else format_flags(stream.flags)
         cluster = stream.cluster
         cluster_name = cluster.config.name if cluster is not None else ""
-        principal = (
-            stream.conn.peer_principal
-            if self.direction is TrafficDirection.INBOUND
-            else stream.upstream_principal
-        )
+        principal = stream.conn.peer_principal if self._inbound else stream.upstream_principal
         key = (cluster_name, stream.authority, principal, stream.peer_workload, code, flags)
         series = self._series.get(key)
         if series is None:
@@ -190,6 +188,7 @@ class HttpRecorder:
         headers = dict((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
         route = stream.route
         host = stream.last_host
+        generated_id = stream.request_id
         decision = stream.authz
         allowed = decision is not None and decision.allowed
         return AccessLogEntry(
@@ -206,7 +205,8 @@ class HttpRecorder:
             upstream_host=str(host.address) if host is not None else None,
             upstream_cluster=stream.cluster.config.name if stream.cluster is not None else None,
             route_name=route.route.name or None if route is not None else None,
-            request_id=headers.get("x-request-id") or stream.request_id,
+            request_id=headers.get("x-request-id")
+            or (generated_id.decode("ascii") if generated_id is not None else None),
             trace_id=f"{stream.trace.trace_id:032x}" if stream.trace is not None else None,
             downstream_remote_address=stream.conn.remote_ip,
             downstream_local_address=stream.conn.local_address(),

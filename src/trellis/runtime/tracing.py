@@ -267,7 +267,7 @@ class Tracer:
             ("user_agent", user_agent or "-"),
             ("request_size", stream.body_bytes),
             ("response_size", stream.response_bytes),
-            ("guid:x-request-id", request_id or stream.request_id or "-"),
+            ("guid:x-request-id", request_id or (stream.request_id or b"-").decode("ascii")),
         ]
         if error:
             attributes.append(("error", "true"))

@@ -25,19 +25,22 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def header_block(headers: Headers) -> bytes:
-    """`name: value` lines and the blank line that ends a head."""
-    if not headers:
-        return _CRLF
-    return b"\r\n".join(map(_JOIN_FIELD, headers)) + b"\r\n\r\n"
+# A head's header lines are joined straight into the head, without building the
+# block of lines as bytes of its own first: this runs twice per proxied request.
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return b"%s %s HTTP/1.1\r\n%s" % (method, target, header_block(headers))
+    if not headers:
+        return b"%s %s HTTP/1.1\r\n\r\n" % (method, target)
+    fields = b"\r\n".join(map(_JOIN_FIELD, headers))
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", fields, b"\r\n\r\n"))
 
 
 def response_head(code: int, headers: Headers) -> bytes:
-    return (STATUS_LINES.get(code) or _status_line(code)) + header_block(headers)
+    status = STATUS_LINES.get(code) or _status_line(code)
+    if not headers:
+        return status + _CRLF
+    return b"".join((status, b"\r\n".join(map(_JOIN_FIELD, headers)), b"\r\n\r\n"))
 
 
 def chunk(data: bytes) -> bytes:
