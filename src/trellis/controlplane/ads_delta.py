@@ -25,7 +25,7 @@ Rules (envoy api/xds_protocol.rst, "Incremental xDS"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -35,10 +35,9 @@ from trellis.controlplane.ads_session import (
     AdsProtocolError,
     Outgoing,
     SessionBase,
-    control_plane_field,
     wanted_names,
 )
-from trellis.controlplane.ads_status import Nack, ProxyNode, SyncState
+from trellis.controlplane.ads_status import Nack, SyncState
 from trellis.controlplane.snapshot import (
     FULL_STATE_TYPES,
     ResourceSet,
@@ -103,20 +102,7 @@ def _due(state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> _
 class DeltaSession(SessionBase[_DeltaType]):
     """The server side of one incremental ADS stream for one node."""
 
-    def __init__(
-        self,
-        node: ProxyNode,
-        *,
-        clock: Callable[[], float],
-        control_plane_id: str = "trellis",
-    ) -> None:
-        super().__init__(
-            node,
-            clock=clock,
-            control_plane=control_plane_field(
-                discovery_pb2.DeltaDiscoveryResponse, control_plane_id
-            ),
-        )
+    response_type = discovery_pb2.DeltaDiscoveryResponse
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Nack | None:
         """Take a request: subscription changes, then an ACK or NACK of the latest

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -120,14 +120,22 @@ class SessionBase(abc.ABC, Generic[S]):
     """What the SotW and delta sessions share: the node, the types in push order,
     nonces, the fate of each response and the status built from it."""
 
+    response_type: ClassVar[type[Message]]
+    """The stream's response message (its `control_plane` field is encoded once)."""
+
     def __init__(
-        self, node: ProxyNode, *, clock: Callable[[], float], control_plane: bytes
+        self,
+        node: ProxyNode,
+        *,
+        clock: Callable[[], float],
+        control_plane_id: str = "trellis",
     ) -> None:
         self.node = node
         self._clock = clock
         self._types: dict[str, S] = {}
         self._nonce = 0
-        self._control_plane = control_plane  # the response's `control_plane` field, encoded
+        identifier = base_pb2.ControlPlane(identifier=control_plane_id)
+        self._control_plane = self.response_type(control_plane=identifier).SerializeToString()
         self.stale_requests = 0
 
     def _next_nonce(self) -> str:
@@ -180,11 +188,6 @@ class SessionBase(abc.ABC, Generic[S]):
         """Whether the client holds what `snapshot` has for `state`'s type."""
 
 
-def control_plane_field(response: type[Message], identifier: str) -> bytes:
-    """A response's `control_plane` field, serialized once per session."""
-    return response(control_plane=base_pb2.ControlPlane(identifier=identifier)).SerializeToString()
-
-
 def _changed(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> bool:
     """Whether the client lacks something of `wanted` (LDS/CDS: or has something extra)."""
     sent = state.sent_set
@@ -225,18 +228,7 @@ def _entries(resources: ResourceSet, names: frozenset[str]) -> tuple[bytes, ...]
 class AdsSession(SessionBase[_TypeState]):
     """The server side of one SotW ADS stream for one node."""
 
-    def __init__(
-        self,
-        node: ProxyNode,
-        *,
-        clock: Callable[[], float],
-        control_plane_id: str = "trellis",
-    ) -> None:
-        super().__init__(
-            node,
-            clock=clock,
-            control_plane=control_plane_field(discovery_pb2.DiscoveryResponse, control_plane_id),
-        )
+    response_type = discovery_pb2.DiscoveryResponse
 
     def receive(self, request: discovery_pb2.DiscoveryRequest) -> Nack | None:
         """Take a request: ACK, NACK, (re)subscription, or a stale one to ignore.
