@@ -15,7 +15,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from trellis.core.config import AdsConfig, NodeIdentity, ProxyConfig, SocketAddress
+from trellis.core.addresses import SocketAddress
+from trellis.core.config import AdsConfig, NodeIdentity, ProxyConfig
 from trellis.runtime.server import ProxyServer
 from trellis.runtime.xds_client import XdsClient
 from trellis.xds import protos  # noqa: F401 - registers the types typed_config names

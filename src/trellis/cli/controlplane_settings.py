@@ -137,7 +137,7 @@ def _xds_tls(address: str | None, names: str | None) -> XdsTlsSettings | None:
 
 def host_port(value: str | None, flag: str) -> tuple[str, int] | None:
     """A `HOST:PORT` flag as a pair (None or "": not given); BadParameter naming `flag`."""
-    from trellis.core.config import SocketAddress  # noqa: PLC0415
+    from trellis.core.addresses import SocketAddress  # noqa: PLC0415
 
     if not value:
         return None

@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from trellis.core.config import PIPE_PATH_MAX_BYTES
+from trellis.core.addresses import PIPE_PATH_MAX_BYTES
 from trellis.errors import TrellisError
 
 SOCKET_MODE = 0o600

@@ -23,7 +23,8 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from trellis.core.config import FilterChain, IpNetwork
+from trellis.core.addresses import IpNetwork
+from trellis.core.config import FilterChain
 from trellis.core.tls import TransportProtocol
 
 ChainMatch = tuple[int | None, tuple[IpNetwork, ...], TransportProtocol]

@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from trellis.core.addresses import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddress, SocketAddress
 from trellis.core.app_probe import APP_PROBERS_ENV, AppProbe, parse_app_probes
-from trellis.core.config import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddress, SocketAddress
 from trellis.errors import ConfigError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")

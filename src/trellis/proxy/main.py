@@ -20,13 +20,9 @@ from typing import TYPE_CHECKING
 import uvloop
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from trellis.core.addresses import EndpointAddress, SocketAddress
 from trellis.core.app_probe import AppProbe
-from trellis.core.config import (
-    EndpointAddress,
-    HttpConnectionManager,
-    ProxyConfig,
-    SocketAddress,
-)
+from trellis.core.config import HttpConnectionManager, ProxyConfig
 from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer

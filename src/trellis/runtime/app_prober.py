@@ -21,8 +21,8 @@ import logging
 import ssl
 from collections.abc import Mapping
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.app_probe import AppProbe, GrpcCheck, HttpGetCheck, TcpCheck
-from trellis.core.config import SocketAddress
 from trellis.runtime import wire
 from trellis.runtime.admin import Response
 

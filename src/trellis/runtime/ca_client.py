@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from trellis.core.config import EndpointAddress
+from trellis.core.addresses import EndpointAddress
 from trellis.errors import TrellisError
 from trellis.runtime.grpc_stream import GrpcError, GrpcTls, unary_call
 from trellis.xds import istio_ca_pb2

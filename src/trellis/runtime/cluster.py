@@ -13,14 +13,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.balancer import HostStats, LoadBalancer, choose_with_predicate, make_balancer
 from trellis.core.circuit import ResourceLimits
-from trellis.core.config import Cluster, Endpoint, PipeAddress, SocketAddress
+from trellis.core.config import Cluster, Endpoint
 from trellis.core.outlier import Outcome, OutlierDetector, choose_available
 from trellis.core.prometheus import StatsRegistry
 from trellis.core.tls import san_allowed, upstream_tls_for
+from trellis.runtime.connect import open_connection, open_tls_stream
 from trellis.runtime.secrets import SecretStore, peer_sans
-from trellis.runtime.tls_stream import TlsStream
 from trellis.runtime.upstream import UpstreamConnection
 
 log = logging.getLogger("trellis.upstream")
@@ -85,12 +86,12 @@ class HostRuntime:
         try:
             if context is not None and half_close:
                 transport, protocol = await asyncio.wait_for(
-                    _tls_stream(address, factory, context, sni, config.connect_timeout),
+                    open_tls_stream(address, factory, context, sni, config.connect_timeout),
                     config.connect_timeout,
                 )
             else:
                 transport, protocol = await asyncio.wait_for(
-                    _connection(address, factory, context, sni, handshake_timeout),
+                    open_connection(address, factory, context, sni, handshake_timeout),
                     config.connect_timeout,
                 )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
@@ -112,63 +113,6 @@ class HostRuntime:
         self.cx_connect_fail += 1
         self.stats.connect_failures += 1
         return reason
-
-
-async def _connection(
-    address: SocketAddress | PipeAddress,
-    factory: Callable[[], P],
-    context: ssl.SSLContext | None,
-    sni: str | None,
-    handshake_timeout: float | None,
-) -> tuple[asyncio.BaseTransport, P]:
-    """A TCP or Unix-socket connection, with asyncio's TLS when `context` is given."""
-    loop = asyncio.get_running_loop()
-    if isinstance(address, PipeAddress):
-        return await loop.create_unix_connection(
-            factory,
-            address.path,
-            ssl=context,
-            server_hostname=sni,
-            ssl_handshake_timeout=handshake_timeout,
-        )
-    return await loop.create_connection(
-        factory,
-        address.host,
-        address.port,
-        ssl=context,
-        server_hostname=sni,
-        ssl_handshake_timeout=handshake_timeout,
-    )
-
-
-async def _tls_stream(
-    address: SocketAddress | PipeAddress,
-    factory: Callable[[], P],
-    context: ssl.SSLContext,
-    sni: str | None,
-    handshake_timeout: float,
-) -> tuple[asyncio.BaseTransport, P]:
-    """A TLS connection whose transport can half-close (`TlsStream`), once its handshake
-    is done."""
-    app = factory()
-    assert isinstance(app, asyncio.Protocol), "a TLS stream carries a streaming protocol"
-
-    def stream() -> TlsStream:
-        return TlsStream(
-            app,
-            context,
-            server_side=False,
-            server_hostname=sni,
-            handshake_timeout=handshake_timeout,
-        )
-
-    _, tls = await _connection(address, stream, None, None, None)
-    try:
-        await tls.handshake
-    except BaseException:
-        tls.abort()
-        raise
-    return tls.transport, app
 
 
 class HostPool:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.authz_match import AuthzRequest, IPAddress, parse_ip
-from trellis.core.config import SocketAddress
 from trellis.core.metrics import ResponseFlag
 from trellis.runtime import wire
 from trellis.runtime.deadline import Deadline

@@ -24,7 +24,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from trellis.core.config import EndpointAddress, PipeAddress
+from trellis.core.addresses import EndpointAddress, PipeAddress
 
 _READ_SIZE = 65536
 _MAX_MESSAGE = 64 * 1024 * 1024

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from trellis.core.config import EndpointAddress
+from trellis.core.addresses import EndpointAddress
 from trellis.core.prometheus import braces, family_header, format_value, label_pairs
 from trellis.runtime.ca_client import (
     KEYTOOL,

@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING
 
 from trellis import __version__
-from trellis.core.config import ProxyConfig, SocketAddress
+from trellis.core.addresses import SocketAddress
+from trellis.core.config import ProxyConfig
 from trellis.core.metrics import CounterCell, IstioMetrics, StatsRegistry
 from trellis.runtime.admin import HEALTH_ROUTES, STATS_ROUTES, AdminServer, PrometheusSources
 from trellis.runtime.cluster import ClusterManager, ClusterRuntime, publish_outlier_stats

@@ -23,8 +23,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.authz import AuthzDecision
-from trellis.core.config import SocketAddress
 from trellis.core.metrics import PeerLabels, ResponseFlag, format_flags
 from trellis.core.outlier import Outcome
 from trellis.core.peer_metadata import WorkloadMetadata

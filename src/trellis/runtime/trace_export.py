@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from trellis.core.config import EndpointAddress, PipeAddress
+from trellis.core.addresses import EndpointAddress, PipeAddress
 from trellis.core.prometheus import StatsRegistry
 from trellis.core.tracing import TracingProvider
 from trellis.runtime.cluster import ClusterManager

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pool, json_format
 
-from trellis.core.config import EndpointAddress, PipeAddress
+from trellis.core.addresses import EndpointAddress, PipeAddress
 from trellis.errors import ConfigError
 from trellis.xds.protos import bootstrap_pb2
 

@@ -24,14 +24,8 @@ from collections.abc import Sequence
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from trellis.core.config import (
-    AdminConfig,
-    Cluster,
-    HttpConnectionManager,
-    Listener,
-    ProxyConfig,
-    SocketAddress,
-)
+from trellis.core.addresses import SocketAddress
+from trellis.core.config import AdminConfig, Cluster, HttpConnectionManager, Listener, ProxyConfig
 from trellis.core.tls import NamedSecret
 from trellis.xds.bootstrap import load_bootstrap
 from trellis.xds.compile_cluster import clusters as compile_clusters

@@ -12,12 +12,12 @@ from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 
 from trellis.core.accesslog import AccessLogFormatter
+from trellis.core.addresses import IpNetwork
 from trellis.core.authz import AuthzConfig
 from trellis.core.config import (
     AccessLogConfig,
     FilterChain,
     HttpConnectionManager,
-    IpNetwork,
     Listener,
     NetworkFilter,
     TcpProxy,

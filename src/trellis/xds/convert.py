@@ -10,15 +10,12 @@ from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf.message import Message
 
+from trellis.core.addresses import PIPE_PATH_MAX_BYTES, EndpointAddress, PipeAddress, SocketAddress
 from trellis.core.config import (
     NO_HEADER_MUTATION,
-    PIPE_PATH_MAX_BYTES,
     AppendAction,
-    EndpointAddress,
     HeaderMutation,
     HeaderToAdd,
-    PipeAddress,
-    SocketAddress,
     StringMatcher,
     StringMatchKind,
 )

@@ -28,7 +28,7 @@ from trellis.controlplane.ca_files import create_root, load_or_create_root
 from trellis.controlplane.ca_service import CREATE_CERTIFICATE, CertificateService
 from trellis.controlplane.join_token import KEY_FILE, JoinTokenAuthenticator, JoinTokens
 from trellis.controlplane.snapshot_cache import SnapshotCache
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.runtime.ca_client import IdentityError, generate_key
 from trellis.runtime.grpc_stream import GrpcError, unary_call
 from trellis.runtime.identity import (

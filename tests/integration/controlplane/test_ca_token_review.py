@@ -32,7 +32,7 @@ from trellis.controlplane.ca_service import CREATE_CERTIFICATE, CertificateServi
 from trellis.controlplane.kube_calls import KubeCalls, api_client
 from trellis.controlplane.kube_token_auth import TokenReviewAuthenticator
 from trellis.controlplane.snapshot_cache import SnapshotCache
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.runtime.ca_client import generate_key
 from trellis.runtime.grpc_stream import GrpcError, unary_call
 from trellis.xds import istio_ca_pb2

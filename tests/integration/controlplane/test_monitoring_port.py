@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.runtime.ca_client import IdentityError, request_certificate
 
 from ..bootstrap import free_port

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from trellis.controlplane.ca_files import CA_DIR, CERT_FILE, load_or_create_root
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.runtime.ca_client import IdentityError, request_certificate
 from trellis.runtime.grpc_stream import GrpcTls
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from trellis.core.config import PIPE_PATH_MAX_BYTES, PipeAddress, SocketAddress
+from trellis.core.addresses import PIPE_PATH_MAX_BYTES, PipeAddress, SocketAddress
 from trellis.proxy.cli import control_plane_address
 
 SOCKET = "/run/trellis/xds.sock"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.errors import ConfigError
 from trellis.proxy.cli import main
 from trellis.proxy.main import load

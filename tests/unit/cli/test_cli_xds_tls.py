@@ -10,7 +10,7 @@ import pytest
 
 from trellis.cli.controlplane_settings import _xds_tls
 from trellis.controlplane.xds_tls import DEFAULT_XDS_TLS_NAMES
-from trellis.core.config import PipeAddress, SocketAddress
+from trellis.core.addresses import PipeAddress, SocketAddress
 from trellis.proxy.cli import xds_tls_settings
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.balancer import (
     HostStats,
     LeastRequestBalancer,
@@ -18,7 +19,7 @@ from trellis.core.balancer import (
     choose_with_predicate,
     make_balancer,
 )
-from trellis.core.config import Cluster, Endpoint, LbPolicy, SocketAddress
+from trellis.core.config import Cluster, Endpoint, LbPolicy
 
 
 def picks(balancer: LoadBalancer, count: int) -> list[int]:

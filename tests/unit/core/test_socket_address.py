@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from trellis.core.config import CircuitBreakerThresholds, Cluster, Endpoint, SocketAddress
+from trellis.core.addresses import SocketAddress
+from trellis.core.config import CircuitBreakerThresholds, Cluster, Endpoint
 from trellis.runtime.cluster import ClusterRuntime
 from trellis.runtime.upstream import UpstreamConnection
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.runtime.ca_client import IdentityError, pem_blocks, split_response
 from trellis.runtime.identity import (
     EXPIRY_METRIC,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from trellis.core.addresses import SocketAddress
 from trellis.core.config import (
     AccessLogConfig,
     AppendAction,
@@ -23,7 +24,6 @@ from trellis.core.config import (
     RedirectAction,
     RetryOn,
     RouteConfig,
-    SocketAddress,
     StringMatchKind,
     TcpProxy,
     TrafficDirection,

@@ -12,7 +12,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import json_format
 
 from trellis.cli.proxy_config_view import endpoints
-from trellis.core.config import PIPE_PATH_MAX_BYTES, PipeAddress, ProxyConfig, SocketAddress
+from trellis.core.addresses import PIPE_PATH_MAX_BYTES, PipeAddress, SocketAddress
+from trellis.core.config import ProxyConfig
 from trellis.errors import ConfigError
 from trellis.xds.bootstrap import ADS_CLUSTER, parse_bootstrap, with_ads
 from trellis.xds.compile import compile_bootstrap

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.xds.compile import addresses_overlap
 from trellis.xds.compile_route import domain_problem
 from trellis.xds.re2 import Re2SyntaxError, compile_re2

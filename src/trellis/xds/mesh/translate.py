@@ -18,7 +18,7 @@ from trellis.api.hosts import is_ip
 from trellis.api.networking import ServiceEntry
 from trellis.api.services import labels_match
 from trellis.api.telemetry import Telemetry, WorkloadMode
-from trellis.core.config import SocketAddress
+from trellis.core.addresses import SocketAddress
 from trellis.errors import ConfigError, TrellisError
 from trellis.xds.compile import addresses_overlap
 from trellis.xds.mesh.access_log import (

@@ -30,7 +30,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trellis.core.config import IpNetwork
+from trellis.core.addresses import IpNetwork
 from trellis.xds.mesh.build import MAX_UINT32, duration
 from trellis.xds.mesh.names import outbound_cluster
 from trellis.xds.mesh.registry import Service
