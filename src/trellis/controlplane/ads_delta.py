@@ -37,7 +37,7 @@ from trellis.controlplane.ads_session import (
     SessionBase,
     wanted_names,
 )
-from trellis.controlplane.ads_status import Nack, SyncState
+from trellis.controlplane.ads_status import Nack
 from trellis.controlplane.snapshot import (
     FULL_STATE_TYPES,
     ResourceSet,
@@ -207,15 +207,6 @@ class DeltaSession(SessionBase[_DeltaType]):
         data = b"".join((head, self._control_plane, *entries))
         return Outgoing(state.type_url, version, nonce, len(send), data)
 
-    def _state(self, state: _DeltaType, snapshot: Snapshot | None) -> SyncState:
-        if state.responses == 0:
-            return SyncState.NOT_SENT
-        if state.outstanding or state.nacked or state.force:
-            return SyncState.STALE
-        if snapshot is None:
-            return SyncState.SYNCED
-        resources = snapshot.get(state.type_url)
-        if state.synced_set is resources:
-            return SyncState.SYNCED
-        todo = _due(state, resources, wanted_names(state, resources))
-        return SyncState.STALE if todo.send or todo.removed else SyncState.SYNCED
+    def _lacks(self, state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> bool:
+        todo = _due(state, resources, wanted)
+        return bool(todo.send or todo.removed)

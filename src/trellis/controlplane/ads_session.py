@@ -103,6 +103,9 @@ class TypeProgress(SubscriptionState, Protocol):
     """What both sessions record per type: the last response and its fate."""
 
     type_url: str
+    force: bool
+    outstanding: bool
+    synced_set: ResourceSet | None
     sent_nonce: str
     sent_version: str
     acked_version: str
@@ -183,9 +186,23 @@ class SessionBase(abc.ABC, Generic[S]):
             for type_url, state in ((t, self._types[t]) for t in self._order())
         )
 
-    @abc.abstractmethod
     def _state(self, state: S, snapshot: Snapshot | None) -> SyncState:
         """Whether the client holds what `snapshot` has for `state`'s type."""
+        if state.responses == 0:
+            return SyncState.NOT_SENT
+        if state.outstanding or state.nacked or state.force:
+            return SyncState.STALE
+        if snapshot is None:
+            return SyncState.SYNCED
+        resources = snapshot.get(state.type_url)
+        if state.synced_set is resources:
+            return SyncState.SYNCED
+        lacks = self._lacks(state, resources, wanted_names(state, resources))
+        return SyncState.STALE if lacks else SyncState.SYNCED
+
+    @abc.abstractmethod
+    def _lacks(self, state: S, resources: ResourceSet, wanted: frozenset[str]) -> bool:
+        """Whether the client lacks something of `resources` it wants (the protocol's rule)."""
 
 
 def _changed(state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> bool:
@@ -328,15 +345,5 @@ class AdsSession(SessionBase[_TypeState]):
         data = b"".join((head, self._control_plane, *_entries(resources, carried)))
         return Outgoing(state.type_url, version, nonce, len(carried), data)
 
-    def _state(self, state: _TypeState, snapshot: Snapshot | None) -> SyncState:
-        if state.responses == 0:
-            return SyncState.NOT_SENT
-        if state.outstanding or state.nacked or state.force:
-            return SyncState.STALE
-        if snapshot is None:
-            return SyncState.SYNCED
-        resources = snapshot.get(state.type_url)
-        if state.synced_set is resources:
-            return SyncState.SYNCED
-        changed = _changed(state, resources, wanted_names(state, resources))
-        return SyncState.STALE if changed else SyncState.SYNCED
+    def _lacks(self, state: _TypeState, resources: ResourceSet, wanted: frozenset[str]) -> bool:
+        return _changed(state, resources, wanted)

@@ -16,6 +16,7 @@ from typing import Any
 
 from trellis.api.analyze import Finding, Severity, analyze
 from trellis.api.loader import load_documents, parse_resource
+from trellis.api.meta import ResourceKey
 from trellis.api.networking import NetworkingResource
 from trellis.api.problem import Problem, ResourceError
 from trellis.controlplane.api_kinds import UnknownKindError, kind_info
@@ -32,8 +33,6 @@ from trellis.controlplane.write_plan import plan_batch, prepare_writes, rfc3339
 from trellis.errors import ConfigError
 
 log = logging.getLogger("trellis.controlplane.api")
-
-ResourceKey = tuple[str, str, str]
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any, Self
 
 from lightkube import AsyncClient
 
+from trellis.api.meta import ResourceKey
 from trellis.controlplane.api_kinds import KINDS
 from trellis.controlplane.changefeed import ChangeFeed
 from trellis.controlplane.kube_client import (
@@ -69,7 +70,6 @@ from trellis.controlplane.store import (
 )
 from trellis.controlplane.write_plan import (
     PreparedWrite,
-    ResourceKey,
     check_expected,
     parse_version,
     prepare_writes,
@@ -178,12 +178,7 @@ class KubeConfigStore:
         self, kind: str | None = None, namespace: str | None = None
     ) -> ResourceList:
         self._check_open()
-        items = tuple(
-            self._cache[key]
-            for key in sorted(self._cache)
-            if (kind is None or key[0] == kind) and (namespace is None or key[1] == namespace)
-        )
-        return ResourceList(items=items, resource_version=str(self._feed.last_version))
+        return ResourceList.of(self._cache, self._feed.last_version, kind, namespace)
 
     def object_states(self) -> builtins.list[tuple[StoredResource, ObjectState]]:
         """Every object with its generation, resourceVersion and current status, in key order."""

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Self
 
+from trellis.api.meta import ResourceKey
 from trellis.controlplane.changefeed import ChangeFeed
 from trellis.controlplane.store import (
     ApplyResult,
@@ -24,7 +25,6 @@ from trellis.controlplane.store import (
     WatchStream,
 )
 from trellis.controlplane.write_plan import (
-    ResourceKey,
     parse_version,
     plan_batch,
     plan_delete,
@@ -68,12 +68,7 @@ class MemoryConfigStore:
         self, kind: str | None = None, namespace: str | None = None
     ) -> ResourceList:
         self._check_open()
-        items = tuple(
-            self._resources[key]
-            for key in sorted(self._resources)
-            if (kind is None or key[0] == kind) and (namespace is None or key[1] == namespace)
-        )
-        return ResourceList(items=items, resource_version=str(self._version))
+        return ResourceList.of(self._resources, self._version, kind, namespace)
 
     async def apply(self, items: Sequence[ResourceWrite]) -> builtins.list[ApplyResult]:
         self._check_open()

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from trellis.api.meta import ResourceKey
 from trellis.controlplane.store import (
     ResourceList,
     ResourceWrite,
@@ -24,7 +25,6 @@ from trellis.controlplane.store import (
 )
 from trellis.controlplane.write_plan import (
     BatchPlan,
-    ResourceKey,
     plan_batch,
     plan_delete,
     prepare_writes,

@@ -18,6 +18,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol, Self
 
+from trellis.api.meta import ResourceKey
 from trellis.errors import TrellisError
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
@@ -177,6 +178,22 @@ class ResourceList:
 
     items: tuple[StoredResource, ...]
     resource_version: str
+
+    @classmethod
+    def of(
+        cls,
+        resources: Mapping[ResourceKey, StoredResource],
+        version: int,
+        kind: str | None = None,
+        namespace: str | None = None,
+    ) -> ResourceList:
+        """The listing of an in-memory map (key order), filtered by `kind` and `namespace`."""
+        items = tuple(
+            resources[key]
+            for key in sorted(resources)
+            if (kind is None or key[0] == kind) and (namespace is None or key[1] == namespace)
+        )
+        return cls(items=items, resource_version=str(version))
 
 
 class WatchStream(Protocol):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from trellis.api.meta import ResourceKey
 from trellis.controlplane.store import (
     ApplyOutcome,
     ApplyResult,
@@ -25,7 +26,6 @@ from trellis.controlplane.store import (
 )
 from trellis.errors import ConfigError
 
-ResourceKey = tuple[str, str, str]
 Lookup = Callable[[ResourceKey], StoredResource | None]
 
 
