@@ -3,14 +3,17 @@
 Each stream is a real gRPC `StreamAggregatedResources` call (`--protocol
 sotw`) or `DeltaAggregatedResources` call (`--protocol delta`) (grpc.aio, the
 `ads_pb2_grpc` stub) on its own channel and TCP connection, driven by a
-`SimulatedProxy` or a `SimulatedDeltaProxy`. The channels keep grpc's flow
+`SimulatedProxy` or a `SimulatedDeltaProxy` (`--vhds on`: one whose node
+announces VHDS, so it takes virtual hosts as resources of their own). The channels keep grpc's flow
 control windows (4 MiB per stream, as `GRPC_TRACE=http` shows), far above
 the largest response here (~0.5 MiB), so as with Envoy's 256 MiB windows
 no response waits for a WINDOW_UPDATE. The process is steered over stdin and reports over stdout,
 one JSON object per line; times are `time.monotonic()` readings, which are
 comparable between processes of one Linux machine.
 
-    {"cmd": "connect"}                  -> {"event": "synced", "times": [...], "errors": {...}}
+    {"cmd": "connect"}                  -> {"event": "synced", "times": [...], "errors": {...},
+                                            "vhds": N}  (N: streams given route configurations
+                                            that carry `vhds`)
     {"cmd": "arm", "id": I, "watch": [[type_url, name], ...]}
                                         -> {"event": "armed", "id": I}
                                            later {"event": "updated", "id": I, "times": [...], ...}
@@ -20,7 +23,7 @@ comparable between processes of one Linux machine.
 It prints {"event": "ready"} once its imports are done.
 
     python bench/_xds_clients.py --ads 127.0.0.1:PORT --first 0 --count 500 --services 1000 \
-        --protocol delta
+        --protocol delta --vhds on
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from _xds_config import node_id, node_metadata
-from _xds_stream import Decoder, SimulatedDeltaProxy, SimulatedProxy, make_node
+from _xds_delta import SimulatedDeltaProxy
+from _xds_stream import Decoder, SimulatedProxy, make_node
+from trellis.xds.vhds import VHDS_CLIENT_FEATURE
 
 _MAX_MESSAGE = 256 * 1024 * 1024
 _CHANNEL_OPTIONS = (
@@ -56,14 +61,22 @@ class Fleet:
     """The process's streams and what it has reported about them."""
 
     def __init__(
-        self, target: str, first: int, count: int, services: int, protocol: str = "sotw"
+        self,
+        target: str,
+        first: int,
+        count: int,
+        services: int,
+        protocol: str = "sotw",
+        *,
+        vhds: bool = False,
     ) -> None:
         self.target = target
         self.delta = protocol == "delta"
         self.decoder = Decoder()
         kind = SimulatedDeltaProxy if self.delta else SimulatedProxy
+        features = [VHDS_CLIENT_FEATURE] if vhds and self.delta else []
         self.proxies = [
-            kind(make_node(node_id(i), node_metadata(i, services)), self.decoder)
+            kind(make_node(node_id(i), node_metadata(i, services), features), self.decoder)
             for i in range(first, first + count)
         ]
         self.errors: dict[int, str] = {}
@@ -130,6 +143,9 @@ class Fleet:
                 "times": [p.synced_at for p in self.proxies],
                 "errors": {str(i): e for i, e in self.errors.items()},
                 "decoded": self.decoder.decoded,
+                "vhds": sum(
+                    isinstance(p, SimulatedDeltaProxy) and p.uses_vhds for p in self.proxies
+                ),
             }
         )
 
@@ -210,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True, help="how many proxies")
     parser.add_argument("--services", type=int, required=True, help="services in the mesh")
     parser.add_argument("--protocol", choices=("sotw", "delta"), default="sotw")
+    parser.add_argument(
+        "--vhds", choices=("on", "off"), default="off", help="announce VHDS (delta only)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    fleet = Fleet(args.ads, args.first, args.count, args.services, args.protocol)
+    fleet = Fleet(
+        args.ads, args.first, args.count, args.services, args.protocol, vhds=args.vhds == "on"
+    )
     asyncio.run(_serve(fleet))
     return 0
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trellis.xds import vhds
+
 NAMESPACE = "bench"
 PORT = 8080
 NETWORKING = "networking.istio.io/v1"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+VIRTUAL_HOST_TYPE = vhds.VIRTUAL_HOST_TYPE
 OUTBOUND_ROUTE = "outbound"  # the RouteConfiguration every explicit-mode proxy gets
 
 Document = dict[str, Any]
@@ -45,6 +48,19 @@ def host(name: str) -> str:
 def outbound_cluster(name: str) -> str:
     """Istio's cluster name for the service's port, no subset."""
     return f"outbound|{PORT}||{host(name)}"
+
+
+def virtual_host(name: str) -> str:
+    """The name the translator gives the service's virtual host in `outbound`."""
+    return f"{host(name)}:{PORT}"
+
+
+def route_watch(name: str, *, use_vhds: bool) -> tuple[str, str]:
+    """What changes in a proxy's routes when service `name`'s routes change: its
+    virtual host as a VHDS resource, or else the whole `outbound` configuration."""
+    if use_vhds:
+        return (VIRTUAL_HOST_TYPE, vhds.resource_name(OUTBOUND_ROUTE, virtual_host(name)))
+    return (ROUTE_TYPE, OUTBOUND_ROUTE)
 
 
 def workload_name(index: int) -> str:
@@ -139,21 +155,27 @@ def weight_for(round_no: int) -> int:
     return 80 - (round_no % 40)
 
 
-def weight_change(services: int, round_no: int) -> Change:
-    """Shift the split of the first VirtualService: only the route table changes."""
+def weight_change(services: int, round_no: int, *, use_vhds: bool = False) -> Change:
+    """Shift the split of the first VirtualService: only its routes change (with VHDS:
+    one virtual host)."""
     name, other = service_name(0), service_name(1 % services)
     weight = weight_for(round_no)
     return Change(
         kind="vs-weight",
         documents=(virtual_service(name, other, weight),),
-        watch=((ROUTE_TYPE, OUTBOUND_ROUTE),),
+        watch=(route_watch(name, use_vhds=use_vhds),),
         description=f"VirtualService {NAMESPACE}/{name}: weights {weight}/{100 - weight}",
     )
 
 
-def new_service(services: int, round_no: int) -> Change:
-    """A new ServiceEntry with its WorkloadEntry: a cluster, endpoints and a virtual host."""
-    name = f"new-{round_no:03d}"
+def new_service_name(round_no: int) -> str:
+    return f"new-{round_no:03d}"
+
+
+def new_service(services: int, round_no: int, *, use_vhds: bool = False) -> Change:
+    """A new ServiceEntry with its WorkloadEntry: a cluster, endpoints and a virtual host
+    (with VHDS: that one new virtual host, else the whole `outbound` configuration)."""
+    name = new_service_name(round_no)
     index = services + round_no
     return Change(
         kind="new-service",
@@ -164,7 +186,7 @@ def new_service(services: int, round_no: int) -> Change:
         watch=(
             (CLUSTER_TYPE, outbound_cluster(name)),
             (ENDPOINT_TYPE, outbound_cluster(name)),
-            (ROUTE_TYPE, OUTBOUND_ROUTE),
+            route_watch(name, use_vhds=use_vhds),
         ),
         description=f"ServiceEntry + WorkloadEntry {NAMESPACE}/{name}",
     )

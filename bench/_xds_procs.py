@@ -175,9 +175,10 @@ def start_clients(
     cpus: str | None,
     pinning: Pinning,
     protocol: str = "sotw",
+    vhds: bool = False,
 ) -> list[Clients]:
     """Start ceil(proxies / per_process) client processes (speaking `protocol`: sotw or
-    delta) and wait until each is ready."""
+    delta, with VHDS when `vhds` and delta) and wait until each is ready."""
     started: list[Clients] = []
     try:
         for first in range(0, proxies, per_process):
@@ -196,6 +197,8 @@ def start_clients(
                 str(services),
                 "--protocol",
                 protocol,
+                "--vhds",
+                "on" if vhds else "off",
             ]
             with log.open("wb") as sink:
                 proc = subprocess.Popen(

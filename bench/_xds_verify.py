@@ -8,22 +8,60 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 
-from _xds_config import PORT, Change, host, service_name, weight_for
-from _xds_stream import CDS, EDS, RDS
+from _xds_config import (
+    PORT,
+    Change,
+    host,
+    new_service_name,
+    outbound_cluster,
+    service_name,
+    virtual_host,
+    weight_for,
+)
+from _xds_stream import CDS, EDS, RDS, VHDS
 
 
-def route_weights(route_config: route_pb2.RouteConfiguration, service: str) -> tuple[int, ...]:
-    """The weighted-cluster weights of the first route of `service`'s virtual host."""
-    wanted = f"{host(service)}:{PORT}"
+def find_virtual_host(
+    route_config: route_pb2.RouteConfiguration, service: str
+) -> route_components_pb2.VirtualHost | None:
+    """`service`'s virtual host in a whole route configuration (by name or FQDN domain)."""
     for vhost in route_config.virtual_hosts:
-        if vhost.name == wanted or host(service) in vhost.domains:
-            for route in vhost.routes:
-                if route.route.HasField("weighted_clusters"):
-                    return tuple(c.weight.value for c in route.route.weighted_clusters.clusters)
-            return ()
+        if vhost.name == virtual_host(service) or host(service) in vhost.domains:
+            return vhost
+    return None
+
+
+def host_weights(vhost: route_components_pb2.VirtualHost | None) -> tuple[int, ...]:
+    """The weighted-cluster weights of the virtual host's first weighted route."""
+    for route in vhost.routes if vhost is not None else ():
+        if route.route.HasField("weighted_clusters"):
+            return tuple(c.weight.value for c in route.route.weighted_clusters.clusters)
     return ()
+
+
+def _routes_problems(
+    change: Change, round_no: int, vhost: route_components_pb2.VirtualHost | None, name: str
+) -> list[str]:
+    """What is wrong with the virtual host a change's routes watch received (None: absent)."""
+    if change.kind == "vs-weight":
+        expected = (weight_for(round_no), 100 - weight_for(round_no))
+        got = host_weights(vhost)
+        if got != expected:
+            return [f"vs-weight: route {name!r} has weights {got}, expected {expected}"]
+        return []
+    service = new_service_name(round_no)
+    if vhost is None:
+        return [f"new-service: {name!r} has no virtual host for {service}"]
+    problems = []
+    missing = {host(service), f"{host(service)}:{PORT}"} - set(vhost.domains)
+    if missing:
+        problems.append(f"new-service: virtual host {vhost.name!r} lacks domains {sorted(missing)}")
+    clusters = {route.route.cluster for route in vhost.routes}
+    if clusters != {outbound_cluster(service)}:
+        problems.append(f"new-service: virtual host {vhost.name!r} routes to {sorted(clusters)}")
+    return problems
 
 
 def check_content(change: Change, round_no: int, samples: Mapping[str, bytes]) -> list[str]:
@@ -34,12 +72,16 @@ def check_content(change: Change, round_no: int, samples: Mapping[str, bytes]) -
         if value is None:
             problems.append(f"{change.kind}: no client reported {name!r}")
             continue
-        if type_url == RDS and change.kind == "vs-weight":
-            weight = weight_for(round_no)
-            got = route_weights(route_pb2.RouteConfiguration.FromString(value), service_name(0))
-            if got != (weight, 100 - weight):
-                expected = (weight, 100 - weight)
-                problems.append(f"vs-weight: route {name!r} has weights {got}, expected {expected}")
+        if type_url == RDS:
+            config = route_pb2.RouteConfiguration.FromString(value)
+            service = service_name(0) if change.kind == "vs-weight" else new_service_name(round_no)
+            vhost = find_virtual_host(config, service)
+            problems += _routes_problems(change, round_no, vhost, name)
+        elif type_url == VHDS:
+            vhost = route_components_pb2.VirtualHost.FromString(value)
+            problems += _routes_problems(change, round_no, vhost, name)
+            if vhost.name != name:
+                problems.append(f"{change.kind}: virtual host {name!r} is named {vhost.name!r}")
         elif type_url == CDS:
             cluster = cluster_pb2.Cluster.FromString(value)
             if cluster.name != name:

@@ -5,7 +5,8 @@ ServiceEntries (one WorkloadEntry each, a VirtualService for every tenth), then
 simulated proxies (real gRPC ADS streams in separate processes) connect and
 sync. Each round applies a VirtualService weight change and, separately, a new
 ServiceEntry, and times each proxy from the apply's acknowledgement to its ACK
-of the changed resources. bench/README.md explains the table.
+of the changed resources (with VHDS, the default over delta: the changed
+virtual host). bench/README.md explains the table.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class Options:
     log_level: str
     check: bool
     protocol: str
+    vhds: bool  # asked for and in effect: only over delta
+
+    def changes(self, round_no: int) -> tuple[Change, Change]:
+        """The round's two changes, watching what this protocol sends for them."""
+        return (
+            weight_change(self.services, round_no, use_vhds=self.vhds),
+            new_service(self.services, round_no, use_vhds=self.vhds),
+        )
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -96,6 +105,13 @@ def parse_args(argv: list[str]) -> Options:
         choices=("sotw", "delta"),
         default="delta",
         help="ADS protocol of the simulated proxies (delta, what `trellis proxy --xds` speaks)",
+    )
+    add(
+        "--vhds",
+        choices=("on", "off"),
+        default="on",
+        help="delta proxies announce VHDS: a changed service sends one virtual host (on; "
+        "ignored with --protocol sotw)",
     )
     add("--quick", action="store_true", help="smoke run: 1 round, 100 proxies unless --proxies")
     args = parser.parse_args(argv)
@@ -127,6 +143,7 @@ def parse_args(argv: list[str]) -> Options:
         log_level=args.log_level,
         check=args.check,
         protocol=args.protocol,
+        vhds=args.vhds == "on" and args.protocol == "delta",
     )
 
 
@@ -179,6 +196,11 @@ def measure_sync(
     clients_cpu = _clients_cpu(fleet) - clients_before
     if timed_out:
         problems.append(f"{proxies} proxies: not all synced within {opts.sync_timeout:g} s")
+    with_vhds = sum((r or {}).get("vhds", 0) for r in reports)
+    if opts.vhds and with_vhds < proxies:
+        problems.append(
+            f"{proxies} proxies, sync: only {with_vhds} got route configurations with `vhds`"
+        )
     problems += [f"{proxies} proxies, sync: {e}" for e in _errors(reports)[:5]]
     done = sum(t is not None for t in times)
     return PhaseRun(
@@ -287,15 +309,13 @@ def run_scale(
             cpus=pinning.load_cpus,
             pinning=pinning,
             protocol=opts.protocol,
+            vhds=opts.vhds,
         )
         info["cpus_allowed"] |= {f"clients-{c.first}": cpus_allowed(c.proc.pid) for c in fleet}
         runs.append(measure_sync(plane, fleet, opts, problems))
         print(_line(runs[-1], opts.rounds), flush=True)
         for round_no in range(1, opts.rounds + 1):
-            for change in (
-                weight_change(opts.services, round_no),
-                new_service(opts.services, round_no),
-            ):
+            for change in opts.changes(round_no):
                 quiet(plane.proc.pid)
                 runs.append(measure_change(plane, fleet, change, round_no, opts, problems))
                 print(_line(runs[-1], opts.rounds), flush=True)
@@ -325,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"mesh:    {opts.services} services, proxies {','.join(map(str, opts.proxies))}, "
         f"{opts.rounds} round(s), debounce {opts.debounce:g} s, {opts.protocol} xDS"
+        f"{' with VHDS' if opts.vhds else ''}"
     )
     problems: list[str] = []
     runs: list[PhaseRun] = []

@@ -208,6 +208,48 @@ def test_watched_names_are_what_the_translator_builds() -> None:
     assert problems and "weights (90, 10)" in problems[0]
 
 
+def test_vhds_watches_are_the_virtual_hosts_the_control_plane_sends() -> None:
+    from _xds_config import mesh, new_service, weight_change, workload_name  # noqa: PLC0415
+    from _xds_stream import CDS, EDS, VHDS  # noqa: PLC0415
+    from _xds_verify import check_content  # noqa: PLC0415
+
+    documents = mesh(20, vs_every=10)
+
+    def sent(docs: list[dict[str, Any]]) -> dict[str, dict[str, Message]]:
+        resources = _translate(docs, workload_name(3))
+        resources[VHDS] = {h.name: h for h in _vhds_resources(resources)[1]}
+        return resources
+
+    def sample(resources: dict[str, dict[str, Message]], watch: Any) -> dict[str, bytes]:
+        return {f"{t}|{n}": resources[t][n].SerializeToString() for t, n in watch}
+
+    change = new_service(20, 1, use_vhds=True)
+    assert [t for t, _ in change.watch] == [CDS, EDS, VHDS]
+    after = sent(_applied(documents, change))
+    assert check_content(change, 1, sample(after, change.watch)) == []
+    (_, name) = change.watch[-1]
+    wrong = after[VHDS][name]
+    wrong.ClearField("domains")
+    wrong.domains.append("new-001:8080")  # type: ignore[attr-defined]
+    problems = check_content(change, 1, sample(after, change.watch))
+    assert problems == [
+        f"new-service: virtual host {name!r} lacks domains "
+        "['new-001.bench.svc.cluster.local', 'new-001.bench.svc.cluster.local:8080']"
+    ]
+    problems = check_content(new_service(20, 2, use_vhds=True), 2, sample(after, change.watch))
+    assert any("no client reported" in p for p in problems)
+
+    weighted = weight_change(20, 1, use_vhds=True)
+    ((type_url, name),) = weighted.watch
+    before = sent(documents)[type_url][name]
+    changed = sent(_applied(documents, weighted))[type_url][name]
+    assert changed != before
+    key = f"{type_url}|{name}"
+    assert check_content(weighted, 1, {key: changed.SerializeToString()}) == []
+    problems = check_content(weighted, 1, {key: before.SerializeToString()})
+    assert problems and "weights (90, 10)" in problems[0]
+
+
 # --- the simulated proxy ------------------------------------------------------------------
 
 
@@ -259,3 +301,183 @@ def test_simulated_proxy_subscribes_acks_syncs_and_sees_a_change() -> None:
     assert proxy.settle(8.0) == (False, True) and proxy.updated_at == 8.0
     with pytest.raises(ValueError, match="not requested"):
         proxy.receive(discovery_pb2.DiscoveryResponse(type_url="type.googleapis.com/x.Y"))
+
+
+# --- the simulated delta proxy and VHDS ---------------------------------------------------
+
+
+def _name(message: Message) -> str:
+    return str(getattr(message, "name", "") or getattr(message, "cluster_name", ""))
+
+
+def _delta(
+    type_url: str, messages: list[Message], nonce: str, removed: tuple[str, ...] = ()
+) -> Any:
+    return discovery_pb2.DeltaDiscoveryResponse(
+        type_url=type_url,
+        system_version_info=f"v{nonce}",
+        nonce=nonce,
+        removed_resources=list(removed),
+        resources=[
+            discovery_pb2.Resource(
+                name=_name(m),
+                version=nonce,
+                resource=any_pb2.Any(
+                    type_url=type_url, value=m.SerializeToString(deterministic=True)
+                ),
+            )
+            for m in messages
+        ],
+    )
+
+
+def _vhds_resources(resources: dict[str, dict[str, Message]]) -> tuple[Any, list[Any]]:
+    """The `outbound` route configuration as the control plane sends it to a VHDS client."""
+    from _xds_stream import RDS  # noqa: PLC0415
+    from trellis.xds.vhds import split  # noqa: PLC0415
+
+    return split(resources[RDS]["outbound"])
+
+
+def _delta_synced(proxy: Any, resources: dict[str, dict[str, Message]], vhds: bool) -> list[Any]:
+    """Feed CDS, LDS, EDS and RDS; returns the requests the RDS response led to."""
+    from _xds_stream import CDS, EDS, LDS, RDS  # noqa: PLC0415
+
+    proxy.receive(_delta(CDS, list(resources[CDS].values()), "1"))
+    proxy.receive(_delta(LDS, list(resources[LDS].values()), "2"))
+    proxy.receive(_delta(EDS, list(resources[EDS].values()), "3"))
+    routes = [_vhds_resources(resources)[0]] if vhds else list(resources[RDS].values())
+    requests: list[Any] = proxy.receive(_delta(RDS, routes, "4"))
+    return requests
+
+
+def _delta_proxy(index: int, services: int, *, vhds: bool) -> Any:
+    from _xds_config import node_id, node_metadata  # noqa: PLC0415
+    from _xds_delta import SimulatedDeltaProxy  # noqa: PLC0415
+    from _xds_stream import Decoder, make_node  # noqa: PLC0415
+    from trellis.xds.vhds import VHDS_CLIENT_FEATURE  # noqa: PLC0415
+
+    features = [VHDS_CLIENT_FEATURE] if vhds else []
+    node = make_node(node_id(index), node_metadata(index, services), features)
+    return SimulatedDeltaProxy(node, Decoder())
+
+
+def test_delta_proxy_with_vhds_subscribes_holds_and_sees_one_virtual_host_change() -> None:
+    from _xds_config import mesh, virtual_host, weight_change  # noqa: PLC0415
+    from _xds_config import workload_name as workload  # noqa: PLC0415
+    from _xds_stream import RDS, VHDS  # noqa: PLC0415
+    from _xds_verify import check_content  # noqa: PLC0415
+    from trellis.xds.vhds import VHDS_CLIENT_FEATURE, resource_name  # noqa: PLC0415
+
+    documents = mesh(20, vs_every=10)
+    resources = _translate(documents, workload(2))
+    proxy = _delta_proxy(2, 20, vhds=True)
+    first, _ = proxy.initial()
+    assert list(first.node.client_features) == [VHDS_CLIENT_FEATURE]
+    ack, subscribe = _delta_synced(proxy, resources, vhds=True)
+    assert (ack.type_url, ack.response_nonce, list(ack.resource_names_subscribe)) == (RDS, "4", [])
+    assert (subscribe.type_url, list(subscribe.resource_names_subscribe)) == (VHDS, ["outbound"])
+    assert proxy.uses_vhds and proxy.subscribed(VHDS) == {"outbound"}
+    assert proxy.settle(1.0) == (False, False)  # routes held, their virtual hosts not yet
+
+    hosts = _vhds_resources(resources)[1]
+    (ack,) = proxy.receive(_delta(VHDS, hosts, "5"))
+    assert (ack.type_url, ack.response_nonce) == (VHDS, "5")
+    assert proxy.settle(2.0) == (True, False)
+    watched = resource_name("outbound", virtual_host("svc-0000"))
+    assert proxy.held(VHDS, watched) is not None
+
+    change = weight_change(20, 1, use_vhds=True)
+    assert change.watch == ((VHDS, watched),)
+    proxy.arm(change.watch)
+    proxy.receive(_delta(VHDS, [h for h in hosts if h.name == watched], "6"))  # same content
+    other = resource_name("outbound", virtual_host("svc-0001"))
+    proxy.receive(_delta(VHDS, [], "7", removed=(other,)))
+    assert proxy.held(VHDS, other) is None  # a removal drops only what it names
+    assert proxy.settle(3.0) == (False, False) and proxy.armed
+    changed = _vhds_resources(_translate(_applied(documents, change), workload(2)))[1]
+    (new_host,) = [h for h in changed if h.name == watched]
+    proxy.receive(_delta(VHDS, [new_host], "8"))
+    assert proxy.settle(4.0) == (False, True)
+    value = proxy.held(VHDS, watched).value
+    assert check_content(change, 1, {f"{VHDS}|{watched}": value}) == []
+
+    # The route configuration loses `vhds` (whole again): the namespace is unsubscribed.
+    ack, unsubscribe = proxy.receive(_delta(RDS, list(resources[RDS].values()), "9"))
+    assert (unsubscribe.type_url, list(unsubscribe.resource_names_unsubscribe)) == (
+        VHDS,
+        ["outbound"],
+    )
+    assert proxy.held(VHDS, watched) is None and not proxy.uses_vhds
+    assert proxy.synced  # nothing subscribed: no virtual host response needed
+
+
+def test_delta_proxy_drops_virtual_hosts_with_their_route_configuration() -> None:
+    from _xds_config import mesh  # noqa: PLC0415
+    from _xds_config import workload_name as workload  # noqa: PLC0415
+    from _xds_stream import LDS, RDS, VHDS  # noqa: PLC0415
+
+    resources = _translate(mesh(20, vs_every=10), workload(2))
+    proxy = _delta_proxy(2, 20, vhds=True)
+    _delta_synced(proxy, resources, vhds=True)
+    hosts = _vhds_resources(resources)[1]
+    proxy.receive(_delta(VHDS, hosts, "5"))
+    assert proxy.synced
+    _, rds, vhds = proxy.receive(_delta(LDS, [], "6", removed=tuple(resources[LDS])))
+    assert (rds.type_url, list(rds.resource_names_unsubscribe)) == (RDS, ["outbound"])
+    assert (vhds.type_url, list(vhds.resource_names_unsubscribe)) == (VHDS, ["outbound"])
+    assert all(proxy.held(VHDS, h.name) is None for h in hosts)
+
+
+def test_delta_proxy_keeps_the_virtual_hosts_of_route_configurations_still_held() -> None:
+    from envoy.config.route.v3 import route_components_pb2  # noqa: PLC0415
+
+    from _xds_config import mesh  # noqa: PLC0415
+    from _xds_config import workload_name as workload  # noqa: PLC0415
+    from _xds_stream import RDS, VHDS  # noqa: PLC0415
+
+    resources = _translate(mesh(20, vs_every=10), workload(2))
+    proxy = _delta_proxy(2, 20, vhds=True)
+    _delta_synced(proxy, resources, vhds=True)
+    slim, hosts = _vhds_resources(resources)
+    other = type(slim)()
+    other.CopyFrom(slim)
+    other.name = "outbound/v2"  # a `/` in a route configuration's name: split at the last one
+    _, subscribe = proxy.receive(_delta(RDS, [other], "5"))
+    assert list(subscribe.resource_names_subscribe) == ["outbound/v2"]
+    mine = route_components_pb2.VirtualHost(name="outbound/v2/a:80", domains=["a:80"])
+    proxy.receive(_delta(VHDS, [*hosts, mine], "6"))
+    _, unsubscribe = proxy.receive(_delta(RDS, [], "7", removed=("outbound",)))
+    assert list(unsubscribe.resource_names_unsubscribe) == ["outbound"]
+    assert proxy.held(VHDS, mine.name) is not None
+    assert all(proxy.held(VHDS, h.name) is None for h in hosts)
+
+
+def test_delta_proxy_with_vhds_rejects_a_misnamed_virtual_host() -> None:
+    from _xds_config import mesh  # noqa: PLC0415
+    from _xds_config import workload_name as workload  # noqa: PLC0415
+    from _xds_stream import VHDS  # noqa: PLC0415
+
+    resources = _translate(mesh(20, vs_every=10), workload(2))
+    proxy = _delta_proxy(2, 20, vhds=True)
+    _delta_synced(proxy, resources, vhds=True)
+    host = _vhds_resources(resources)[1][0]
+    response = _delta(VHDS, [host], "5")
+    response.resources[0].name = "outbound/elsewhere"
+    with pytest.raises(ValueError, match="named 'outbound/svc-0000"):
+        proxy.receive(response)
+
+
+def test_delta_proxy_without_the_feature_keeps_whole_route_configurations() -> None:
+    from _xds_config import mesh  # noqa: PLC0415
+    from _xds_config import workload_name as workload  # noqa: PLC0415
+    from _xds_stream import RDS, VHDS  # noqa: PLC0415
+
+    resources = _translate(mesh(20, vs_every=10), workload(2))
+    proxy = _delta_proxy(2, 20, vhds=False)
+    assert list(proxy.initial()[0].node.client_features) == []
+    (ack,) = _delta_synced(proxy, resources, vhds=False)
+    assert ack.type_url == RDS and proxy.settle(1.0) == (True, False)
+    assert not proxy.uses_vhds
+    with pytest.raises(ValueError, match="not requested"):
+        proxy.receive(_delta(VHDS, _vhds_resources(resources)[1], "5"))

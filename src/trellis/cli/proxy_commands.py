@@ -14,11 +14,21 @@ import click
 from trellis.cli.options import api_client, fail, server_options
 
 _TYPES = ("CDS", "LDS", "EDS", "RDS")
+# A VHDS client's virtual hosts are part of its routes: RDS shows the worse state.
+_ALSO_SHOWN_AS = {"RDS": "VHDS"}
+_WORST_FIRST = ("STALE", "NOT SENT", "SYNCED")
 
 
 def _state(proxy: dict[str, Any], short_name: str) -> str:
-    entry = (proxy.get("types") or {}).get(short_name)
-    return str(entry.get("state")) if isinstance(entry, dict) else "NOT SENT"
+    types = proxy.get("types") or {}
+    entry = types.get(short_name)
+    state = str(entry.get("state")) if isinstance(entry, dict) else "NOT SENT"
+    part = types.get(_ALSO_SHOWN_AS.get(short_name, ""))
+    if isinstance(part, dict) and state in _WORST_FIRST:
+        other = str(part.get("state"))
+        if other in _WORST_FIRST and _WORST_FIRST.index(other) < _WORST_FIRST.index(state):
+            return other
+    return state
 
 
 def _last_nack(proxy: dict[str, Any]) -> str:

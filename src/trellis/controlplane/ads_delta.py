@@ -25,7 +25,7 @@ Rules (envoy api/xds_protocol.rst, "Incremental xDS"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -37,12 +37,15 @@ from trellis.controlplane.ads_session import (
     SessionBase,
     wanted_names,
 )
-from trellis.controlplane.ads_status import Nack
+from trellis.controlplane.ads_status import Nack, ProxyNode
 from trellis.controlplane.snapshot import (
     FULL_STATE_TYPES,
     ResourceSet,
     Snapshot,
 )
+from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, route_config_of
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -57,7 +60,13 @@ class _DeltaType:
     sent_nonce: str = ""
     sent_version: str = ""
     sent_set: ResourceSet | None = None  # the set the client's resources were cut from
-    held: frozenset[str] = frozenset()  # names the client holds, as in `sent_set`
+    # What the client holds. With `exact`: what the subscription covers in `sent_set`,
+    # except what `fresh` (names subscribed since) covers; then the next response is
+    # worked out from the set's cached differences to `sent_set`, without going over
+    # every name. Otherwise (after a change of wildcard): the names in `held`.
+    exact: bool = False
+    fresh: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
     synced_set: ResourceSet | None = None
     acked_version: str = ""
     nacked: bool = False
@@ -75,34 +84,92 @@ class _Due:
     removed: frozenset[str]
 
 
-def _due(state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> _Due:
+def _in(type_url: str, name: str, names: frozenset[str]) -> bool:
+    """Whether subscribing to `names` covers the resource `name` (VHDS subscribes to
+    route configurations and covers their virtual hosts)."""
+    return (route_config_of(name) if type_url == VIRTUAL_HOST_TYPE else name) in names
+
+
+def _covers(state: _DeltaType, name: str) -> bool:
+    return state.wildcard or _in(state.type_url, name, state.names)
+
+
+def _under(names: frozenset[str], resources: ResourceSet) -> frozenset[str]:
+    """The resources of `resources` that subscribing to `names` covers."""
+    if resources.type_url == VIRTUAL_HOST_TYPE:
+        return resources.names_under(names)
+    return names & resources.names
+
+
+def _due(state: _DeltaType, resources: ResourceSet) -> _Due:
     """The resources the client lacks (or holds in another content) and those it holds
     that no longer exist."""
+    sent = state.sent_set
     if state.initial is not None:
-        known = state.initial
+        wanted = wanted_names(state, resources)
         by_name = resources.by_name
         current = frozenset(
             name
-            for name, version in known.items()
+            for name, version in state.initial.items()
             if name in wanted and by_name[name].version == version
         )
-        gone = frozenset(name for name in known if name not in resources.names)
-        gone = gone if state.wildcard else gone & state.names
+        gone = frozenset(
+            name for name in state.initial if name not in resources.names and _covers(state, name)
+        )
         return _Due(wanted - current, gone)
-    sent, held = state.sent_set, state.held
+    if state.exact and sent is not None:
+        send = _under(state.fresh, resources) if state.fresh else frozenset()
+        if resources is sent or resources.version == sent.version:
+            return _Due(send, frozenset())
+        changed = [n for n in resources.changed_since(sent) if _covers(state, n)]
+        gone = frozenset(
+            name
+            for name in resources.removed_since(sent)
+            if _covers(state, name) and not _in(state.type_url, name, state.fresh)
+        )
+        return _Due(send.union(changed) if changed else send, gone)
+    wanted = wanted_names(state, resources)
+    held = state.held
     send = wanted - held
     if sent is not None and resources is not sent and resources.version != sent.version:
-        changed = resources.changed_since(sent)
-        if not changed.isdisjoint(held):
-            send |= changed & held & wanted
-    gone = held - resources.names
-    return _Due(send, gone)
+        changed_names = resources.changed_since(sent)
+        if not changed_names.isdisjoint(held):
+            send |= changed_names & held & wanted
+    return _Due(send, held - resources.names)
+
+
+def _synced(state: _DeltaType, resources: ResourceSet) -> None:
+    """The client now holds what its subscription covers in `resources`."""
+    state.sent_set, state.initial = resources, None
+    state.exact, state.fresh, state.held = True, _NOTHING, _NOTHING
+
+
+def _spell_out(state: _DeltaType) -> None:
+    """Keep what the client holds as names (before the wildcard changes)."""
+    if state.exact and state.sent_set is not None:
+        sent = state.sent_set
+        state.held = wanted_names(state, sent) - _under(state.fresh, sent)
+    state.exact, state.fresh = False, _NOTHING
 
 
 class DeltaSession(SessionBase[_DeltaType]):
     """The server side of one incremental ADS stream for one node."""
 
     response_type = discovery_pb2.DeltaDiscoveryResponse
+
+    def __init__(
+        self,
+        node: ProxyNode,
+        *,
+        clock: Callable[[], float],
+        control_plane_id: str = "trellis",
+    ) -> None:
+        super().__init__(node, clock=clock, control_plane_id=control_plane_id)
+        # VHDS for clients that say they speak it (xds/vhds.py).
+        self.vhds = VHDS_CLIENT_FEATURE in node.client_features
+
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        return snapshot.for_vhds() if self.vhds else snapshot
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Nack | None:
         """Take a request: subscription changes, then an ACK or NACK of the latest
@@ -134,17 +201,24 @@ class DeltaSession(SessionBase[_DeltaType]):
             if request.initial_resource_versions:
                 state.initial = dict(request.initial_resource_versions)
         elif WILDCARD in added and not state.wildcard:
+            _spell_out(state)
             state.wildcard = state.force = True
-        if WILDCARD in dropped:
+        if WILDCARD in dropped and state.wildcard:
+            _spell_out(state)
             state.wildcard = False
-        new = (state.names | (added - {WILDCARD})) - dropped
-        if new - state.names:
+        gained = added - state.names - {WILDCARD}
+        if gained:
             state.force = True
-        state.names = new
+            if state.exact and not state.wildcard:
+                state.fresh |= gained
+            state.names |= gained
         if dropped:
-            state.held -= dropped  # the client forgets what it unsubscribed
+            state.names -= dropped  # the client forgets what it unsubscribed
+            state.fresh -= dropped
+            if not state.exact:
+                state.held = frozenset(n for n in state.held if _covers(state, n))
             if state.initial is not None:
-                state.initial = {n: v for n, v in state.initial.items() if n not in dropped}
+                state.initial = {n: v for n, v in state.initial.items() if _covers(state, n)}
 
     def _settle(
         self, state: _DeltaType, request: discovery_pb2.DeltaDiscoveryRequest
@@ -160,6 +234,7 @@ class DeltaSession(SessionBase[_DeltaType]):
         """The responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
         if snapshot is None:
             return []
+        snapshot = self.view(snapshot)
         due = []
         for type_url in self._order():
             state = self._types[type_url]
@@ -170,20 +245,20 @@ class DeltaSession(SessionBase[_DeltaType]):
                 continue
             state.force = False
             state.synced_set = resources
-            wanted = wanted_names(state, resources)
-            todo = _due(state, resources, wanted)
-            first = state.responses == 0
-            if todo.send or todo.removed or (first and state.wildcard):
-                due.append(self._send(state, resources, wanted, todo))
+            todo = _due(state, resources)
+            # A first response even when empty: to a wildcard, and to a VHDS subscription
+            # (its client waits for one before it counts the routes as received).
+            first = state.responses == 0 and (state.wildcard or type_url == VIRTUAL_HOST_TYPE)
+            if todo.send or todo.removed or first:
+                due.append(self._send(state, resources, todo))
             else:
-                state.sent_set, state.held, state.initial = resources, wanted, None
+                _synced(state, resources)
         return due
 
     def _send(
         self,
         state: _DeltaType,
         resources: ResourceSet,
-        wanted: frozenset[str],
         todo: _Due,
     ) -> Outgoing:
         nonce = self._next_nonce()
@@ -201,12 +276,12 @@ class DeltaSession(SessionBase[_DeltaType]):
             by_name = resources.by_name
             entries = tuple(by_name[name].delta_encoded() for name in sorted(send))
         state.sent_nonce, state.sent_version = nonce, version
-        state.sent_set, state.held, state.initial = resources, wanted, None
+        _synced(state, resources)
         state.outstanding = True
         state.responses += 1
         data = b"".join((head, self._control_plane, *entries))
         return Outgoing(state.type_url, version, nonce, len(send), data)
 
     def _lacks(self, state: _DeltaType, resources: ResourceSet, wanted: frozenset[str]) -> bool:
-        todo = _due(state, resources, wanted)
+        todo = _due(state, resources)
         return bool(todo.send or todo.removed)

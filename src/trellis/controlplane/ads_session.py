@@ -44,6 +44,7 @@ from trellis.controlplane.snapshot import (
     Snapshot,
 )
 from trellis.errors import TrellisError
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE
 
 WILDCARD = "*"
 
@@ -93,9 +94,11 @@ class SubscriptionState(Protocol):
 
 
 def wanted_names(state: SubscriptionState, resources: ResourceSet) -> frozenset[str]:
-    """The names of `resources` the subscription covers."""
+    """The names of `resources` the subscription covers (VHDS: by route configuration)."""
     if state.wildcard or state.names >= resources.names:
         return resources.names
+    if resources.type_url == VIRTUAL_HOST_TYPE:
+        return resources.names_under(state.names)
     return state.names & resources.names
 
 
@@ -166,8 +169,14 @@ class SessionBase(abc.ABC, Generic[S]):
         known = [t for t in PUSH_ORDER if t in self._types]
         return known + sorted(t for t in self._types if t not in PUSH_ORDER)
 
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot as this stream's client is served it (the whole of it here)."""
+        return snapshot
+
     def status(self, snapshot: Snapshot | None) -> tuple[TypeStatus, ...]:
         """Per subscribed type: SYNCED, STALE or NOT SENT against `snapshot`."""
+        if snapshot is not None:
+            snapshot = self.view(snapshot)
         return tuple(
             TypeStatus(
                 type_url=type_url,

@@ -33,6 +33,8 @@ from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from trellis.errors import TrellisError
+from trellis.xds import vhds
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE
 
 TYPE_PREFIX = "type.googleapis.com/"
 LISTENER_TYPE = TYPE_PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name
@@ -43,14 +45,23 @@ SECRET_TYPE = TYPE_PREFIX + secret_pb2.Secret.DESCRIPTOR.full_name
 HCM_TYPE = TYPE_PREFIX + http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 
 # Envoy's make-before-break order: secrets and clusters before the endpoints,
-# listeners and routes that use them (xds_protocol.rst, eventual consistency).
-PUSH_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# listeners and routes that use them (xds_protocol.rst, eventual consistency);
+# a route configuration before the virtual hosts it asks for (VHDS).
+PUSH_ORDER = (
+    SECRET_TYPE,
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    VIRTUAL_HOST_TYPE,
+)
 SHORT_NAMES = {
     LISTENER_TYPE: "LDS",
     ROUTE_TYPE: "RDS",
     CLUSTER_TYPE: "CDS",
     ENDPOINT_TYPE: "EDS",
     SECRET_TYPE: "SDS",
+    VIRTUAL_HOST_TYPE: "VHDS",
 }
 # The types whose SotW responses always carry every resource the client has.
 FULL_STATE_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
@@ -199,6 +210,11 @@ class ResourceSet:
     _diffs: list[tuple[weakref.ref[ResourceSet], frozenset[str]]] = field(
         init=False, repr=False, compare=False
     )
+    _removals: list[tuple[weakref.ref[ResourceSet], frozenset[str]]] = field(
+        init=False, repr=False, compare=False
+    )
+    _groups: list[Mapping[str, frozenset[str]]] = field(init=False, repr=False, compare=False)
+    _split: list[tuple[ResourceSet, ResourceSet]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", MappingProxyType(dict(self.by_name)))
@@ -224,6 +240,9 @@ class ResourceSet:
         object.__setattr__(self, "_blob", [])
         object.__setattr__(self, "_delta_blob", [])
         object.__setattr__(self, "_diffs", [])
+        object.__setattr__(self, "_removals", [])
+        object.__setattr__(self, "_groups", [])
+        object.__setattr__(self, "_split", [])
 
     def extended(self, extra: Iterable[Resource]) -> ResourceSet:
         """This set plus `extra` (new names only), in time proportional to `extra`.
@@ -298,6 +317,43 @@ class ResourceSet:
         del self._diffs[:-_REMEMBERED_DIFFS]
         return names
 
+    def removed_since(self, older: ResourceSet) -> frozenset[str]:
+        """Names `older` has and this set lacks; remembered like `changed_since`."""
+        for ref, names in self._removals:
+            if ref() is older:
+                return names
+        names = older.names - self.names
+        self._removals.append((weakref.ref(older), names))
+        del self._removals[:-_REMEMBERED_DIFFS]
+        return names
+
+    def names_under(self, route_configs: frozenset[str]) -> frozenset[str]:
+        """The VHDS names (`<route config>/<virtual host>`) under any of `route_configs`:
+        VHDS's namespace subscription. Grouped once per set, for every stream."""
+        if not self._groups:
+            groups: dict[str, set[str]] = {}
+            for name in self.by_name:
+                groups.setdefault(vhds.route_config_of(name), set()).add(name)
+            self._groups.append({key: frozenset(names) for key, names in groups.items()})
+        found = [group for key in route_configs if (group := self._groups[0].get(key))]
+        return found[0] if len(found) == 1 else frozenset().union(*found)
+
+    def vhds_split(self) -> tuple[ResourceSet, ResourceSet]:
+        """This set of route configurations as VHDS serves it: the configurations without
+        their virtual hosts, and the virtual hosts as resources. Built once per set."""
+        if not self._split:
+            configs: list[Resource] = []
+            hosts: list[Resource] = []
+            for resource in self.by_name.values():
+                assert isinstance(resource.message, route_pb2.RouteConfiguration)
+                slim, named_hosts = vhds.split(resource.message)
+                configs.append(Resource.of(slim))
+                hosts.extend(map(Resource.of, named_hosts))
+            self._split.append(
+                (ResourceSet.of(self.type_url, configs), ResourceSet.of(VIRTUAL_HOST_TYPE, hosts))
+            )
+        return self._split[0]
+
     def __len__(self) -> int:
         return len(self.by_name)
 
@@ -352,17 +408,30 @@ def _differences(new: Mapping[str, Resource], old: Mapping[str, Resource]) -> fr
     )
 
 
+_EMPTY: dict[str, ResourceSet] = {}
+
+
+def _empty(type_url: str) -> ResourceSet:
+    """The empty set of a type, one for all snapshots."""
+    found = _EMPTY.get(type_url)
+    if found is None:
+        found = _EMPTY[type_url] = ResourceSet(type_url, {})
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A proxy's whole configuration at one version: a `ResourceSet` per type URL."""
 
     version: str
     sets: Mapping[str, ResourceSet]
+    _vhds: list[Snapshot] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sets = dict(self.sets)
         for type_url in PUSH_ORDER:  # an empty set for absent core types, built once
-            sets.setdefault(type_url, ResourceSet(type_url, {}))
+            if type_url not in sets:
+                sets[type_url] = _empty(type_url)
         object.__setattr__(self, "sets", MappingProxyType(sets))
         for type_url, resource_set in self.sets.items():
             if resource_set.type_url != type_url:
@@ -392,7 +461,16 @@ class Snapshot:
 
     def get(self, type_url: str) -> ResourceSet:
         found = self.sets.get(type_url)
-        return found if found is not None else ResourceSet(type_url, {})
+        return found if found is not None else _empty(type_url)
+
+    def for_vhds(self) -> Snapshot:
+        """The snapshot a VHDS client gets: route configurations without their virtual
+        hosts, which are resources of their own (`xds.vhds`)."""
+        if not self._vhds:
+            routes, hosts = self.get(ROUTE_TYPE).vhds_split()
+            sets = {**self.sets, ROUTE_TYPE: routes, VIRTUAL_HOST_TYPE: hosts}
+            self._vhds.append(Snapshot(self.version, sets))
+        return self._vhds[0]
 
     def missing_references(self) -> tuple[str, ...]:
         """What LDS/CDS name but RDS/EDS lacks, one line each; empty when consistent."""

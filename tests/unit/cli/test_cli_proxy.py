@@ -9,6 +9,7 @@ update.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from pathlib import Path
 from types import MappingProxyType
@@ -122,6 +123,7 @@ def test_proxy_config_through_the_api_needs_an_admin_address() -> None:
 def _type(short: str, state: SyncState, nack: Nack | None = None) -> TypeStatus:
     names = {"CDS": "cluster.v3.Cluster", "LDS": "listener.v3.Listener"}
     names |= {"RDS": "route.v3.RouteConfiguration", "EDS": "endpoint.v3.ClusterLoadAssignment"}
+    names |= {"VHDS": "route.v3.VirtualHost"}
     sent = "" if state is SyncState.NOT_SENT else "v2"
     acked = "v2" if state is SyncState.SYNCED else ("v1" if sent else "")
     return TypeStatus(
@@ -171,6 +173,18 @@ def test_proxy_status_table() -> None:
          "RDS": "STALE", "VERSION": "v2",
          "LAST NACK": "RDS: RDS route configuration 'outbound': field is not supported"},
     ]  # fmt: skip
+
+
+def test_proxy_status_shows_a_stale_vhds_as_stale_routes() -> None:
+    node = ProxyNode("sidecar~cart-1", workload_name="cart", namespace="shop")
+    types = [_type(short, SyncState.SYNCED) for short in ("CDS", "LDS", "EDS", "RDS")]
+
+    for vhds, shown in ((SyncState.STALE, "STALE"), (SyncState.SYNCED, "SYNCED")):
+        every = (*types, _type("VHDS", vhds))
+        status = [ProxyStatus("c3", node, "ipv4:127.0.0.1:50002", 1.0e9, "v2", every)]
+        result = make_api(ads_status=functools.partial(list, status)).run("proxy-status")
+        assert result.exit_code == 0, result.output
+        assert table_rows(result.stdout)[0]["RDS"] == shown
 
 
 def test_proxy_status_json_and_without_ads() -> None:
