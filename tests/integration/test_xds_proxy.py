@@ -276,10 +276,12 @@ def test_proxy_configured_and_updated_live_over_ads(
         control_plane.publish(bad)
 
         def nacked() -> str | None:
+            # Over delta the proxy takes its virtual hosts by VHDS: the NACK is there.
             for status in control_plane.status():
-                rds = status.type("RDS")
-                if rds is not None and rds.last_nack is not None:
-                    return str(rds.last_nack)
+                for kind in ("RDS", "VHDS"):
+                    routes = status.type(kind)
+                    if routes is not None and routes.last_nack is not None:
+                        return str(routes.last_nack)
             return None
 
         _until(nacked, what="the NACK in the server's status")

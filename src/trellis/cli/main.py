@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from trellis import __version__
@@ -32,9 +30,9 @@ def cli() -> None:
 def proxy(args: tuple[str, ...]) -> None:
     """Run the sidecar proxy from a bootstrap file and/or a control plane."""
     # One parser for `trellis proxy`, without click: see trellis.proxy.cli.
-    from trellis.proxy.cli import main as proxy_main  # noqa: PLC0415
+    from trellis.cli.entry import run_proxy  # noqa: PLC0415
 
-    sys.exit(proxy_main(args))
+    run_proxy(args)
 
 
 cli.add_command(control_plane)

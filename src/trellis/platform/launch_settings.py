@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trellis.core.proxy_command import proxy_command
 from trellis.platform.netns import NetworkSettings
 from trellis.platform.spec import WorkloadSpec
-
-PROXY_MAIN = "import sys; from trellis.proxy.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,9 @@ class LaunchSettings:
     sidecar_log_level: str = "info"
     token_ttl_seconds: int = 3600
     """Lifetime of each join token; a new one is written at half-life."""
-    proxy_command: tuple[str, ...] = (sys.executable, "-c", PROXY_MAIN)
+    proxy_command: tuple[str, ...] = field(
+        default_factory=lambda: tuple(proxy_command(sys.executable, os.environ))
+    )
     """The command (before the arguments) that runs `trellis proxy`."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     runtime_dir: Path | None = None

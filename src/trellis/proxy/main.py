@@ -28,8 +28,6 @@ from trellis.errors import ConfigError
 from trellis.runtime.server import ProxyServer
 from trellis.xds.bootstrap import load_bootstrap, parse_bootstrap, with_ads
 from trellis.xds.compile import compile_bootstrap
-from trellis.xds.config_dump import config_dump
-from trellis.xds.secret_dump import certs_json
 
 if TYPE_CHECKING:  # imported when used: a static proxy needs neither h2 nor the CA client
     from trellis.runtime.identity import CertificateManager
@@ -137,6 +135,9 @@ def run(
         return 1
 
     def dump() -> dict[str, object]:
+        # The admin API's messages (~0.3 MiB) are loaded when a dump is first asked for.
+        from trellis.xds.config_dump import config_dump  # noqa: PLC0415
+
         status = identity.status() if identity is not None else None
         return config_dump(
             message,
@@ -276,5 +277,7 @@ async def _serve(
 
 
 def _certs(identity: CertificateManager) -> dict[str, object]:
+    from trellis.xds.secret_dump import certs_json  # noqa: PLC0415 - see `dump`
+
     status = identity.status()
     return certs_json([status] if status is not None else [], time.time())

@@ -7,23 +7,31 @@ way for both. Anything that fails is NACKed with the reason and the previous
 config stays. When the control plane goes away the proxy keeps serving what it
 has and reconnects with jittered back-off; the new stream resubscribes (with
 delta, naming the versions it holds) and the control plane resends what differs.
+
+Over delta with LDS the proxy also speaks VHDS: its node lists `VHDS_CLIENT_FEATURE`,
+route configurations may then arrive without their virtual hosts (with `vhds`),
+and those come one by one as VirtualHost resources under the route configuration's
+name. The routes applied are the two merged; a change to one virtual host
+recompiles that host alone and merges again only its route configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
-from trellis.core.config import AdsConfig
+from trellis.core.config import AdsConfig, RouteConfig, VirtualHost
 from trellis.errors import ConfigError
 from trellis.runtime.grpc_stream import GrpcError, GrpcStream, GrpcTls
 from trellis.runtime.manager import ConfigManager
@@ -37,6 +45,7 @@ from trellis.xds.compile_dynamic import (
     ROUTE_TYPE,
     SECRET_TYPE,
 )
+from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, route_config_of
 
 log = logging.getLogger("trellis.xds")
 T = TypeVar("T")
@@ -75,6 +84,10 @@ class XdsClient:
         types = [SECRET_TYPE]
         types += [CLUSTER_TYPE, ENDPOINT_TYPE] if ads.cds else []
         types += [LISTENER_TYPE, ROUTE_TYPE] if ads.lds else []
+        vhds = ads.delta and ads.lds  # Envoy: VHDS over incremental xDS only
+        if vhds:
+            types.append(VIRTUAL_HOST_TYPE)
+            node = _with_feature(node, VHDS_CLIENT_FEATURE)
         self.state: AdsProtocol = (
             DeltaAdsClientState(node, types) if ads.delta else AdsClientState(node, types)
         )
@@ -83,6 +96,12 @@ class XdsClient:
         # that did not change keeps its message object (delta xDS, and the RDS/EDS
         # resources SotW keeps), so a response costs compiling only what it carries.
         self._compiled: dict[str, dict[str, tuple[Message, Any]]] = {t: {} for t in types}
+        self._route_resource = functools.partial(compile_dynamic.route_resource, vhds=vhds)
+        # Routes as applied: compiled from RDS, the VHDS virtual hosts of each route
+        # configuration that takes them (by resource name), and the two merged.
+        self._routes: dict[str, RouteConfig] = {}
+        self._hosts: dict[str, dict[str, VirtualHost]] = {}
+        self._merged: dict[str, RouteConfig] = {}
         self.connected = False
         self._initialized = False
         self._stream: GrpcStream | None = None
@@ -179,12 +198,37 @@ class XdsClient:
                 self._want(ROUTE_TYPE, names),
                 self._want(SECRET_TYPE, manager.ads_secret_names()),
             )
-        manager.apply_routes(self._compile(kind, resources, compile_dynamic.route_resource))
+        if kind == ROUTE_TYPE:
+            routes = self._compile(kind, resources, self._route_resource)
+            vhds = {name for name, message in resources.items() if _takes_vhds(message)}
+            await self._apply_routes(routes, {n: self._hosts.get(n, {}) for n in vhds}, routes)
+            return (self._want(VIRTUAL_HOST_TYPE, vhds),)
+        hosts: dict[str, dict[str, VirtualHost]] = {name: {} for name in self._hosts}
+        compiled = self._compile(kind, resources, compile_dynamic.virtual_host_resource)
+        for name, host in compiled.items():
+            hosts.setdefault(route_config_of(name), {})[name] = host
+        touched = {n for n, held in hosts.items() if held != self._hosts.get(n)}
+        await self._apply_routes(self._routes, hosts, touched)
+        return ()
+
+    async def _apply_routes(
+        self,
+        routes: dict[str, RouteConfig],
+        hosts: dict[str, dict[str, VirtualHost]],
+        touched: Collection[str],
+    ) -> None:
+        """Apply `routes`, each VHDS one with its `hosts`; only the `touched` ones are
+        merged again (a domain clash raises before anything changes)."""
+        merged = {
+            name: _merge(config, hosts.get(name)) if name in touched else self._merged[name]
+            for name, config in routes.items()
+        }
+        self.manager.apply_routes(merged)
+        self._routes, self._hosts, self._merged = routes, hosts, merged
         try:
-            await manager.start_warmed()
+            await self.manager.start_warmed()
         except OSError as exc:
             raise ConfigError(f"cannot listen: {exc}") from exc
-        return ()
 
     def _compile(
         self, type_url: str, resources: Mapping[str, Message], compile_one: Callable[[Message], T]
@@ -208,7 +252,8 @@ class XdsClient:
         status = self.status.get(type_url)
         if request is not None and status is not None:
             wanted = self.state.names(type_url)
-            status.resources = {n: m for n, m in status.resources.items() if n in wanted}
+            owner = route_config_of if type_url == VIRTUAL_HOST_TYPE else str
+            status.resources = {n: m for n, m in status.resources.items() if owner(n) in wanted}
         return request
 
     async def _maybe_initialized(self) -> None:
@@ -227,6 +272,24 @@ class XdsClient:
             log.warning("no complete config from the control plane yet; serving what there is")
             self._initialized = True
             self.on_initialized()
+
+
+def _with_feature(node: base_pb2.Node, feature: str) -> base_pb2.Node:
+    """A copy of `node` that lists `feature` in its `client_features`."""
+    copy = base_pb2.Node()
+    copy.CopyFrom(node)
+    if feature not in copy.client_features:
+        copy.client_features.append(feature)
+    return copy
+
+
+def _merge(config: RouteConfig, hosts: dict[str, VirtualHost] | None) -> RouteConfig:
+    """A route configuration with its VHDS virtual hosts (None: it takes none)."""
+    return config if hosts is None else compile_dynamic.vhds_route_config(config, hosts.values())
+
+
+def _takes_vhds(message: Message) -> bool:
+    return isinstance(message, route_pb2.RouteConfiguration) and message.HasField("vhds")
 
 
 def _version(response: Response) -> str:

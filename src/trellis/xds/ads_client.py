@@ -22,7 +22,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
@@ -37,6 +37,7 @@ from trellis.xds.compile_dynamic import (
     ROUTE_TYPE,
     SECRET_TYPE,
 )
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE
 
 _MESSAGES: Mapping[str, type[Message]] = {
     LISTENER_TYPE: listener_pb2.Listener,
@@ -44,10 +45,18 @@ _MESSAGES: Mapping[str, type[Message]] = {
     CLUSTER_TYPE: cluster_pb2.Cluster,
     ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
     SECRET_TYPE: secret_pb2.Secret,
+    VIRTUAL_HOST_TYPE: route_components_pb2.VirtualHost,  # VHDS, delta only
 }
 _NAME_FIELD = {ENDPOINT_TYPE: "cluster_name"}
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)  # asked for all; the others by name
-REQUEST_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+REQUEST_ORDER = (
+    SECRET_TYPE,
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    VIRTUAL_HOST_TYPE,
+)
 _INVALID_ARGUMENT = 3
 SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 Request: TypeAlias = discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest

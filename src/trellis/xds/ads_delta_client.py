@@ -15,6 +15,10 @@ xDS"):
   its version (`initial_resource_versions`) and, for a named type, every name
   of interest, so the server sends only what differs and removes what is gone.
 - Each response is answered by its nonce: an ACK, or a NACK with `error_detail`.
+- VHDS virtual hosts (`VIRTUAL_HOST_TYPE`) are subscribed by namespace: the
+  names are route configurations, and every virtual host whose resource name
+  falls under one of them (`vhds.route_config_of`) belongs to it; dropping a
+  route configuration's name forgets all of its virtual hosts.
 
 The runtime applies a whole type at once, as with state of the world: `decode`
 returns the complete view (what is held, plus the response). A NACKed response
@@ -44,6 +48,7 @@ from trellis.xds.ads_client import (
     resource_name,
     unpack,
 )
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE, route_config_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class _Held:
 @dataclass(slots=True)
 class _DeltaType:
     wildcard: bool
+    namespaced: bool = False  # names are namespaces: VHDS route configurations
     names: frozenset[str] = frozenset()  # subscribed names (named types)
     subscribed: bool = False  # on the current stream
     accepted_version: str = ""
@@ -63,10 +69,19 @@ class _DeltaType:
     assumed: dict[str, _Held] = field(default_factory=dict)
     decoded: tuple[str, dict[str, _Held]] | None = None  # (nonce, view) awaiting ACK/NACK
 
+    def covers(self, name: str, names: frozenset[str]) -> bool:
+        """Whether the resource `name` falls under one of `names`."""
+        return (route_config_of(name) if self.namespaced else name) in names
+
     def forget(self, dropped: frozenset[str]) -> None:
         views = [self.held, self.assumed] + ([self.decoded[1]] if self.decoded else [])
         for view in views:
-            for name in dropped & view.keys():
+            gone = (
+                [n for n in view if self.covers(n, dropped)]
+                if self.namespaced  # else: the quick way for plain names
+                else dropped & view.keys()
+            )
+            for name in gone:
                 del view[name]
 
 
@@ -78,7 +93,10 @@ class DeltaAdsClientState:
 
     def __init__(self, node: base_pb2.Node, types: Iterable[str]) -> None:
         self._node = node
-        self._types = {t: _DeltaType(wildcard=t in WILDCARD_TYPES) for t in types}
+        self._types = {
+            t: _DeltaType(wildcard=t in WILDCARD_TYPES, namespaced=t == VIRTUAL_HOST_TYPE)
+            for t in types
+        }
 
     def start(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
         """The first requests of a (re)connected stream: what is wanted, what is held."""
@@ -119,7 +137,8 @@ class DeltaAdsClientState:
                 raise ConfigError(
                     f"{at}: named {entry.name!r} but holds {resource_name(type_url, message)!r}"
                 )
-            if state.wildcard or entry.name in state.names:  # late ones of dropped names: no
+            # Late ones of dropped names are not kept.
+            if state.wildcard or state.covers(entry.name, state.names):
                 view[entry.name] = _Held(entry.version, message)
         state.decoded = (response.nonce, view)
         return Update(
@@ -171,7 +190,7 @@ class DeltaAdsClientState:
         return request
 
     def names(self, type_url: str) -> frozenset[str]:
-        """The subscribed names of a named type (RDS, EDS, SDS)."""
+        """The subscribed names of a named type (RDS, EDS, SDS; VHDS: route configurations)."""
         state = self._types.get(type_url)
         return state.names if state is not None else frozenset()
 

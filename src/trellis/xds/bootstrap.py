@@ -8,11 +8,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import descriptor_pool, json_format
 
 from trellis.core.addresses import EndpointAddress, PipeAddress
 from trellis.errors import ConfigError
-from trellis.xds.protos import bootstrap_pb2
+from trellis.xds.type_modules import import_types_named
 
 Bootstrap = bootstrap_pb2.Bootstrap
 
@@ -45,6 +46,7 @@ def parse_bootstrap(data: Mapping[str, Any], source: str) -> bootstrap_pb2.Boots
     """Build a `Bootstrap` from decoded YAML/JSON; proto or camelCase field names."""
     if not isinstance(data, Mapping):
         raise ConfigError("the top level must be a mapping", source=source)
+    import_types_named(data)
     msg = bootstrap_pb2.Bootstrap()
     try:
         json_format.ParseDict(dict(data), msg)

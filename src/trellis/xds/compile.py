@@ -21,6 +21,8 @@ import ipaddress
 import os
 from collections.abc import Sequence
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
@@ -34,7 +36,6 @@ from trellis.xds.compile_listener import listener as compile_listener
 from trellis.xds.compile_tls import secret
 from trellis.xds.convert import socket_address
 from trellis.xds.node import node_identity
-from trellis.xds.protos import bootstrap_pb2, downstream_connections_pb2, listener_pb2
 from trellis.xds.supported import DOWNSTREAM_CONNECTIONS_NAME, check_supported
 from trellis.xds.where import Where
 
@@ -120,6 +121,11 @@ def _max_connections(manager: overload_pb2.OverloadManager, where: Where) -> int
                 f"unsupported resource monitor {monitor.name!r}; "
                 f"only {DOWNSTREAM_CONNECTIONS_NAME} is implemented"
             )
+        # Imported here: only a bootstrap with this monitor needs its message.
+        from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: PLC0415
+            downstream_connections_pb2,
+        )
+
         config = downstream_connections_pb2.DownstreamConnectionsConfig()
         monitor.typed_config.Unpack(config)
         if config.max_active_downstream_connections <= 0:

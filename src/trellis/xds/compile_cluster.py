@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from trellis.core.config import (
     CircuitBreakerThresholds,
@@ -26,7 +27,6 @@ from trellis.xds.convert import (
     wrapped,
     wrapped_bool,
 )
-from trellis.xds.protos import http_protocol_options_pb2
 from trellis.xds.supported import UPSTREAM_HTTP_OPTIONS_TYPE, unpack_any
 from trellis.xds.where import Where
 

@@ -9,23 +9,26 @@ clusters may arrive later, and a route to a missing cluster answers 503 (NC).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterable, Sequence
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
-from trellis.core.config import AdsConfig, Cluster, Endpoint, Listener, RouteConfig
+from trellis.core.config import AdsConfig, Cluster, Endpoint, Listener, RouteConfig, VirtualHost
 from trellis.core.tls import Secret
 from trellis.xds.compile_cluster import cluster as compile_cluster
 from trellis.xds.compile_cluster import endpoints as compile_endpoints
 from trellis.xds.compile_listener import listener as compile_listener
+from trellis.xds.compile_route import claim_domain
 from trellis.xds.compile_route import route_config as compile_route_config
+from trellis.xds.compile_route import virtual_host as compile_virtual_host
 from trellis.xds.compile_tls import secret as compile_secret
 from trellis.xds.convert import check_ads_source, duration
 from trellis.xds.supported import check_supported
@@ -99,11 +102,56 @@ def listener_resource(message: Message) -> Listener:
     return compile_listener(message, None, Where(source))
 
 
-def route_resource(message: Message) -> RouteConfig:
+def route_resource(message: Message, *, vhds: bool = False) -> RouteConfig:
+    """An RDS route configuration; `vhds`: whether it may take virtual hosts over VHDS
+    (the proxy asks for them), which `vhds_route_config` then adds."""
     assert isinstance(message, route_pb2.RouteConfiguration)
-    source = f"RDS route configuration {message.name!r}"
+    source = _rds_source(message.name)
     check_supported(message, source)
-    return compile_route_config(message, None, Where(source))
+    return compile_route_config(message, None, Where(source), vhds=vhds)
+
+
+def virtual_host_resource(message: Message) -> VirtualHost:
+    """A VHDS virtual host; its resource name is its `name`."""
+    assert isinstance(message, route_components_pb2.VirtualHost)
+    source = _vhds_source(message.name)
+    check_supported(message, source)
+    return compile_virtual_host(message, Where(source))
+
+
+def vhds_route_config(config: RouteConfig, hosts: Iterable[VirtualHost]) -> RouteConfig:
+    """A VHDS route configuration as the proxy runs it: its own virtual hosts, then
+    `hosts` (the VHDS ones under its name) in name order. Matching goes by domain, so
+    the order only keeps dumps stable; a domain still belongs to one virtual host,
+    and a clash is a ConfigError naming both."""
+    added = tuple(sorted(hosts, key=lambda host: host.name))
+    merged = config.virtual_hosts + added
+    domains = [domain for host in merged for domain in host.domains]  # lower-cased
+    if len(set(domains)) != len(domains):
+        _name_the_clash(config, added)
+    return dataclasses.replace(config, virtual_hosts=merged)
+
+
+def _name_the_clash(config: RouteConfig, added: tuple[VirtualHost, ...]) -> None:
+    """Raise the ConfigError naming both places of a domain used twice (the slow way,
+    each domain with its place, only once a clash is known)."""
+    seen: dict[str, Where] = {}
+    own = Where(_rds_source(config.name)).at("virtual_hosts")
+    for i, host in enumerate(config.virtual_hosts):
+        for j, domain in enumerate(host.domains):
+            claim_domain(domain, own.item(i).at("domains").item(j), seen)
+    for host in added:
+        where = Where(_vhds_source(host.name)).at("domains")
+        for j, domain in enumerate(host.domains):
+            claim_domain(domain, where.item(j), seen)
+
+
+def _rds_source(name: str) -> str:
+    return f"RDS route configuration {name!r}"
+
+
+def _vhds_source(name: str) -> str:
+    return f"VHDS virtual host {name!r}"
 
 
 def cluster_resource(message: Message) -> Cluster:

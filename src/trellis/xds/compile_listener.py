@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
-from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 
 from trellis.core.accesslog import AccessLogFormatter
 from trellis.core.addresses import IpNetwork
@@ -30,13 +34,6 @@ from trellis.xds.compile_route import route_config
 from trellis.xds.compile_tls import chain_transport
 from trellis.xds.compile_tracing import tracing
 from trellis.xds.convert import check_ads_source, duration, socket_address, wrapped, wrapped_bool
-from trellis.xds.protos import (
-    file_pb2,
-    http_connection_manager_pb2,
-    listener_pb2,
-    stream_pb2,
-    tcp_proxy_pb2,
-)
 from trellis.xds.supported import (
     FILE_LOG_TYPE,
     HCM_TYPE,
@@ -47,6 +44,11 @@ from trellis.xds.supported import (
 from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE
 from trellis.xds.supported_tls import TLS_INSPECTOR_TYPE
 from trellis.xds.where import Where
+
+if TYPE_CHECKING:  # loaded when a config names them (trellis.xds.type_modules)
+    from envoy.extensions.access_loggers.file.v3 import file_pb2
+    from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
@@ -177,9 +179,9 @@ def _network_filter(
     if not filters[last].HasField("typed_config"):
         raise here.error("typed_config is required")
     inner = unpack_any(filters[last].typed_config, _NETWORK_FILTERS, here)
-    if isinstance(inner, tcp_proxy_pb2.TcpProxy):
+    if inner.DESCRIPTOR.full_name == TCP_PROXY_TYPE:
         authz = network_filter_chain(filters[:last], where.at("filters"))
-        return tcp_proxy(inner, clusters, here, authz)
+        return tcp_proxy(cast("tcp_proxy_pb2.TcpProxy", inner), clusters, here, authz)
     if last:
         raise (
             where.at("filters")
@@ -301,14 +303,15 @@ def access_logs(
         here = where.item(i).at("typed_config")
         if not log.HasField("typed_config"):
             raise here.error("typed_config is required")
-        inner: file_pb2.FileAccessLog | stream_pb2.StdoutAccessLog = unpack_any(
-            log.typed_config, _ACCESS_LOGGERS, here
+        inner = cast(
+            "file_pb2.FileAccessLog | stream_pb2.StdoutAccessLog",
+            unpack_any(log.typed_config, _ACCESS_LOGGERS, here),
         )
         path = None
-        if isinstance(inner, file_pb2.FileAccessLog):
-            if not inner.path:
+        if inner.DESCRIPTOR.full_name == FILE_LOG_TYPE:
+            path = cast("file_pb2.FileAccessLog", inner).path
+            if not path:
                 raise here.at("path").error("path is required")
-            path = inner.path
         json_format, text_format = None, None
         if inner.HasField("log_format"):
             json_format, text_format = _log_format(inner.log_format, here.at("log_format"))

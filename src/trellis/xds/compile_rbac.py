@@ -19,11 +19,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from types import MappingProxyType
+from typing import TYPE_CHECKING, cast
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2
-from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from envoy.type.matcher.v3 import string_pb2
 
 from trellis.core.authz import (
@@ -55,10 +58,14 @@ from trellis.core.authz_match import (
 from trellis.core.config import StringMatchKind
 from trellis.xds.compile_route import header_matcher
 from trellis.xds.convert import string_matcher
-from trellis.xds.protos import http_connection_manager_pb2, http_rbac_pb2, network_rbac_pb2
 from trellis.xds.supported import ROUTER_TYPE, unpack_any
 from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE, RBAC_TYPE
 from trellis.xds.where import Where
+
+if TYPE_CHECKING:  # loaded with the first RBAC filter a config names (trellis.xds.type_modules)
+    from envoy.config.rbac.v3 import rbac_pb2
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 
 ROUTER_NAME = "envoy.filters.http.router"
 _HTTP_FILTERS = frozenset({ROUTER_TYPE, RBAC_TYPE})
@@ -98,8 +105,10 @@ def http_filter_chain(
                 raise here.error(f"{ROUTER_NAME} must be the last HTTP filter")
             continue
         if type_name == RBAC_TYPE:
-            config = unpack_any(http_filter.typed_config, _HTTP_FILTERS, here.at("typed_config"))
-            assert isinstance(config, http_rbac_pb2.RBAC)
+            config = cast(
+                "http_rbac_pb2.RBAC",
+                unpack_any(http_filter.typed_config, _HTTP_FILTERS, here.at("typed_config")),
+            )
             layer = rbac_layer(config, here.at("typed_config"), http_filter.name)
             if layer is not None:
                 layers.append(layer)
@@ -124,8 +133,9 @@ def network_filter_chain(
         here = where.item(i).at("typed_config")
         if not network_filter.HasField("typed_config"):
             raise here.error(f"typed_config is required for {NETWORK_RBAC_FILTER_NAME}")
-        config = unpack_any(network_filter.typed_config, _NETWORK_RBAC, here)
-        assert isinstance(config, network_rbac_pb2.RBAC)
+        config = cast(
+            "network_rbac_pb2.RBAC", unpack_any(network_filter.typed_config, _NETWORK_RBAC, here)
+        )
         if not config.stat_prefix:
             raise here.at("stat_prefix").error("stat_prefix is required")
         if config.HasField("rules"):
@@ -154,6 +164,8 @@ def _layer(
 ) -> AuthzLayer:
     """`stat_prefix`: a network filter's (None: an HTTP filter)."""
     network = stat_prefix is not None
+    from envoy.config.rbac.v3 import rbac_pb2  # noqa: PLC0415 - loaded with the filter's type
+
     action = AuthzAction(rbac_pb2.RBAC.Action.Name(rules.action))
     policies = []
     for name in sorted(rules.policies):

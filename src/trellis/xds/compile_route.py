@@ -18,6 +18,7 @@ from trellis.core.config import (
 )
 from trellis.xds.compile_action import cluster_action, direct_response, redirect_action
 from trellis.xds.convert import (
+    check_ads_source,
     header_mutation,
     header_name,
     regex_matcher,
@@ -52,10 +53,20 @@ def domain_problem(domain: str) -> str | None:
 
 
 def route_config(
-    config: route_pb2.RouteConfiguration, clusters: frozenset[str] | None, where: Where
+    config: route_pb2.RouteConfiguration,
+    clusters: frozenset[str] | None,
+    where: Where,
+    *,
+    vhds: bool = False,
 ) -> RouteConfig:
-    """Convert an inline `RouteConfiguration`; domains are lower-cased and must be unique."""
-    seen_domains: dict[str, str] = {}
+    """Convert a `RouteConfiguration`; domains are lower-cased and must be unique.
+
+    `vhds`: whether it may take more virtual hosts over VHDS (RDS over delta ADS
+    only); those are compiled with `virtual_host` and added by the caller.
+    """
+    if config.HasField("vhds"):
+        _check_vhds(config.vhds, vhds, where.at("vhds"))
+    seen_domains: dict[str, Where] = {}
     virtual_hosts = tuple(
         _virtual_host(host, clusters, where.at("virtual_hosts").item(i), seen_domains)
         for i, host in enumerate(config.virtual_hosts)
@@ -72,11 +83,37 @@ def route_config(
     )
 
 
+def _check_vhds(vhds: route_pb2.Vhds, allowed: bool, where: Where) -> None:
+    if not allowed:
+        raise where.error("VHDS is only for route configurations taken over delta ADS")
+    if not vhds.HasField("config_source"):
+        raise where.at("config_source").error("config_source is required")
+    check_ads_source(vhds.config_source, where.at("config_source"))
+
+
+def virtual_host(host: rc.VirtualHost, where: Where) -> VirtualHost:
+    """Convert one virtual host that came on its own (VHDS); its domains must be unique
+    within it here, and across its route configuration in `claim_domain`."""
+    return _virtual_host(host, None, where, {})
+
+
+def claim_domain(domain: str, here: Where, seen: dict[str, Where]) -> str:
+    """`domain` lower-cased and recorded in `seen` as used at `here`; a ConfigError
+    naming both places when a virtual host of the same route configuration has it."""
+    lowered = domain.lower()
+    first = seen.get(lowered)
+    if first is not None:
+        at = first.path if first.source == here.source else f"{first.source}: {first.path}"
+        raise here.error(f"domain {domain!r} is already used at {at}")
+    seen[lowered] = here
+    return lowered
+
+
 def _virtual_host(
     host: rc.VirtualHost,
     clusters: frozenset[str] | None,
     where: Where,
-    seen_domains: dict[str, str],
+    seen_domains: dict[str, Where],
 ) -> VirtualHost:
     if not host.name:
         raise where.at("name").error("name is required")
@@ -88,11 +125,7 @@ def _virtual_host(
         problem = domain_problem(domain)
         if problem is not None:
             raise here.error(problem)
-        lowered = domain.lower()
-        if lowered in seen_domains:
-            raise here.error(f"domain {domain!r} is already used at {seen_domains[lowered]}")
-        seen_domains[lowered] = here.path
-        domains.append(lowered)
+        domains.append(claim_domain(domain, here, seen_domains))
     routes = tuple(
         _route(route, clusters, where.at("routes").item(i)) for i, route in enumerate(host.routes)
     )

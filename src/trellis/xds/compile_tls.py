@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
@@ -27,7 +28,6 @@ from trellis.core.tls import (
     ValidationSecret,
 )
 from trellis.xds.convert import string_matcher, wrapped_bool
-from trellis.xds.protos import cluster_pb2
 from trellis.xds.supported import unpack_any
 from trellis.xds.supported_tls import DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE, UPSTREAM_TLS_TYPE
 from trellis.xds.where import Where
@@ -35,6 +35,8 @@ from trellis.xds.where import Where
 LOCAL_SDS_CLUSTER = "sds-grpc"  # Istio's name for the agent beside the proxy
 _UPSTREAM = frozenset({UPSTREAM_TLS_TYPE, RAW_BUFFER_TYPE})
 _DOWNSTREAM = frozenset({DOWNSTREAM_TLS_TYPE, RAW_BUFFER_TYPE})
+MAX_SNI_BYTES = 255  # Envoy's limit, and TLS's for a host name
+_MAX_LABEL = 63
 
 
 def upstream_transport(socket: base_pb2.TransportSocket, where: Where) -> UpstreamTls | None:
@@ -46,7 +48,27 @@ def upstream_transport(socket: base_pb2.TransportSocket, where: Where) -> Upstre
     if not isinstance(inner, tls_pb2.UpstreamTlsContext):
         return None
     common = _common(inner.common_tls_context, here.at("common_tls_context"))
-    return UpstreamTls(common=common, sni=inner.sni)
+    return UpstreamTls(common=common, sni=_sni(inner.sni, here.at("sni")))
+
+
+def _sni(name: str, where: Where) -> str:
+    """The server name to send, in the ASCII form TLS carries ("": none): a name in
+    Unicode is IDNA-encoded here, once, as `ssl` would do on every connection, and
+    ASCII names get the codec's label checks without loading it (the runtime hands
+    them to `ssl` as they are, see `trellis.runtime.secrets.AsciiSniContext`)."""
+    if not name:
+        return name
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise where.error(f"not a valid host name: {exc}") from None
+    labels = name.split(".")
+    if any(not 0 < len(label) <= _MAX_LABEL for label in labels[:-1]):
+        raise where.error(f"{name!r}: a label is empty or longer than {_MAX_LABEL} characters")
+    if len(labels[-1]) > _MAX_LABEL or len(name) > MAX_SNI_BYTES:
+        raise where.error(f"{name!r} is too long")
+    return name
 
 
 def downstream_transport(socket: base_pb2.TransportSocket, where: Where) -> DownstreamTls | None:

@@ -9,11 +9,19 @@ OTLP over gRPC to an `envoy_grpc` cluster, or OTLP/HTTP (protobuf) to the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+
 from trellis.core.tracing import TracingConfig, TracingProvider, check_percent
 from trellis.xds.convert import duration, wrapped, wrapped_bool
-from trellis.xds.protos import http_connection_manager_pb2, opentelemetry_pb2
 from trellis.xds.supported import OPENTELEMETRY_TYPE, unpack_any
 from trellis.xds.where import Where
+
+if TYPE_CHECKING:  # loaded when a config names it (trellis.xds.type_modules)
+    from envoy.config.trace.v3 import opentelemetry_pb2
 
 DEFAULT_EXPORT_TIMEOUT = 5.0
 DEFAULT_MAX_PATH_TAG_LENGTH = 256  # Envoy's default
@@ -33,8 +41,10 @@ def tracing(
     here = where.at("provider").at("typed_config")
     if not config.provider.HasField("typed_config"):
         raise here.error("typed_config is required")
-    inner = unpack_any(config.provider.typed_config, frozenset({OPENTELEMETRY_TYPE}), here)
-    assert isinstance(inner, opentelemetry_pb2.OpenTelemetryConfig)
+    inner = cast(
+        "opentelemetry_pb2.OpenTelemetryConfig",
+        unpack_any(config.provider.typed_config, frozenset({OPENTELEMETRY_TYPE}), here),
+    )
     percents = {}
     for name in _PERCENTS:
         value = getattr(config, name).value if config.HasField(name) else 100.0

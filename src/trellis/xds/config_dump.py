@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 
+from trellis.xds.compile_dynamic import ROUTE_TYPE
 from trellis.xds.secret_dump import REDACTED, CertificateView, redacted, secrets_config_dump
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE, route_config_of
 
 _HCM = http_connection_manager_pb2.HttpConnectionManager
 
@@ -31,6 +35,48 @@ class DynamicState(Protocol):
     last_updated: float
     rejected_version: str
     rejected_reason: str
+
+
+@dataclass(slots=True)
+class _Shown:
+    version: str
+    resources: dict[str, Any]
+    last_updated: float
+    rejected_version: str
+    rejected_reason: str
+
+
+def _with_vhds(dynamic: Mapping[str, DynamicState]) -> Mapping[str, DynamicState]:
+    """Route configurations that take virtual hosts over VHDS shown with them (as
+    Envoy dumps them: the route configuration in use), not the hosts on their own.
+    A rejected VHDS update shows on the route configurations when RDS has none."""
+    hosts, routes = dynamic.get(VIRTUAL_HOST_TYPE), dynamic.get(ROUTE_TYPE)
+    if hosts is None or routes is None:
+        return dynamic
+    under: dict[str, list[Any]] = {}
+    for name in sorted(hosts.resources):
+        under.setdefault(route_config_of(name), []).append(hosts.resources[name])
+    shown: dict[str, Any] = {}
+    for name, config in routes.resources.items():
+        shown[name] = config
+        if config.HasField("vhds") and name in under:
+            shown[name] = _copy(config)
+            shown[name].virtual_hosts.extend(under[name])
+    failed = routes if routes.rejected_reason else hosts
+    merged = _Shown(
+        routes.version,
+        shown,
+        routes.last_updated,
+        failed.rejected_version,
+        failed.rejected_reason,
+    )
+    return {**dynamic, ROUTE_TYPE: merged}
+
+
+def _copy(config: route_pb2.RouteConfiguration) -> route_pb2.RouteConfiguration:
+    copy = route_pb2.RouteConfiguration()
+    copy.CopyFrom(config)
+    return copy
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -73,7 +119,7 @@ def config_dump(
         static = secrets_dump.static_secrets.add(name=secret.name)
         static.secret.Pack(redacted(secret))
         static.last_updated.CopyFrom(stamp)
-    for type_url, state in (dynamic or {}).items():
+    for type_url, state in _with_vhds(dynamic or {}).items():
         _add_dynamic(type_url, state, listeners, clusters, routes, endpoints, secrets_dump)
     shown = Bootstrap()
     shown.CopyFrom(bootstrap)

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf.message import Message
 
@@ -20,7 +20,6 @@ from trellis.core.config import (
     StringMatchKind,
 )
 from trellis.core.headers import has_formatter
-from trellis.xds.protos import base_pb2
 from trellis.xds.re2 import Re2SyntaxError, compile_re2
 from trellis.xds.where import Where
 

@@ -15,13 +15,13 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from trellis.xds import protos  # noqa: F401 - registers the types `Any` may name
 from trellis.xds.supported_rbac import NETWORK_RBAC_TYPE, RBAC_SUPPORTED_FIELDS, RBAC_TYPE
 from trellis.xds.supported_tls import (
     TLS_SUPPORTED_ANY_TYPES,
     TLS_SUPPORTED_FIELDS,
     TLS_SUPPORTED_VALUES,
 )
+from trellis.xds.type_modules import import_type
 from trellis.xds.where import Where
 
 _CORE = "envoy.config.core.v3."
@@ -155,7 +155,10 @@ SUPPORTED_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         _CORE + "SubstitutionFormatString": frozenset({"json_format", "text_format_source"}),
         _CORE + "DataSource": frozenset({"inline_string", "inline_bytes"}),
         # routes
-        _ROUTE + "RouteConfiguration": frozenset({"name", "virtual_hosts", *_HEADER_MUTATIONS}),
+        _ROUTE + "RouteConfiguration": frozenset(
+            {"name", "virtual_hosts", "vhds", *_HEADER_MUTATIONS}
+        ),
+        _ROUTE + "Vhds": frozenset({"config_source"}),  # ads + resource_api_version V3
         _ROUTE + "VirtualHost": frozenset({"name", "domains", "routes", *_HEADER_MUTATIONS}),
         _ROUTE + "Route": frozenset(
             {
@@ -366,6 +369,7 @@ def unpack_any(value: AnyProto, allowed: frozenset[str], where: Where) -> Messag
     if type_name not in allowed:
         names = ", ".join(sorted(allowed)) or "none"
         raise where.error(f"type {type_name} is not supported here (supported: {names})")
+    import_type(type_name)  # extension messages are loaded when a config names them
     try:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
     except KeyError:

@@ -167,7 +167,11 @@ def test_proxy_status_and_config_of_a_real_proxy(
                 return result.stdout if "cluster_not_found_response_code" in result.stdout else None
 
             row = _until(nacked, "the NACK in proxy-status").splitlines()[1]
-            assert "RDS: RDS route configuration 'outbound'" in row
+            # Over delta the proxy takes virtual hosts over VHDS: the bad one is rejected there.
+            if api_type == "DELTA_GRPC":
+                assert "VHDS: VHDS virtual host 'outbound/all'" in row
+            else:
+                assert "RDS: RDS route configuration 'outbound'" in row
             rejected = _cli(api.url, "proxy-config", NODE, "routes")
             assert "Warning: rejected update: outbound: version" in rejected.stderr
             assert "reviews-v1 80%,reviews-v2 20%" in rejected.stdout  # the previous config

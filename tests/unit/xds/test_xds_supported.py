@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import descriptor_pool
 
 from trellis.errors import ConfigError
+from trellis.xds import protos  # noqa: F401 - loads every message the allowlist names
 from trellis.xds.bootstrap import parse_bootstrap
 from trellis.xds.supported import (
     SUPPORTED_ANY_TYPES,
