@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@# `trellis proxy` runs as python -OO (src/trellis/core/proxy_command.py): compile the
-	@# .opt-2.pyc files now, so that no sidecar compiles its modules (and keeps the
-	@# compiler's memory) when it starts. Best effort: the stdlib may not be writable.
-	$(BIN)/python -OO -m compileall -q -j 0 -o 2 src \
+	@# `trellis proxy` runs as python -OO -X no_debug_ranges (src/trellis/core/proxy_command.py):
+	@# compile its .opt-2.pyc files now (without column tables), so that no sidecar compiles
+	@# its modules (and keeps the compiler's memory) when it starts. Best effort: the
+	@# stdlib may not be writable.
+	$(BIN)/python -OO -X no_debug_ranges -m compileall -f -q -j 0 -o 2 src \
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
 	  >/dev/null 2>&1 || true

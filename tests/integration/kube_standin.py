@@ -257,6 +257,7 @@ class KubeStandIn:
         self._held: list[tuple[_Watcher, _Event]] | None = None  # while watches are paused
         self.fail_requests = 0
         self.requests: list[str] = []  # "METHOD path?query", for tests to inspect
+        self.bookmarked: dict[str, int] = {}  # plural -> the version its last bookmark named
         # (the caller's bearer token or "", "METHOD path"): which client asked what
         self.calls: list[tuple[str, str]] = []
         self.authorize: Callable[[Access], bool] | None = None  # None: everything is allowed
@@ -781,6 +782,7 @@ class KubeStandIn:
                             },
                         }
                         yield json.dumps(mark).encode() + b"\n"
+                        self.bookmarked[rtype.plural] = self.version
                     continue
                 if event is None:
                     return

@@ -156,8 +156,9 @@ def _cmdline(pid: int) -> list[str]:
 def test_trellis_proxy_replaces_itself_with_an_optimized_interpreter(
     upstream: HttpUpstream, tmp_path: Path, optimize: str
 ) -> None:
-    """`trellis proxy` runs as `python -OO -m trellis.proxy` in the same process (the
-    memory budget: no docstrings, no asserts), unless TRELLIS_PROXY_OPTIMIZE=0."""
+    """`trellis proxy` runs as `python -OO -X no_debug_ranges -m trellis.proxy` in the same
+    process (the memory budget: no docstrings, asserts or column tables), unless
+    TRELLIS_PROXY_OPTIMIZE=0."""
     admin_port, listen_port = free_port(), free_port()
     bootstrap = tmp_path / "bootstrap.json"
     bootstrap.write_text(json.dumps(simple_http(admin_port, listen_port, [upstream.port])))
@@ -171,7 +172,8 @@ def test_trellis_proxy_replaces_itself_with_an_optimized_interpreter(
         if optimize == "0":
             assert running == argv
         else:
-            assert running == [sys.executable, "-OO", "-m", "trellis.proxy", *argv[4:]]
+            flags = ["-OO", "-X", "no_debug_ranges"]
+            assert running == [sys.executable, *flags, "-m", "trellis.proxy", *argv[4:]]
         assert _admin(admin_port, "POST", "/quitquitquit") == 200
         assert proc.wait(timeout=15.0) == 0
     finally:

@@ -1,6 +1,6 @@
 """The `trellis` console script: `trellis proxy` skips click (see `trellis.proxy.cli`)
-and runs optimized: it replaces itself, same PID, with `python -OO -m trellis.proxy`
-(see `trellis.core.proxy_command`)."""
+and runs optimized: it replaces itself, same PID, with `python -OO -X no_debug_ranges
+-m trellis.proxy` (see `trellis.core.proxy_command`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trellis.core.proxy_command import optimized, proxy_command
+from trellis.core.proxy_command import optimized, proxy_command, runs_optimized
 
 
 def main() -> None:
@@ -21,7 +21,8 @@ def main() -> None:
 
 def run_proxy(args: Sequence[str]) -> None:
     """Run `trellis proxy ARGS`; does not return."""
-    if sys.flags.optimize < 2 and sys.executable and optimized(os.environ):
+    running = runs_optimized(sys.flags.optimize, sys._xoptions)
+    if not running and sys.executable and optimized(os.environ):
         python, *rest = proxy_command(sys.executable, os.environ)
         options = [f"-W{option}" for option in sys.warnoptions]
         for key, value in sys._xoptions.items():  # e.g. -X importtime

@@ -25,7 +25,7 @@ Rules (envoy api/xds_protocol.rst, "Incremental xDS"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -37,13 +37,13 @@ from trellis.controlplane.ads_session import (
     SessionBase,
     wanted_names,
 )
-from trellis.controlplane.ads_status import Nack, ProxyNode
+from trellis.controlplane.ads_status import Nack
 from trellis.controlplane.snapshot import (
     FULL_STATE_TYPES,
     ResourceSet,
     Snapshot,
 )
-from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, route_config_of
+from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, covered
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -85,9 +85,7 @@ class _Due:
 
 
 def _in(type_url: str, name: str, names: frozenset[str]) -> bool:
-    """Whether subscribing to `names` covers the resource `name` (VHDS subscribes to
-    route configurations and covers their virtual hosts)."""
-    return (route_config_of(name) if type_url == VIRTUAL_HOST_TYPE else name) in names
+    return covered(name, names, by_route_config=type_url == VIRTUAL_HOST_TYPE)
 
 
 def _covers(state: _DeltaType, name: str) -> bool:
@@ -157,19 +155,10 @@ class DeltaSession(SessionBase[_DeltaType]):
 
     response_type = discovery_pb2.DeltaDiscoveryResponse
 
-    def __init__(
-        self,
-        node: ProxyNode,
-        *,
-        clock: Callable[[], float],
-        control_plane_id: str = "trellis",
-    ) -> None:
-        super().__init__(node, clock=clock, control_plane_id=control_plane_id)
-        # VHDS for clients that say they speak it (xds/vhds.py).
-        self.vhds = VHDS_CLIENT_FEATURE in node.client_features
-
     def view(self, snapshot: Snapshot) -> Snapshot:
-        return snapshot.for_vhds() if self.vhds else snapshot
+        """VHDS for clients that say they speak it (xds/vhds.py)."""
+        vhds = VHDS_CLIENT_FEATURE in self.node.client_features
+        return snapshot.for_vhds() if vhds else snapshot
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Nack | None:
         """Take a request: subscription changes, then an ACK or NACK of the latest

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 
 from trellis.errors import TrellisError
 from trellis.xds import vhds
+from trellis.xds.ads_client import REQUEST_ORDER
 from trellis.xds.vhds import VIRTUAL_HOST_TYPE
 
 TYPE_PREFIX = "type.googleapis.com/"
@@ -44,17 +45,8 @@ ENDPOINT_TYPE = TYPE_PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full
 SECRET_TYPE = TYPE_PREFIX + secret_pb2.Secret.DESCRIPTOR.full_name
 HCM_TYPE = TYPE_PREFIX + http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 
-# Envoy's make-before-break order: secrets and clusters before the endpoints,
-# listeners and routes that use them (xds_protocol.rst, eventual consistency);
-# a route configuration before the virtual hosts it asks for (VHDS).
-PUSH_ORDER = (
-    SECRET_TYPE,
-    CLUSTER_TYPE,
-    ENDPOINT_TYPE,
-    LISTENER_TYPE,
-    ROUTE_TYPE,
-    VIRTUAL_HOST_TYPE,
-)
+# Envoy's make-before-break order (xds_protocol.rst, eventual consistency).
+PUSH_ORDER = REQUEST_ORDER
 SHORT_NAMES = {
     LISTENER_TYPE: "LDS",
     ROUTE_TYPE: "RDS",

@@ -45,7 +45,7 @@ from trellis.xds.compile_dynamic import (
     ROUTE_TYPE,
     SECRET_TYPE,
 )
-from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, route_config_of
+from trellis.xds.vhds import VHDS_CLIENT_FEATURE, VIRTUAL_HOST_TYPE, covered, route_config_of
 
 log = logging.getLogger("trellis.xds")
 T = TypeVar("T")
@@ -252,8 +252,12 @@ class XdsClient:
         status = self.status.get(type_url)
         if request is not None and status is not None:
             wanted = self.state.names(type_url)
-            owner = route_config_of if type_url == VIRTUAL_HOST_TYPE else str
-            status.resources = {n: m for n, m in status.resources.items() if owner(n) in wanted}
+            by_route_config = type_url == VIRTUAL_HOST_TYPE
+            status.resources = {
+                n: m
+                for n, m in status.resources.items()
+                if covered(n, wanted, by_route_config=by_route_config)
+            }
         return request
 
     async def _maybe_initialized(self) -> None:

@@ -49,6 +49,8 @@ _MESSAGES: Mapping[str, type[Message]] = {
 }
 _NAME_FIELD = {ENDPOINT_TYPE: "cluster_name"}
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)  # asked for all; the others by name
+# Envoy's make-before-break order: secrets and clusters before the endpoints,
+# listeners and routes that use them; a route configuration before its virtual hosts.
 REQUEST_ORDER = (
     SECRET_TYPE,
     CLUSTER_TYPE,

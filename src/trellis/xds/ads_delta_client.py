@@ -48,7 +48,7 @@ from trellis.xds.ads_client import (
     resource_name,
     unpack,
 )
-from trellis.xds.vhds import VIRTUAL_HOST_TYPE, route_config_of
+from trellis.xds.vhds import VIRTUAL_HOST_TYPE, covered
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class _DeltaType:
 
     def covers(self, name: str, names: frozenset[str]) -> bool:
         """Whether the resource `name` falls under one of `names`."""
-        return (route_config_of(name) if self.namespaced else name) in names
+        return covered(name, names, by_route_config=self.namespaced)
 
     def forget(self, dropped: frozenset[str]) -> None:
         views = [self.held, self.assumed] + ([self.decoded[1]] if self.decoded else [])

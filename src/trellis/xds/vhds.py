@@ -20,6 +20,8 @@ their node's `client_features`; everyone else keeps whole route configurations.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
@@ -35,6 +37,12 @@ def resource_name(route_config: str, virtual_host: str) -> str:
 def route_config_of(name: str) -> str:
     """The route configuration a VHDS resource name belongs to ('' when it has no `/`)."""
     return name.rpartition("/")[0]
+
+
+def covered(name: str, names: Collection[str], *, by_route_config: bool) -> bool:
+    """Whether subscribing to `names` covers the resource `name`: VHDS subscribes by
+    route configuration (`by_route_config`), other types by the resource's name."""
+    return (route_config_of(name) if by_route_config else name) in names
 
 
 def split(

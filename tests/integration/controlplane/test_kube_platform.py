@@ -211,7 +211,16 @@ def test_services_endpoints_and_crds_through_the_api_server(
 
         # The watches drop, the history is compacted, and meanwhile a second pod and
         # its slice appear: every watch resuming from before gets 410 Gone, lists
-        # again and finds them.
+        # again and finds them. (A watch that has seen no event nor bookmark yet
+        # resumes from "0", any version, and rightly lists nothing: wait until the
+        # VirtualService watch has been told the current version.)
+        now = standin.call(lambda: standin.standin.version)
+        until(
+            lambda: (
+                standin.call(lambda: standin.standin.bookmarked.get("virtualservices", -1)) >= now
+            ),
+            what="a bookmark on the VirtualService watch",
+        )
         lists_before = _list_requests(standin)
 
         def gap() -> None:
@@ -227,8 +236,13 @@ def test_services_endpoints_and_crds_through_the_api_server(
             timeout=30,
             what="the v2 endpoint after the re-list",
         )
-        relisted = _list_requests(standin) - lists_before
-        assert relisted["endpointslices"] >= 1 and relisted["virtualservices"] >= 1, relisted
+
+        # Each watch lists again on its own schedule (back-off): wait for both kinds.
+        def relisted() -> bool:
+            counts = _list_requests(standin) - lists_before
+            return counts["endpointslices"] >= 1 and counts["virtualservices"] >= 1
+
+        until(relisted, timeout=30, what="a re-list of endpoint slices and VirtualServices")
         served = Counter(_get(outbound).header("x-upstream") for _ in range(40))
         assert set(served) == {"v1", "v2"}, served
 
