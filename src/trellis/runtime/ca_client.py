@@ -79,12 +79,16 @@ async def run_keytool(
     command: Sequence[str] = KEYTOOL,
     run_timeout: float = KEYTOOL_TIMEOUT,
 ) -> dict[str, Any]:
-    """Run one keytool command; its JSON answer. Raises IdentityError on any failure."""
+    """Run one keytool command; its JSON answer. Raises IdentityError on any failure.
+
+    A command without input gets /dev/null: writing even nothing to a pipe the
+    child has closed fails in uvloop with RuntimeError rather than BrokenPipeError.
+    """
     try:
         child = await asyncio.create_subprocess_exec(
             *command,
             *arguments,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -92,9 +96,11 @@ async def run_keytool(
         raise IdentityError(f"cannot run keytool ({command[0]}): {exc}") from None
     try:
         async with asyncio.timeout(run_timeout):
-            out, err = await child.communicate(stdin)
+            out, err = await child.communicate(stdin or None)
     except TimeoutError:
         raise IdentityError(f"keytool {arguments[0]} took longer than {run_timeout:g}s") from None
+    except RuntimeError as exc:  # uvloop: the child closed its input before reading it
+        raise IdentityError(f"keytool {arguments[0]} did not take its input: {exc}") from None
     finally:
         if child.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -79,3 +79,19 @@ def test_bad_input_and_usage_fail_with_a_message(tmp_path: Path) -> None:
         asyncio.run(generate_key(None, command=(str(tmp_path / "missing"),)))
     with pytest.raises(IdentityError, match="failed"):
         asyncio.run(generate_key(None, command=(sys.executable, "-c", "raise SystemExit(3)")))
+
+
+# A keytool stand-in that answers at once and says what its standard input is.
+_QUICK_KEYTOOL = """
+import json, os, stat, sys
+mode = os.fstat(0).st_mode
+kind = "pipe" if stat.S_ISFIFO(mode) else "char" if stat.S_ISCHR(mode) else "other"
+print(json.dumps({"key_pem": kind, "csr_pem": "", "public_key_sha256": ""}))
+"""
+
+
+def test_a_command_without_input_reads_dev_null_not_a_pipe() -> None:
+    """A keytool command that needs no input gets /dev/null: a child that exits before
+    a pipe is written to would make uvloop fail the write (RuntimeError)."""
+    made = asyncio.run(generate_key(None, command=(sys.executable, "-c", _QUICK_KEYTOOL)))
+    assert made.key_pem == "char"
