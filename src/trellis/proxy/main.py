@@ -25,6 +25,7 @@ from trellis.core.app_probe import AppProbe
 from trellis.core.config import HttpConnectionManager, ProxyConfig
 from trellis.core.tls import WORKLOAD_CERTIFICATE, TlsCertificateSecret
 from trellis.errors import ConfigError
+from trellis.runtime.heap_trim import trim_heap_forever
 from trellis.runtime.server import ProxyServer
 from trellis.xds.bootstrap import load_bootstrap, parse_bootstrap, with_ads
 from trellis.xds.compile import compile_bootstrap
@@ -252,6 +253,7 @@ async def _serve(
     if identity is not None and server.admin is not None:
         server.admin.add_json_route("/certs", lambda: _certs(identity))
     xds_task = loop.create_task(client.run(), name="ads client") if client is not None else None
+    trim_task = loop.create_task(trim_heap_forever(), name="heap trim")
     draining = False
 
     def on_signal(signum: signal.Signals) -> None:
@@ -266,7 +268,7 @@ async def _serve(
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("proxy ready" if client is None else "proxy started; waiting for config over ADS")
     await server.wait_stopped()
-    for task in (xds_task, identity_task):
+    for task in (xds_task, identity_task, trim_task):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trellis.core.tls import (
     CommonTls,
@@ -33,7 +33,13 @@ from trellis.core.tls import (
     ValidationSecret,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 log = logging.getLogger("trellis.tls")
+
+# The most plaintext one TLS record carries (RFC 8446 section 5.1, the same in TLS 1.2).
+TLS_RECORD_PLAINTEXT = 16384
 
 _VERSIONS = {
     TlsVersion.TLSv1_2: ssl.TLSVersion.TLSv1_2,
@@ -157,8 +163,24 @@ def _names(common: CommonTls) -> str:
     return ", ".join(f"{r.source.value}:{r.name}" for r in refs)
 
 
+class RecordSizedSSLObject(ssl.SSLObject):
+    """An `ssl.SSLObject` that asks OpenSSL for at most one record's plaintext per read.
+
+    uvloop's TLS transport reads with `read(256 KiB)`, and `ssl` allocates the
+    bytes object it returns at the size asked for before OpenSSL fills it, then
+    shrinks it to what came: every read of every TLS connection (at least two per
+    received segment, the last one finding nothing) took and gave back 256 KiB of
+    the C heap. OpenSSL hands out one record per read, 16 KiB at most, so asking
+    for more never returned more (bench/README.md, connection churn).
+    """
+
+    def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:
+        return super().read(min(len, TLS_RECORD_PLAINTEXT), buffer)
+
+
 class AsciiSniContext(ssl.SSLContext):
-    """An `ssl.SSLContext` that gives OpenSSL an ASCII server name (SNI) as it is.
+    """An `ssl.SSLContext` that gives OpenSSL an ASCII server name (SNI) as it is, and
+    reads one record at a time (`RecordSizedSSLObject`).
 
     The base class runs every name through the idna codec, whose first use imports
     stringprep and unicodedata: ~0.4 MiB of a sidecar's memory, in every sidecar that
@@ -166,6 +188,8 @@ class AsciiSniContext(ssl.SSLContext):
     ASCII name the codec only checks label lengths, which the compiler already did
     (`trellis.xds.compile_tls`, which also IDNA-encodes a name given in Unicode).
     """
+
+    sslobject_class = RecordSizedSSLObject  # what `wrap_bio` makes (uvloop's and TlsStream's)
 
     def _encode_hostname(self, hostname: str | bytes | None) -> str | None:
         # Overrides ssl.SSLContext's private hook (3.7+); were it gone, the codec is used.
