@@ -92,13 +92,6 @@ def _covers(state: _DeltaType, name: str) -> bool:
     return state.wildcard or _in(state.type_url, name, state.names)
 
 
-def _under(names: frozenset[str], resources: ResourceSet) -> frozenset[str]:
-    """The resources of `resources` that subscribing to `names` covers."""
-    if resources.type_url == VIRTUAL_HOST_TYPE:
-        return resources.names_under(names)
-    return names & resources.names
-
-
 def _due(state: _DeltaType, resources: ResourceSet) -> _Due:
     """The resources the client lacks (or holds in another content) and those it holds
     that no longer exist."""
@@ -116,7 +109,7 @@ def _due(state: _DeltaType, resources: ResourceSet) -> _Due:
         )
         return _Due(wanted - current, gone)
     if state.exact and sent is not None:
-        send = _under(state.fresh, resources) if state.fresh else frozenset()
+        send = resources.covered_by(state.fresh) if state.fresh else frozenset()
         if resources is sent or resources.version == sent.version:
             return _Due(send, frozenset())
         changed = [n for n in resources.changed_since(sent) if _covers(state, n)]
@@ -146,7 +139,7 @@ def _spell_out(state: _DeltaType) -> None:
     """Keep what the client holds as names (before the wildcard changes)."""
     if state.exact and state.sent_set is not None:
         sent = state.sent_set
-        state.held = wanted_names(state, sent) - _under(state.fresh, sent)
+        state.held = wanted_names(state, sent) - sent.covered_by(state.fresh)
     state.exact, state.fresh = False, _NOTHING
 
 

@@ -44,7 +44,6 @@ from trellis.controlplane.snapshot import (
     Snapshot,
 )
 from trellis.errors import TrellisError
-from trellis.xds.vhds import VIRTUAL_HOST_TYPE
 
 WILDCARD = "*"
 
@@ -97,9 +96,7 @@ def wanted_names(state: SubscriptionState, resources: ResourceSet) -> frozenset[
     """The names of `resources` the subscription covers (VHDS: by route configuration)."""
     if state.wildcard or state.names >= resources.names:
         return resources.names
-    if resources.type_url == VIRTUAL_HOST_TYPE:
-        return resources.names_under(state.names)
-    return state.names & resources.names
+    return resources.covered_by(state.names)
 
 
 class TypeProgress(SubscriptionState, Protocol):

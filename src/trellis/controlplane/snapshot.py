@@ -319,15 +319,18 @@ class ResourceSet:
         del self._removals[:-_REMEMBERED_DIFFS]
         return names
 
-    def names_under(self, route_configs: frozenset[str]) -> frozenset[str]:
-        """The VHDS names (`<route config>/<virtual host>`) under any of `route_configs`:
-        VHDS's namespace subscription. Grouped once per set, for every stream."""
+    def covered_by(self, names: frozenset[str]) -> frozenset[str]:
+        """The names of this set a subscription to `names` covers: those names, or for
+        VHDS the virtual hosts (`<route config>/<host>`) under those route configurations
+        (a namespace subscription; grouped once per set, for every stream)."""
+        if self.type_url != VIRTUAL_HOST_TYPE:
+            return names & self.names
         if not self._groups:
             groups: dict[str, set[str]] = {}
             for name in self.by_name:
                 groups.setdefault(vhds.route_config_of(name), set()).add(name)
             self._groups.append({key: frozenset(names) for key, names in groups.items()})
-        found = [group for key in route_configs if (group := self._groups[0].get(key))]
+        found = [group for key in names if (group := self._groups[0].get(key))]
         return found[0] if len(found) == 1 else frozenset().union(*found)
 
     def vhds_split(self) -> tuple[ResourceSet, ResourceSet]:
